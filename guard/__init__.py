@@ -1,0 +1,1 @@
+"""tailguard runtime guard (public API is filled in as modules land)."""
