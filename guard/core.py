@@ -1,0 +1,748 @@
+"""The runtime guard. ``Guard.step`` is THE hot path of tailguard (measured by bench/).
+
+One tick, when everything is in order (the common case), costs: two clock reads, copying
+the observation into the policy's bound input buffer, a finiteness sum over it, the
+inference (with the action check folded into the ONNX graph, see ``guard/policy.py``), one
+``min()`` over the check vector, a handful of integer compares and two histogram counter
+increments. Nothing is allocated that the GC tracks, nothing is logged, nothing blocks.
+
+Anything unusual -- a violation, a non-nominal state, the first tick, a window check that
+is due -- leaves the fast path for :meth:`Guard._resolve`, which re-checks with the plain
+numpy reference, applies the one transition table (``guard/state.py``) and picks the
+action. Percentile checks over the sliding window are exact and O(1) per tick: the guard
+keeps the tick numbers of samples above each threshold and compares their count with
+what the percentile allows (p_q <= T over n samples <=> at most n - ceil(q*n) samples > T).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guard.deadline import make_deadline_runner
+from guard.envelope import Envelope, load_envelope
+from guard.errors import EnvelopeError, HashMismatchError, TailguardError
+from guard.histogram import LogLinearHistogram
+from guard.policy import CallablePolicy, OnnxPolicy, _CheckedPolicy
+from guard.state import Event as _Event
+from guard.state import (
+    GuardState,
+    Response,
+    Violation,
+    event_for,
+    next_state,
+)
+
+__all__ = ["Guard", "Fallback"]
+
+Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
+
+_NEVER = 1 << 62  # a threshold that disables a check (compares false for any real ns)
+_SUB_BITS, _HALF_BITS = 8, 7  # histogram layout inlined in step(): 2 significant digits
+_HIST_MAX = (1 << 62) - 1
+
+# Fast-path outcome codes (0 = clean).
+_OBS_SHAPE, _OBS_NONFINITE, _POLICY_ERROR, _DEADLINE, _ACTION = 1, 2, 3, 4, 5
+_QUANTILES = (0.5, 0.95, 0.99)
+_LAT_WINDOW = (Violation.LATENCY_P50, Violation.LATENCY_P95, Violation.LATENCY_P99)
+_DT_WINDOW = (Violation.DT_P50, Violation.DT_P95, Violation.DT_P99)
+_WINDOW_KINDS = frozenset(_LAT_WINDOW + _DT_WINDOW)
+_REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def _ns(value: int | None) -> int:
+    return _NEVER if value is None else int(value)
+
+
+class Guard:
+    """Wraps a policy in the control loop and enforces an envelope on every tick.
+
+    Args:
+        policy: an :class:`OnnxPolicy` (or :class:`CallablePolicy`).
+        envelope: the :class:`Envelope` to enforce (see ``load_envelope``).
+        fallback: who acts in FALLBACK: ``"hold"`` (repeat the last applied action),
+            ``"zero"`` (zeros clipped to bounds), a callable ``f(obs) -> action``, or a
+            second policy (e.g. a timing-robust OnnxPolicy with the same interface).
+        clock: integer-nanosecond monotonic clock. Inject a simulated clock to run the
+            same guard in simulated time.
+        deadline_ns: if set, inference must finish within this many ns of tick start, or
+            the tick is answered with the hold/fallback action and the late result is
+            discarded (``Violation.DEADLINE_MISS``).
+        deadline_mode: ``"thread"`` (worker thread, answers at the deadline; wall clock) or
+            ``"inline"`` (judged after the call; for simulated clocks).
+        recorder: a ``FlightRecorder`` (or a path to create one) that receives every
+            violation and state change; written off the hot path by its own thread.
+        allow_hash_mismatch: run a policy whose sha256 differs from the envelope's.
+
+    Raises:
+        EnvelopeError: the envelope does not fit the policy (sizes, bounds).
+        HashMismatchError: the policy file is not the one the envelope was written for.
+    """
+
+    def __init__(
+        self,
+        policy: _CheckedPolicy,
+        envelope: Envelope,
+        fallback: Fallback = "hold",
+        *,
+        clock: Callable[[], int] = time.perf_counter_ns,
+        deadline_ns: int | None = None,
+        deadline_mode: str = "thread",
+        recorder: Any = None,
+        allow_hash_mismatch: bool = False,
+    ) -> None:
+        self._check_binding(policy, envelope, allow_hash_mismatch)
+        probe = clock()
+        if type(probe) is not int:
+            raise TypeError(
+                f"clock() must return a Python int of nanoseconds, got {type(probe).__name__}; "
+                "wrap it, e.g. lambda: int(sim.now_ns)"
+            )
+        self.policy = policy
+        self.envelope = env = envelope
+        self._clock = clock
+        pb, timing = env.policy, env.timing
+        policy.set_limits(pb.action_low, pb.action_high, env.actions.max_delta)
+        self._low, self._high, self._rate = policy.limits
+
+        # -- buffers of the hot path (allocated once) --
+        self._obs_flat = policy._obs
+        self._obs_mv = memoryview(policy._obs)
+        self._obs_size = policy.obs_size
+        self._run = policy._run_fn
+        self._run_args = policy._run_args
+        self._slack = policy._slack_mv
+        views = []
+        for slot in (0, 1):
+            v = policy._act[slot].view()
+            v.flags.writeable = False
+            views.append(v)
+        self._views = tuple(views)
+        self._cur = 0
+        self._deadline_ns = deadline_ns
+        self._deadline = None
+        if deadline_ns is not None:
+            if deadline_ns <= 0:
+                raise ValueError(f"deadline_ns must be positive, got {deadline_ns}")
+            self._deadline = make_deadline_runner(deadline_mode, policy._run_fn, clock)
+
+        # -- thresholds (disabled checks become _NEVER) --
+        self._period_ns = timing.period_ns
+        self._lat_max = _ns(timing.latency.max_ns)
+        self._dt_max = _ns(timing.dt.max_ns)
+        self._fast_lat = min(self._lat_max, self._period_ns)  # above: slow path (overrun)
+        self._age_max = _ns(timing.obs_age_max_ns)
+        self._max_overruns = timing.max_consecutive_overruns
+        lat_t = [_ns(getattr(timing.latency, f"p{q}_ns")) for q in (50, 95, 99)]
+        dt_t = [_ns(getattr(timing.dt, f"p{q}_ns")) for q in (50, 95, 99)]
+        self._lat_thr, self._dt_thr = lat_t, dt_t
+        self._lat_p50, self._dt_p50 = min(lat_t), min(dt_t)  # cheapest "anything to note"
+        w = env.window
+        self._window_ticks, self._check_every = w.ticks, w.check_every_ticks
+        self._allowed = [w.ticks - math.ceil(q * w.ticks) for q in _QUANTILES]
+        cap = w.ticks + w.check_every_ticks
+        self._lat_exceed: list[deque[int]] = [deque(maxlen=cap) for _ in _QUANTILES]
+        self._dt_exceed: list[deque[int]] = [deque(maxlen=cap) for _ in _QUANTILES]
+        self._window_active: set[Violation] = set()
+        self._counted_window: set[Violation] = set()
+        self._responses = dict(env.responses)
+        self._rec = env.recovery
+
+        # -- histograms: interval (hot path) + lifetime (merged every window) --
+        self._h_dt = LogLinearHistogram(2, _HIST_MAX)
+        self._h_lat = LogLinearHistogram(2, _HIST_MAX)
+        if (self._h_dt.sub_bits, self._h_dt.half_bits) != (_SUB_BITS, _HALF_BITS):
+            raise TailguardError("histogram layout changed; update the inlined index in step()")
+        self._h_dt_life = LogLinearHistogram(2, _HIST_MAX)
+        self._h_lat_life = LogLinearHistogram(2, _HIST_MAX)
+        self._h_dt_last = LogLinearHistogram(2, _HIST_MAX)
+        self._h_lat_last = LogLinearHistogram(2, _HIST_MAX)
+        self._c_dt = self._h_dt.counts
+        self._c_lat = self._h_lat.counts
+
+        # -- fallback and safe action --
+        self._fallback_kind, self._fallback = self._resolve_fallback(fallback, policy)
+        self._safe_kind = env.safe_action
+        self._zero_action = policy.clip(np.zeros(policy.action_size, dtype=np.float32))
+
+        # -- recorder --
+        self._recorder = self._make_recorder(recorder)
+
+        # -- state and counters --
+        self._state = GuardState.NOMINAL
+        self._fast = False  # the first tick has no dt: it goes through _resolve
+        self._skip_dt = True
+        self._policy_on = True  # False while LATCHED: the policy is not run
+        self._tick = 0
+        self._last_t0 = 0
+        self._next_check = self._check_every
+        self._next_roll = self._window_ticks
+        self._overruns = 0
+        self._hold_streak = 0
+        self._clean_streak = 0
+        self._state_since_ns: int | None = None
+        self._latch_action: np.ndarray | None = None
+        self._fb_cur = 0
+        self._counts = dict.fromkeys(Violation, 0)
+        self._state_ns = dict.fromkeys(GuardState, 0)
+        self._state_ticks = dict.fromkeys(GuardState, 0)  # non-nominal only; nominal derived
+        self._interventions = 0
+        self._transitions = 0
+        self._overrun_total = 0
+        self._faults: dict[str, int] = {"clock_backwards": 0, "histogram_clamped": 0}
+
+    # ------------------------------------------------------------------ construction --
+    @classmethod
+    def from_files(cls, policy_path: str | Path, envelope_path: str | Path, **kwargs: Any) -> Guard:
+        """Load ``OnnxPolicy(policy_path)`` and ``load_envelope(envelope_path)``, then guard."""
+        return cls(OnnxPolicy(policy_path), load_envelope(envelope_path), **kwargs)
+
+    @staticmethod
+    def _check_binding(policy: _CheckedPolicy, env: Envelope, allow_mismatch: bool) -> None:
+        pb = env.policy
+        where = getattr(policy, "path", None)
+        if (pb.obs_size, pb.action_size) != (policy.obs_size, policy.action_size):
+            raise EnvelopeError(
+                f"the envelope is for obs_size {pb.obs_size} / action_size {pb.action_size}, "
+                f"the policy has {policy.obs_size} / {policy.action_size}; use the envelope "
+                "written for this policy (tailguard envelope init --policy ...)",
+                where,
+            )
+        mismatch = pb.sha256 is not None and policy.sha256 not in (None, pb.sha256)
+        if mismatch and not allow_mismatch:
+            raise HashMismatchError(
+                f"policy sha256 {policy.sha256[:12]}... differs from the envelope's "
+                f"{pb.sha256[:12]}...: the envelope was audited for another file. Re-audit, "
+                "or pass allow_hash_mismatch=True to run it anyway",
+                where,
+            )
+
+    def _resolve_fallback(self, fallback: Fallback, policy: _CheckedPolicy) -> tuple[str, Any]:
+        if isinstance(fallback, str):
+            if fallback not in ("hold", "zero"):
+                raise ValueError(
+                    f"unknown fallback '{fallback}'; valid choices are ['hold', 'zero'], a "
+                    "callable, or a policy"
+                )
+            return fallback, None
+        if isinstance(fallback, _CheckedPolicy):
+            if (fallback.obs_size, fallback.action_size) != (policy.obs_size, policy.action_size):
+                raise ValueError(
+                    f"fallback policy sizes {fallback.obs_size}/{fallback.action_size} differ "
+                    f"from the policy's {policy.obs_size}/{policy.action_size}"
+                )
+            fallback.set_limits(self._low, self._high, None)
+            return "policy", fallback
+        if callable(fallback):
+            return "policy", CallablePolicy(
+                fallback, policy.obs_size, policy.action_size, name="fallback"
+            )
+        raise ValueError(
+            f"fallback must be 'hold', 'zero', a callable or a policy; got {fallback!r}"
+        )
+
+    @staticmethod
+    def _make_recorder(recorder: Any) -> Any:
+        if recorder is None or hasattr(recorder, "append"):
+            return recorder
+        from guard.flight_recorder import FlightRecorder
+
+        return FlightRecorder(recorder)
+
+    # ------------------------------------------------------------------ the hot path --
+    def step(self, obs: Any, obs_timestamp_ns: int | None = None) -> np.ndarray:
+        """Run one guarded tick: observation in, safe action out. Never raises.
+
+        Args:
+            obs: float observation, shape [obs_size] or [1, obs_size] (any real dtype).
+            obs_timestamp_ns: when the observation was taken, on the guard's clock; enables
+                the obs-age check.
+
+        Returns:
+            float32 [action_size], finite and within the envelope's bounds. Read-only; it
+            stays valid until the next call (copy it to keep it).
+        """
+        clock = self._clock
+        t0 = clock()
+        dt = t0 - self._last_t0
+        self._last_t0 = t0
+        tick = self._tick + 1
+        self._tick = tick
+        cur = self._cur
+        bad = 0
+        if self._policy_on:
+            try:
+                if obs.size == self._obs_size:
+                    self._obs_flat[:] = obs
+                else:
+                    bad = _OBS_SHAPE
+            except Exception:
+                bad = _OBS_SHAPE
+            if not bad:
+                s = sum(self._obs_mv)
+                if s - s != 0.0:  # NaN or inf somewhere
+                    bad = _OBS_NONFINITE
+                else:
+                    try:
+                        if self._deadline is None:
+                            self._run(self._run_args[cur])
+                        elif not self._deadline.run(self._run_args[cur], t0 + self._deadline_ns):
+                            bad = _DEADLINE
+                    except Exception:
+                        bad = _POLICY_ERROR
+                    else:
+                        if not bad and not min(self._slack[cur]) >= 0.0:
+                            bad = _ACTION
+        lat = clock() - t0
+        if lat > self._lat_p50:
+            self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
+        if dt > self._dt_p50:
+            self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
+        if (
+            self._fast
+            and not bad
+            and 0 <= lat <= self._fast_lat
+            and 0 <= dt <= self._dt_max
+            and (tick != self._next_check or not self._window_due(tick))
+            and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
+        ):
+            c = self._c_lat
+            b = lat.bit_length() - _SUB_BITS
+            c[(b << _HALF_BITS) + (lat >> b) if b > 0 else lat] += 1
+            c = self._c_dt
+            b = dt.bit_length() - _SUB_BITS
+            c[(b << _HALF_BITS) + (dt >> b) if b > 0 else dt] += 1
+            self._cur = cur ^ 1
+            return self._views[cur]
+        return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
+
+    # ------------------------------------------------------------ off the hot path --
+    @staticmethod
+    def _note_exceed(queues: list[deque[int]], thresholds: list[int], tick: int, v: int) -> None:
+        for q, threshold in zip(queues, thresholds, strict=True):
+            if v > threshold:
+                q.append(tick)
+
+    def _record(self, hist: LogLinearHistogram, v: int) -> None:
+        if v < 0:
+            self._faults["clock_backwards"] += 1
+            v = 0
+        elif v > _HIST_MAX:
+            self._faults["histogram_clamped"] += 1
+            v = _HIST_MAX
+        hist.record(v)
+
+    def _resolve(
+        self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
+    ) -> np.ndarray:
+        """Everything the fast path does not handle. Never raises (last resort: latch)."""
+        try:
+            return self._resolve_inner(t0, dt, lat, bad, obs, obs_timestamp_ns)
+        except Exception as exc:  # a bug of ours must not crash the robot's loop
+            return self._emergency_latch(t0, exc)
+
+    def _resolve_inner(
+        self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
+    ) -> np.ndarray:
+        tick, cur = self._tick, self._cur
+        if self._state_since_ns is None:
+            self._state_since_ns = t0
+        first = self._skip_dt  # first tick, or first after reset(): no meaningful dt
+        if first:
+            self._skip_dt = False
+            for q in self._dt_exceed:  # step() may have noted the bogus dt already
+                if q and q[-1] == tick:
+                    q.pop()
+        viols: list[Violation] = []
+
+        # -- timing of this tick --
+        self._record(self._h_lat, lat)
+        if not first:
+            self._record(self._h_dt, dt)
+            if dt > self._dt_max:
+                viols.append(Violation.DT_MAX)
+        if lat > self._lat_max:
+            viols.append(Violation.LATENCY_MAX)
+        if lat > self._period_ns:
+            self._overruns += 1
+            self._overrun_total += 1
+            if self._max_overruns is not None and self._overruns > self._max_overruns:
+                viols.append(Violation.OVERRUN_STREAK)
+        else:
+            self._overruns = 0
+        if obs_timestamp_ns is not None and t0 - obs_timestamp_ns > self._age_max:
+            viols.append(Violation.OBS_AGE)
+
+        # -- observation, policy, action (re-checked with the numpy reference) --
+        if self._policy_on and bad == _OBS_SHAPE:
+            bad = self._retry_obs(obs)  # lists and other array-likes of the right size
+            if not bad:
+                bad = self._run_checked(cur, t0)
+        policy_valid = False
+        clip_needed = False
+        if self._policy_on:
+            if bad == _OBS_SHAPE:
+                viols.append(Violation.OBS_SHAPE)
+            elif bad == _OBS_NONFINITE:
+                viols.append(Violation.OBS_NONFINITE)
+            elif bad == _POLICY_ERROR:
+                viols.append(Violation.POLICY_ERROR)
+            elif bad == _DEADLINE:
+                viols.append(Violation.DEADLINE_MISS)
+            else:
+                action_viols = self._classify_action(cur)
+                viols.extend(action_viols)
+                policy_valid = Violation.ACTION_NONFINITE not in action_viols
+                clip_needed = bool(action_viols) and policy_valid
+
+        # -- window percentiles (evaluated every check_every_ticks by _window_due) --
+        if tick >= self._next_check:
+            self._window_due(tick)
+        if self._window_active and self._state in (GuardState.NOMINAL, GuardState.HOLD):
+            viols.extend(sorted(self._window_active, key=lambda v: v.value))
+
+        # -- responses and the state machine --
+        responses = self._responses
+        worst = max((responses[v] for v in viols), key=lambda r: r.severity, default=Response.LOG)
+        event = event_for(worst)
+        if event is _Event.HOLD and self._state in (GuardState.NOMINAL, GuardState.HOLD):
+            self._hold_streak += 1
+            if self._hold_streak > self._rec.max_hold_ticks:
+                viols.append(Violation.HOLD_LIMIT)
+                r = responses[Violation.HOLD_LIMIT]
+                worst = max(worst, r, key=lambda x: x.severity)
+                event = event_for(worst)
+        elif event is not _Event.HOLD:
+            self._hold_streak = 0
+        if self._state is GuardState.FALLBACK:
+            if event is _Event.TICK_OK and not self._window_active:
+                self._clean_streak += 1
+                since = self._state_since_ns if self._state_since_ns is not None else t0
+                if (
+                    self._clean_streak >= self._rec.recovery_ticks
+                    and t0 - since >= self._rec.dwell_ns
+                ):
+                    event = _Event.RECOVERED
+            else:
+                self._clean_streak = 0
+        self._count(viols, tick, t0, dt, lat)
+        self._transition(next_state(self._state, event), t0, tick, viols)
+
+        # -- the action --
+        state = self._state
+        applied: np.ndarray | None = None  # None: the policy's own action in slot cur
+        if state is GuardState.NOMINAL:
+            if policy_valid and clip_needed:
+                applied = self.policy.clip(self.policy._act[cur], self.policy._act[1 - cur])
+            elif not policy_valid:  # recovered/reset on a tick without a usable action
+                applied = self.policy._act[1 - cur].copy()
+        elif state is GuardState.HOLD:
+            applied = self.policy._act[1 - cur].copy()
+        elif state is GuardState.FALLBACK:
+            applied = self._fallback_action(t0, tick)
+        if self._state is GuardState.LATCHED:  # may have latched inside _fallback_action
+            applied = self._latched_action(cur)
+        if state is not GuardState.NOMINAL or applied is not None:
+            self._interventions += 1
+            self._state_ticks[self._state] += 1
+        if policy_valid:
+            self._cur = cur ^ 1
+        if applied is not None:
+            self.policy._set_applied(self._cur ^ 1, applied)
+        self._fast = self._state is GuardState.NOMINAL and not self._window_active
+        return self._views[self._cur ^ 1]
+
+    def _retry_obs(self, obs: Any) -> int:
+        try:
+            arr = np.asarray(obs, dtype=np.float32)
+        except Exception:
+            return _OBS_SHAPE
+        if arr.shape not in ((self._obs_size,), (1, self._obs_size)):
+            return _OBS_SHAPE
+        self._obs_flat[:] = arr.reshape(-1)
+        if not np.isfinite(self._obs_flat).all():
+            return _OBS_NONFINITE
+        return 0
+
+    def _run_checked(self, slot: int, t0: int) -> int:
+        try:
+            if self._deadline is None:
+                self._run(self._run_args[slot])
+            elif not self._deadline.run(self._run_args[slot], t0 + self._deadline_ns):
+                return _DEADLINE
+        except Exception:
+            return _POLICY_ERROR
+        return 0
+
+    def _classify_action(self, slot: int) -> list[Violation]:
+        """Reference check of the policy's action in ``slot`` (the fast path's min(slack))."""
+        a = self.policy._act[slot]
+        if not np.isfinite(a).all():
+            return [Violation.ACTION_NONFINITE]
+        out = []
+        if (a < self._low).any() or (a > self._high).any():
+            out.append(Violation.ACTION_BOUNDS)
+        prev = self.policy._act[1 - slot]
+        if (np.abs(a.astype(np.float64) - prev) > self._rate).any():
+            out.append(Violation.ACTION_RATE)
+        return out
+
+    def _window_due(self, tick: int) -> bool:
+        """Evaluate the window percentiles; True when a window violation is active.
+
+        Cheap when the window holds no sample above any threshold (the common case).
+        """
+        self._next_check = tick + self._check_every
+        if tick >= self._next_roll:
+            self._roll_interval()
+        if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active):
+            return False
+        active: set[Violation] = set()
+        oldest = tick - self._window_ticks
+        for queues, kinds in ((self._lat_exceed, _LAT_WINDOW), (self._dt_exceed, _DT_WINDOW)):
+            for q, allowed, kind in zip(queues, self._allowed, kinds, strict=True):
+                while q and q[0] <= oldest:
+                    q.popleft()
+                if tick >= self._window_ticks and len(q) > allowed:
+                    active.add(kind)
+        self._window_active = active
+        self._counted_window &= active  # a kind that cleared counts again next time
+        return bool(active)
+
+    def _roll_interval(self) -> None:
+        """Close the current histogram interval: merge into lifetime, keep it as 'last'."""
+        self._next_roll = self._tick + self._window_ticks
+        for cur, life, last in (
+            (self._h_dt, self._h_dt_life, self._h_dt_last),
+            (self._h_lat, self._h_lat_life, self._h_lat_last),
+        ):
+            life.merge(cur)
+            last.reset()
+            last.merge(cur)
+            cur.reset()
+
+    def _count(self, viols: list[Violation], tick: int, t0: int, dt: int, lat: int) -> None:
+        """Count and record violations; a window violation counts once per episode."""
+        for v in viols:
+            if v in _WINDOW_KINDS:
+                if v in self._counted_window:
+                    continue
+                self._counted_window.add(v)
+            self._counts[v] += 1
+            if self._recorder is not None:
+                self._recorder.append(
+                    ("violation", tick, t0, {"kind": v.value, "dt_ns": dt, "latency_ns": lat})
+                )
+
+    def _transition(self, new: GuardState, t0: int, tick: int, viols: list[Violation]) -> None:
+        old = self._state
+        if new is old:
+            return
+        since = self._state_since_ns if self._state_since_ns is not None else t0
+        self._state_ns[old] += t0 - since
+        self._state_since_ns = t0
+        self._state = new
+        self._transitions += 1
+        self._policy_on = new is not GuardState.LATCHED
+        if new is GuardState.FALLBACK:
+            self._clean_streak = 0
+            if self._fallback is not None:
+                self._fallback.reset_state()
+        if new is GuardState.LATCHED:
+            self._latch_action = None
+        if self._recorder is not None:
+            self._recorder.append(
+                (
+                    "state",
+                    tick,
+                    t0,
+                    {"from": old.value, "to": new.value, "cause": [v.value for v in viols]},
+                )
+            )
+
+    def _fallback_action(self, t0: int, tick: int) -> np.ndarray:
+        """The fallback controller's action, checked and limited; latches if it fails."""
+        policy = self.policy
+        last = policy._act[1 - self._cur]
+        if self._fallback_kind == "hold":
+            return last.copy()
+        if self._fallback_kind == "zero":
+            return policy.clip(self._zero_action, last)
+        fb = self._fallback
+        try:
+            slot = self._fb_cur
+            fb._obs[:] = self._obs_flat
+            fb._run_fn(fb._run_args[slot])
+            action = fb._act[slot]
+            if not np.isfinite(action).all():
+                raise ValueError("fallback produced a non-finite action")
+            self._fb_cur = slot ^ 1  # advance its recurrent state (double-buffered)
+            return policy.clip(action, last)
+        except Exception as exc:
+            viols = [Violation.FALLBACK_ERROR]
+            self._count(viols, tick, t0, 0, 0)
+            if self._recorder is not None:
+                self._recorder.append(("fault", tick, t0, {"fallback_error": repr(exc)[:200]}))
+            event = event_for(self._responses[Violation.FALLBACK_ERROR])
+            self._transition(next_state(self._state, event), t0, tick, viols)
+            return last.copy()
+
+    def _latched_action(self, cur: int) -> np.ndarray:
+        if self._latch_action is None:
+            if self._safe_kind == "zero":
+                self._latch_action = self._zero_action.copy()
+            else:
+                self._latch_action = self.policy._act[1 - cur].copy()
+        return self._latch_action
+
+    def _emergency_latch(self, t0: int, exc: Exception) -> np.ndarray:
+        """Last line of defence against a bug in _resolve: latch and hold, never raise."""
+        try:
+            self._faults["internal_error"] = self._faults.get("internal_error", 0) + 1
+            if self._recorder is not None:
+                self._recorder.append(("fault", self._tick, t0, {"internal_error": repr(exc)}))
+            self._state = GuardState.LATCHED
+            self._policy_on = False
+            self._fast = False
+        except Exception:
+            pass
+        return self._views[self._cur ^ 1]
+
+    # ------------------------------------------------------------------ public API --
+    @property
+    def state(self) -> GuardState:
+        """Who is in charge of the action (see :class:`GuardState`)."""
+        return self._state
+
+    @property
+    def tick(self) -> int:
+        """Number of ticks run so far."""
+        return self._tick
+
+    def reset(self) -> None:
+        """Leave any state (including a latched stop) and start a fresh episode.
+
+        Clears recurrent policy state, streaks and the percentile window; keeps lifetime
+        statistics and the last applied action (so the rate limit stays continuous).
+        """
+        t0 = self._clock()
+        tick = self._tick
+        self._transition(next_state(self._state, _Event.RESET), t0, tick, [])
+        self.policy.reset_state()
+        if self._fallback is not None:
+            self._fallback.reset_state()
+        self._hold_streak = self._clean_streak = self._overruns = 0
+        for q in (*self._lat_exceed, *self._dt_exceed):
+            q.clear()
+        self._window_active = set()
+        self._counted_window = set()
+        self._policy_on = True
+        self._fast = False  # the next tick has no meaningful dt: resolve it
+        self._skip_dt = True
+
+    def warm_up(self, obs: Any, ticks: int = 200, freeze_gc: bool = True) -> None:
+        """Run the policy ``ticks`` times outside the guard's books, then freeze the GC.
+
+        Warms caches and onnxruntime's allocator so the first real ticks are not outliers,
+        then ``gc.collect(); gc.freeze()`` so a later collection has (almost) nothing to scan
+        (a full collection of a loaded process costs milliseconds). Recurrent state is
+        cleared afterwards.
+        """
+        self._obs_flat[:] = np.asarray(obs, dtype=np.float32).reshape(-1)
+        saved = self.policy._act.copy(), self.policy._chk.copy()
+        for i in range(ticks):
+            try:
+                self._run(self._run_args[i & 1])
+            except Exception:
+                break
+        self.policy._act[:], self.policy._chk[:] = saved
+        self.policy.reset_state()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and percentiles so far (allocates; call it outside the hot loop).
+
+        Returns:
+            dict with ``ticks``, ``state``, ``violations`` (count per kind),
+            ``state_time_ns`` and ``state_ticks`` per state, ``interventions`` (ticks whose
+            action was not the policy's own), ``transitions``, ``overruns``, ``faults``,
+            and ``dt_ns`` / ``latency_ns`` percentile summaries, each ``{"lifetime": ...,
+            "window": ...}`` (window = the last complete interval of window.ticks ticks
+            plus the current one).
+        """
+        now = self._last_t0
+        state_ns = dict(self._state_ns)
+        if self._state_since_ns is not None:
+            state_ns[self._state] += max(0, now - self._state_since_ns)
+        ticks = dict(self._state_ticks)
+        ticks[GuardState.NOMINAL] = self._tick - sum(
+            v for k, v in ticks.items() if k is not GuardState.NOMINAL
+        )
+        return {
+            "ticks": self._tick,
+            "state": self._state.value,
+            "violations": {v.value: n for v, n in self._counts.items()},
+            "state_time_ns": {s.value: n for s, n in state_ns.items()},
+            "state_ticks": {s.value: n for s, n in ticks.items()},
+            "interventions": self._interventions,
+            "transitions": self._transitions,
+            "overruns": self._overrun_total,
+            "faults": dict(self._faults),
+            "dt_ns": self._summaries(self._h_dt, self._h_dt_life, self._h_dt_last),
+            "latency_ns": self._summaries(self._h_lat, self._h_lat_life, self._h_lat_last),
+        }
+
+    def histograms(self) -> dict[str, LogLinearHistogram]:
+        """Lifetime dt and latency histograms (copies, current interval included)."""
+        out = {}
+        for name, cur, life in (
+            ("dt_ns", self._h_dt, self._h_dt_life),
+            ("latency_ns", self._h_lat, self._h_lat_life),
+        ):
+            h = life.copy()
+            h.merge(cur)
+            out[name] = h
+        return out
+
+    @staticmethod
+    def _summaries(
+        cur: LogLinearHistogram, life: LogLinearHistogram, last: LogLinearHistogram
+    ) -> dict[str, dict[str, int]]:
+        lifetime = life.copy()
+        lifetime.merge(cur)
+        window = last.copy()
+        window.merge(cur)
+        return {"lifetime": _summary(lifetime), "window": _summary(window)}
+
+    def close(self) -> None:
+        """Stop the deadline worker and flush/close the flight recorder."""
+        if self._deadline is not None:
+            self._deadline.close()
+        if self._recorder is not None and hasattr(self._recorder, "close"):
+            self._recorder.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _summary(h: LogLinearHistogram) -> dict[str, int]:
+    n = h.total_count
+    if n == 0:
+        return {"count": 0}
+    out = {"count": n, "max": h.max_value}
+    for p in _REPORT_PERCENTILES:
+        key = "p" + (f"{p:g}".replace(".", ""))
+        out[key] = h.value_at_percentile(p)
+    return out

@@ -1,0 +1,685 @@
+"""Log-linear latency histograms with HdrHistogram's layout, encoding and semantics.
+
+HOT PATH: :meth:`LogLinearHistogram.record` runs once per tick per measured quantity, and
+the guard may inline its index computation (see :attr:`LogLinearHistogram.counts`). Keep
+it allocation-free and branch-light; ``bench/bench_histogram.py`` measures it.
+
+Layout (identical to HdrHistogram with ``lowest_discernible_value=1``, so counts indices,
+encodings and percentiles agree with HdrHistogram tools):
+
+- ``sub_bucket_count = 2**ceil(log2(2 * 10**significant_digits))``, ``sub_bits`` its log2,
+  ``half_bits = sub_bits - 1``.
+- Values ``0 <= v < sub_bucket_count`` are counted exactly (index ``v``).
+- A larger value ``v`` with ``b = v.bit_length() - sub_bits > 0`` lands at index
+  ``(b << half_bits) + (v >> b)``: a bucket of width ``2**b`` starting at
+  ``(v >> b) << b``. This equals HdrHistogram's
+  ``((bucket_index + 1) << half_bits) + sub_bucket_index - 2**half_bits`` with
+  ``bucket_index = b`` and ``sub_bucket_index = v >> b``.
+
+Precision guarantee: a value ``v`` is reported back (as a percentile, minimum or maximum)
+as a value ``r`` of its own bucket, so ``|r - v| < v * 2**-half_bits``; values below
+``sub_bucket_count`` are exact. :attr:`LogLinearHistogram.relative_precision` is that bound
+(``2**-7 = 0.78 %`` for the default two significant digits).
+
+Thread safety: none. One thread records; snapshots for telemetry go through :meth:`copy`
+or :meth:`to_sparse` from that same thread.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import binascii
+import difflib
+import itertools
+import math
+import numbers
+import operator
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LogLinearHistogram"]
+
+_SPARSE_FORMAT = "tailguard.loglinear"
+_SPARSE_VERSION = 1
+_SPARSE_KEYS = (
+    "format",
+    "version",
+    "significant_digits",
+    "highest_trackable_value",
+    "indices",
+    "counts",
+    "clamped_count",
+    "invalid_count",
+)
+
+# HdrHistogram V2 encoding constants (cookie base | 0x10 word-size nibble, as Java writes).
+_V2_ENCODING_COOKIE = 0x1C849303 | 0x10
+_V2_COMPRESSED_COOKIE = 0x1C849304 | 0x10
+_COOKIE_BASE_MASK = ~0xF0 & 0xFFFFFFFF
+_EXTERNAL_HEADER = struct.Struct(">II")  # cookie, compressed length
+_PAYLOAD_HEADER = struct.Struct(
+    ">IIiiqqd"
+)  # cookie, payload len, norm offset, digits, lo, hi, ratio
+_INT64_MAX = 2**63 - 1
+_MAX_DIGITS = 5
+
+
+class LogLinearHistogram:
+    """Counts of non-negative integer values (nanoseconds) in log-linear buckets.
+
+    Args:
+        significant_digits: decimal digits of precision, 1..5 (HdrHistogram's
+            ``significant_figures``); 2 gives a relative error below 0.78 %.
+        highest_trackable_value: largest value counted as itself, >= 2; larger values are
+            clamped to it (and counted in ``clamped_count``). Default ``2**40`` ns ≈ 18 min.
+
+    Attributes:
+        significant_digits: as given.
+        highest_trackable_value: as given.
+        sub_bucket_count: buckets per power of two (256 for two digits).
+        sub_bits: ``log2(sub_bucket_count)``.
+        half_bits: ``sub_bits - 1``.
+        bucket_count: HdrHistogram's bucket count for this range.
+        counts_len: length of ``counts``, ``(bucket_count + 1) << half_bits``.
+        counts: ``array.array('q')`` of per-bucket counts. The same object for the
+            histogram's whole life (``reset`` zeroes it in place), so a hot loop may hold it
+            and do ``counts[idx] += 1`` itself. ``np.frombuffer(counts, np.int64)`` is a
+            zero-copy view.
+        clamped_count: values recorded out of range (negative -> 0, too large -> highest).
+        invalid_count: values that were not numbers at all (NaN, None, ...); not recorded.
+
+    Raises:
+        ValueError: ``significant_digits`` outside 1..5 or ``highest_trackable_value``
+            outside ``[2, 2**63 - 1]``.
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
+
+    def __init__(self, significant_digits: int = 2, highest_trackable_value: int = 2**40) -> None:
+        if (
+            isinstance(significant_digits, bool)
+            or not isinstance(significant_digits, int)
+            or not 1 <= significant_digits <= _MAX_DIGITS
+        ):
+            raise ValueError(
+                f"significant_digits must be an int in 1..{_MAX_DIGITS}, got {significant_digits!r}"
+            )
+        if (
+            isinstance(highest_trackable_value, bool)
+            or not isinstance(highest_trackable_value, int)
+            or not 2 <= highest_trackable_value <= _INT64_MAX
+        ):
+            raise ValueError(
+                "highest_trackable_value must be an int in [2, 2**63 - 1] (nanoseconds), "
+                f"got {highest_trackable_value!r}"
+            )
+        self.significant_digits = significant_digits
+        self.highest_trackable_value = highest_trackable_value
+        # Smallest power of two >= 2 * 10**d, computed in integers (no float log rounding).
+        self.sub_bits = (2 * 10**significant_digits - 1).bit_length()
+        self.half_bits = self.sub_bits - 1
+        self.sub_bucket_count = 1 << self.sub_bits
+        bucket_count = 1
+        while self.sub_bucket_count << (bucket_count - 1) <= highest_trackable_value:
+            bucket_count += 1
+        self.bucket_count = bucket_count
+        self.counts_len = (bucket_count + 1) << self.half_bits
+        self.counts = array.array("q", bytes(8 * self.counts_len))
+        self.clamped_count = 0
+        self.invalid_count = 0
+        self._view: npt.NDArray[np.int64] = np.frombuffer(self.counts, dtype=np.int64)
+        self._mask = self.sub_bucket_count - 1
+        # record() takes its fast path for indices strictly below the top value's bucket;
+        # that bucket may hold values above highest_trackable_value, so it is checked exactly.
+        self._top_index = self.index_of(highest_trackable_value)
+        self._pow2 = np.left_shift(np.int64(1), np.arange(63, dtype=np.int64))
+
+    # ----------------------------------------------------------------------------- layout
+
+    def index_of(self, value: int) -> int:
+        """Counts index of ``value`` (HdrHistogram's ``counts_index_for``).
+
+        Raises:
+            ValueError: ``value`` is negative or above ``highest_trackable_value``.
+        """
+        if not 0 <= value <= self.highest_trackable_value:
+            raise ValueError(
+                f"value {value} outside [0, {self.highest_trackable_value}] (nanoseconds)"
+            )
+        b = value.bit_length() - self.sub_bits
+        return (b << self.half_bits) + (value >> b) if b > 0 else value
+
+    def lowest_equivalent_value(self, value: int) -> int:
+        """Smallest value counted in the same bucket as ``value``."""
+        b = max(value.bit_length() - self.sub_bits, 0)
+        return (value >> b) << b
+
+    def highest_equivalent_value(self, value: int) -> int:
+        """Largest value counted in the same bucket as ``value``."""
+        b = max(value.bit_length() - self.sub_bits, 0)
+        return (((value >> b) + 1) << b) - 1
+
+    @property
+    def relative_precision(self) -> float:
+        """Bound on relative error: every reported value ``r`` for a recorded ``v`` has
+        ``|r - v| < v * relative_precision`` (exact below ``sub_bucket_count``)."""
+        return 2.0**-self.half_bits
+
+    def _bounds_of_indices(
+        self, idx: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Lowest value and width of the buckets at ``idx`` (vectorized)."""
+        half = self.half_bits
+        half_count = np.int64(1 << half)
+        shift = np.maximum((idx >> half) - 1, 0)
+        sub = np.where(idx < half_count, idx, (idx & (half_count - 1)) + half_count)
+        return sub << shift, np.left_shift(np.int64(1), shift)
+
+    # ------------------------------------------------------------------------- recording
+
+    def record(self, value: int) -> None:
+        """Count one value (nanoseconds). O(1); never raises.
+
+        Negative values count as 0 and values above ``highest_trackable_value`` as that
+        value, both also counted in ``clamped_count``. Floats are truncated; NaN and
+        non-numbers only increment ``invalid_count``.
+        """
+        try:
+            if value >= 0:
+                b = (value | self._mask).bit_length() - self.sub_bits
+                i = (b << self.half_bits) + (value >> b)
+                if i < self._top_index:
+                    self.counts[i] += 1
+                    return
+        except (TypeError, AttributeError):  # floats, numpy scalars, junk: slow path
+            pass
+        self._record_slow(value)
+
+    def _record_slow(self, value: object) -> None:
+        """Everything :meth:`record` does not handle inline: clamping and conversions."""
+        try:
+            v = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                self.invalid_count += 1
+                return
+            f = float(value)
+            if math.isnan(f):
+                self.invalid_count += 1
+                return
+            if f > self.highest_trackable_value:
+                v = self.highest_trackable_value + 1  # also +inf
+            elif f < 0.0:
+                v = -1  # also -inf
+            else:
+                v = int(f)
+        if v < 0:
+            self.clamped_count += 1
+            v = 0
+        elif v > self.highest_trackable_value:
+            self.clamped_count += 1
+            v = self.highest_trackable_value
+        self.counts[self.index_of(v)] += 1
+
+    def record_many(self, values: npt.ArrayLike) -> None:
+        """Count every value of an array (any shape), with the same clamping as :meth:`record`.
+
+        Integer and float arrays are vectorized; other dtypes fall back to :meth:`record`.
+        """
+        arr = np.asarray(values).ravel()
+        if arr.size == 0:
+            return
+        hi = self.highest_trackable_value
+        kind = arr.dtype.kind
+        if kind == "f":
+            nan = np.isnan(arr)
+            self.invalid_count += int(nan.sum())
+            arr = arr[~nan]
+            low, high = arr < 0, arr > hi
+            # Cast only values known to fit in int64; clamp the rest afterwards.
+            ints = np.where(low | high, 0, arr).astype(np.int64)
+        elif kind in "iub":
+            low = arr < 0 if kind == "i" else np.zeros(arr.shape, dtype=bool)
+            high = arr > hi
+            ints = np.where(low | high, 0, arr).astype(np.int64)
+        else:
+            for item in arr.tolist():
+                self.record(item)
+            return
+        self.clamped_count += int(low.sum()) + int(high.sum())
+        ints[high] = hi
+        bit_length = np.searchsorted(self._pow2, ints | self._mask, side="right")
+        shift = bit_length - self.sub_bits
+        idx = (shift << self.half_bits) + (ints >> shift)
+        self._view += np.bincount(idx, minlength=self.counts_len).astype(np.int64)
+
+    # --------------------------------------------------------------------------- queries
+
+    @property
+    def total_count(self) -> int:
+        """Number of values recorded (clamped ones included, invalid ones not)."""
+        return int(self._view.sum())
+
+    def value_at_percentile(self, percentile: float) -> int:
+        """Value at a percentile, with HdrHistogram (Java) semantics.
+
+        The target rank is ``max(1, ceil(p' * N / 100))`` where ``N`` is the total count
+        and ``p'`` is ``percentile`` lowered by one ulp (so ``99.9`` of 1000 values is rank
+        999, not 1000 from binary rounding): the nearest-rank definition. The answer is the
+        *highest* value of the bucket holding the value of that rank (for ``percentile ==
+        0``, the *lowest* value of the first non-empty bucket), so it is never below the
+        true value at that rank and above it by less than ``relative_precision`` of it.
+        Returns 0 for an empty histogram. (The C and Python ports round the rank to nearest
+        instead of up; they agree whenever ``p * N / 100`` is an integer.)
+
+        Args:
+            percentile: in [0, 100].
+
+        Raises:
+            ValueError: ``percentile`` outside [0, 100] or NaN.
+        """
+        return self.percentiles((percentile,))[percentile]
+
+    def percentiles(self, percentiles: Iterable[float]) -> dict[float, int]:
+        """Several :meth:`value_at_percentile` answers from one pass over the counts.
+
+        Returns:
+            ``{percentile: value}`` (nanoseconds), keys as given.
+
+        Raises:
+            ValueError: any percentile outside [0, 100] or NaN.
+        """
+        keys = [float(p) for p in percentiles]
+        ps = np.asarray(keys, dtype=np.float64)
+        bad = ~((ps >= 0.0) & (ps <= 100.0))
+        if bad.any():
+            raise ValueError(
+                f"percentiles must be in [0, 100]; got {sorted(set(ps[bad].tolist()))}"
+            )
+        cumulative = np.cumsum(self._view)
+        total = int(cumulative[-1])
+        if total == 0:
+            return dict.fromkeys(keys, 0)
+        requested = np.clip(np.nextafter(ps, -np.inf), 0.0, 100.0)
+        ranks = np.maximum(np.ceil(requested * float(total) / 100.0), 1.0).astype(np.int64)
+        idx = np.minimum(np.searchsorted(cumulative, ranks, side="left"), self.counts_len - 1)
+        lowest, width = self._bounds_of_indices(idx.astype(np.int64))
+        values = np.where(ps == 0.0, lowest, lowest + width - 1)
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    @property
+    def min_value(self) -> int:
+        """Lowest value of the lowest non-empty bucket (0 when empty)."""
+        nonzero = np.flatnonzero(self._view)
+        if nonzero.size == 0:
+            return 0
+        lowest, _ = self._bounds_of_indices(nonzero[:1])
+        return int(lowest[0])
+
+    @property
+    def max_value(self) -> int:
+        """Highest value of the highest non-empty bucket (0 when empty)."""
+        nonzero = np.flatnonzero(self._view)
+        if nonzero.size == 0:
+            return 0
+        lowest, width = self._bounds_of_indices(nonzero[-1:])
+        return int(lowest[0] + width[0] - 1)
+
+    def _medians_and_counts(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per non-empty bucket: HdrHistogram's median-equivalent value and the count."""
+        nonzero = np.flatnonzero(self._view)
+        lowest, width = self._bounds_of_indices(nonzero)
+        medians = (lowest + (width >> 1)).astype(np.float64)
+        return medians, self._view[nonzero].astype(np.float64)
+
+    @property
+    def mean(self) -> float:
+        """Mean (nanoseconds) over bucket midpoints, as HdrHistogram computes it; 0.0 if empty."""
+        medians, counts = self._medians_and_counts()
+        total = counts.sum()
+        return float((medians * counts).sum() / total) if total else 0.0
+
+    @property
+    def stddev(self) -> float:
+        """Population standard deviation (nanoseconds) over bucket midpoints; 0.0 if empty."""
+        medians, counts = self._medians_and_counts()
+        total = counts.sum()
+        if not total:
+            return 0.0
+        mean = (medians * counts).sum() / total
+        return float(math.sqrt(((medians - mean) ** 2 * counts).sum() / total))
+
+    # ----------------------------------------------------------------------- combination
+
+    def _check_layout(self, other: object) -> LogLinearHistogram:
+        if not isinstance(other, LogLinearHistogram):
+            raise TypeError(f"expected a LogLinearHistogram, got {type(other).__name__}")
+        if (other.significant_digits, other.highest_trackable_value) != (
+            self.significant_digits,
+            self.highest_trackable_value,
+        ):
+            raise ValueError(
+                "histogram layouts differ: expected significant_digits="
+                f"{self.significant_digits}, highest_trackable_value="
+                f"{self.highest_trackable_value}; got {other.significant_digits}, "
+                f"{other.highest_trackable_value}. Create both with the same arguments."
+            )
+        return other
+
+    def merge(self, other: LogLinearHistogram) -> None:
+        """Add ``other``'s counts (and clamped/invalid counters) into this histogram.
+
+        Raises:
+            TypeError: ``other`` is not a ``LogLinearHistogram``.
+            ValueError: ``other`` has a different layout.
+        """
+        other = self._check_layout(other)
+        self._view += other._view
+        self.clamped_count += other.clamped_count
+        self.invalid_count += other.invalid_count
+
+    def copy(self) -> LogLinearHistogram:
+        """An independent histogram with the same layout, counts and counters."""
+        clone = LogLinearHistogram(self.significant_digits, self.highest_trackable_value)
+        clone._view[:] = self._view
+        clone.clamped_count = self.clamped_count
+        clone.invalid_count = self.invalid_count
+        return clone
+
+    def reset(self) -> None:
+        """Zero every count and counter in place (``counts`` stays the same object)."""
+        self._view[:] = 0
+        self.clamped_count = 0
+        self.invalid_count = 0
+
+    def __eq__(self, other: object) -> bool:
+        """Same layout and same bucket counts (the clamped/invalid counters are ignored)."""
+        if not isinstance(other, LogLinearHistogram):
+            return NotImplemented
+        return (
+            self.significant_digits == other.significant_digits
+            and self.highest_trackable_value == other.highest_trackable_value
+            and bool(np.array_equal(self._view, other._view))
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LogLinearHistogram(significant_digits={self.significant_digits}, "
+            f"highest_trackable_value={self.highest_trackable_value}, "
+            f"total_count={self.total_count})"
+        )
+
+    # ---------------------------------------------------------------- sparse (telemetry)
+
+    def to_sparse(self) -> dict[str, Any]:
+        """Non-empty buckets and layout as plain ints/strs/lists (JSON and msgpack safe)."""
+        nonzero = np.flatnonzero(self._view)
+        return {
+            "format": _SPARSE_FORMAT,
+            "version": _SPARSE_VERSION,
+            "significant_digits": self.significant_digits,
+            "highest_trackable_value": self.highest_trackable_value,
+            "indices": nonzero.tolist(),
+            "counts": self._view[nonzero].tolist(),
+            "clamped_count": self.clamped_count,
+            "invalid_count": self.invalid_count,
+        }
+
+    @classmethod
+    def from_sparse(cls, data: Mapping[str, Any]) -> LogLinearHistogram:
+        """Rebuild a histogram from :meth:`to_sparse` output.
+
+        Raises:
+            ValueError: wrong format/version, missing or unknown keys, bad layout, indices
+                not strictly increasing or out of range, counts not positive. Every
+                problem found is listed.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"sparse histogram must be a mapping, got {type(data).__name__}")
+        problems = []
+        for key in data:
+            if key not in _SPARSE_KEYS:
+                close = difflib.get_close_matches(str(key), _SPARSE_KEYS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                problems.append(f"unknown key '{key}'{hint}")
+        problems += [f"missing key '{key}'" for key in _SPARSE_KEYS if key not in data]
+        if problems:
+            raise ValueError("invalid sparse histogram: " + "; ".join(problems))
+        if data["format"] != _SPARSE_FORMAT or data["version"] != _SPARSE_VERSION:
+            raise ValueError(
+                f"invalid sparse histogram: expected format '{_SPARSE_FORMAT}' version "
+                f"{_SPARSE_VERSION}, got '{data['format']}' version {data['version']}"
+            )
+        hist = cls(data["significant_digits"], data["highest_trackable_value"])
+        indices, counts = data["indices"], data["counts"]
+        for name, seq in (("indices", indices), ("counts", counts)):
+            if not isinstance(seq, list | tuple) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in seq
+            ):
+                problems.append(f"'{name}' must be a list of ints")
+        for name in ("clamped_count", "invalid_count"):
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"'{name}' must be an int >= 0, got {value!r}")
+        if not problems:
+            if len(indices) != len(counts):
+                problems.append(
+                    f"'indices' and 'counts' differ in length ({len(indices)} vs {len(counts)})"
+                )
+            if any(b <= a for a, b in itertools.pairwise(indices)):
+                problems.append("'indices' must be strictly increasing")
+            if indices and not (indices[0] >= 0 and indices[-1] < hist.counts_len):
+                problems.append(f"'indices' must lie in [0, {hist.counts_len})")
+            if any(not 0 < c <= _INT64_MAX for c in counts):
+                problems.append("'counts' must be positive int64 values")
+        if problems:
+            raise ValueError("invalid sparse histogram: " + "; ".join(problems))
+        if indices:
+            hist._view[np.asarray(indices, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
+        hist.clamped_count = data["clamped_count"]
+        hist.invalid_count = data["invalid_count"]
+        return hist
+
+    # -------------------------------------------------------------- HdrHistogram encoding
+
+    def to_hdr_base64(self) -> str:
+        """HdrHistogram V2 compressed encoding, base64 (what ``HdrHistogram.decode`` reads).
+
+        Payload header (cookie, length, normalizing offset 0, digits, lowest value 1,
+        highest trackable value, conversion ratio 1.0), then the counts up to the last
+        non-empty bucket as ZigZag LEB128 varints, runs of >= 2 empty buckets written as
+        one negative run length; zlib-deflated behind the compressed-format header.
+        The clamped/invalid counters are not part of the format and are not kept.
+        """
+        nonzero = np.flatnonzero(self._view)
+        counts = self._view[nonzero].tolist()
+        out = bytearray()
+        previous = -1
+        for index, count in zip(nonzero.tolist(), counts, strict=True):
+            gap = index - previous - 1
+            if gap == 1:
+                _put_zigzag(out, 0)
+            elif gap > 1:
+                _put_zigzag(out, -gap)
+            _put_zigzag(out, count)
+            previous = index
+        header = _PAYLOAD_HEADER.pack(
+            _V2_ENCODING_COOKIE,
+            len(out),
+            0,
+            self.significant_digits,
+            1,
+            self.highest_trackable_value,
+            1.0,
+        )
+        compressed = zlib.compress(header + bytes(out))
+        blob = _EXTERNAL_HEADER.pack(_V2_COMPRESSED_COOKIE, len(compressed)) + compressed
+        return base64.b64encode(blob).decode("ascii")
+
+    @classmethod
+    def from_hdr_base64(cls, encoded: str | bytes) -> LogLinearHistogram:
+        """Decode an HdrHistogram V2 compressed base64 histogram (Java, C, Python, Go...).
+
+        Only ``lowest_discernible_value == 1`` and a normalizing offset of 0 are supported
+        (what HdrHistogram uses for integer nanoseconds); the conversion ratio is ignored.
+
+        Raises:
+            ValueError: anything malformed or unsupported; nothing else.
+        """
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise ValueError(f"not a base64 HdrHistogram: {exc}") from None
+        if len(blob) < _EXTERNAL_HEADER.size:
+            raise ValueError(f"HdrHistogram blob too short ({len(blob)} bytes)")
+        cookie, length = _EXTERNAL_HEADER.unpack_from(blob)
+        if cookie & _COOKIE_BASE_MASK != _V2_COMPRESSED_COOKIE & _COOKIE_BASE_MASK:
+            raise ValueError(
+                f"unsupported HdrHistogram cookie 0x{cookie:08x}; expected V2 compressed "
+                f"0x{_V2_COMPRESSED_COOKIE:08x}"
+            )
+        if length != len(blob) - _EXTERNAL_HEADER.size:
+            raise ValueError(
+                f"HdrHistogram length field says {length} bytes, "
+                f"found {len(blob) - _EXTERNAL_HEADER.size}"
+            )
+        try:
+            payload = zlib.decompress(blob[_EXTERNAL_HEADER.size :])
+        except zlib.error as exc:
+            raise ValueError(f"HdrHistogram payload does not inflate: {exc}") from None
+        if len(payload) < _PAYLOAD_HEADER.size:
+            raise ValueError(f"HdrHistogram payload too short ({len(payload)} bytes)")
+        cookie, payload_len, offset, digits, lowest, highest, _ratio = _PAYLOAD_HEADER.unpack_from(
+            payload
+        )
+        if cookie & _COOKIE_BASE_MASK != _V2_ENCODING_COOKIE & _COOKIE_BASE_MASK:
+            raise ValueError(f"unsupported HdrHistogram payload cookie 0x{cookie:08x}")
+        if payload_len != len(payload) - _PAYLOAD_HEADER.size:
+            raise ValueError(
+                f"HdrHistogram payload length field says {payload_len} bytes, "
+                f"found {len(payload) - _PAYLOAD_HEADER.size}"
+            )
+        if offset != 0 or lowest != 1:
+            raise ValueError(
+                "only HdrHistograms with lowest_discernible_value=1 and normalizing offset 0 "
+                f"are supported; got {lowest} and {offset}"
+            )
+        hist = cls(digits, highest)  # validates digits and highest
+        hist._fill_from_varints(memoryview(payload)[_PAYLOAD_HEADER.size :])
+        return hist
+
+    def _fill_from_varints(self, data: memoryview) -> None:
+        """Decode ZigZag LEB128 counts (negative = run of empty buckets) into ``counts``."""
+        index, pos, end = 0, 0, len(data)
+        counts, limit = self.counts, self.counts_len
+        while pos < end:
+            raw, shift = 0, 0
+            while True:
+                if pos >= end:
+                    raise ValueError("HdrHistogram counts end inside a varint")
+                byte = data[pos]
+                pos += 1
+                if shift == 56:  # the 9th byte carries 8 bits
+                    raw |= byte << 56
+                    break
+                raw |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+            value = (raw >> 1) ^ -(raw & 1)
+            if value < 0:
+                index -= value
+            else:
+                if value:
+                    if index >= limit:
+                        raise ValueError(
+                            f"HdrHistogram count at index {index} beyond {limit} buckets"
+                        )
+                    counts[index] = value
+                index += 1
+
+    # ------------------------------------------------------------------------ hgrm text
+
+    def to_hgrm(self, value_scale: float = 1.0, ticks_per_half_distance: int = 5) -> str:
+        """HdrHistogram's percentile-distribution text (``.hgrm``), as Java prints it.
+
+        Columns Value (divided by ``value_scale``), Percentile (0..1), TotalCount and
+        1/(1-Percentile), then ``#[Mean ...]``, ``#[Max ...]`` and ``#[Buckets ...]``
+        footer lines. HdrHistogram's plotter and ``HistogramLogProcessor`` read this.
+
+        Args:
+            value_scale: divisor for printed values, e.g. 1000.0 to print microseconds.
+            ticks_per_half_distance: report lines per halving of the distance to 100 %.
+
+        Raises:
+            ValueError: ``value_scale`` not positive or ``ticks_per_half_distance`` < 1.
+        """
+        if not value_scale > 0 or not math.isfinite(value_scale):
+            raise ValueError(f"value_scale must be a positive number, got {value_scale!r}")
+        if ticks_per_half_distance < 1:
+            raise ValueError(
+                f"ticks_per_half_distance must be >= 1, got {ticks_per_half_distance!r}"
+            )
+        digits = self.significant_digits
+        row = f"%12.{digits}f %2.12f %10d %14.2f\n"
+        last_row = f"%12.{digits}f %2.12f %10d\n"
+        lines = [
+            f"{'Value':>12} {'Percentile':>14} {'TotalCount':>10} {'1/(1-Percentile)':>14}\n\n"
+        ]
+        nonzero = np.flatnonzero(self._view)
+        if nonzero.size:
+            cumulative = np.cumsum(self._view[nonzero])
+            total = int(cumulative[-1])
+            reached = 100.0 * cumulative.astype(np.float64) / float(total)
+            lowest, width = self._bounds_of_indices(nonzero)
+            highest = (lowest + width - 1).tolist()
+            level = 0.0
+            while True:
+                j = int(np.searchsorted(reached, level, side="left"))
+                lines.append(
+                    row
+                    % (
+                        highest[j] / value_scale,
+                        level / 100.0,
+                        cumulative[j],
+                        1.0 / (1.0 - level / 100.0),
+                    )
+                )
+                if j == nonzero.size - 1:
+                    break
+                # Java: ticks * 2**(floor(log2(100 / (100 - level))) + 1) steps per halving.
+                halvings = int(math.log(100.0 / (100.0 - level)) / math.log(2)) + 1
+                level += 100.0 / (ticks_per_half_distance * 2**halvings)
+                if level >= 100.0:
+                    break
+            lines.append(last_row % (highest[-1] / value_scale, 1.0, total))
+        lines.append(
+            f"#[Mean    = %12.{digits}f, StdDeviation   = %12.{digits}f]\n"
+            % (self.mean / value_scale, self.stddev / value_scale)
+        )
+        lines.append(
+            f"#[Max     = %12.{digits}f, Total count    = %12d]\n"
+            % (self.max_value / value_scale, self.total_count)
+        )
+        lines.append(
+            f"#[Buckets = {self.bucket_count:12d}, SubBuckets     = {self.sub_bucket_count:12d}]\n"
+        )
+        return "".join(lines)
+
+
+def _put_zigzag(out: bytearray, value: int) -> None:
+    """Append ``value`` as HdrHistogram's ZigZag LEB128 (at most 9 bytes, the 9th full)."""
+    raw = (value << 1) if value >= 0 else ((-value) << 1) - 1
+    for _ in range(8):
+        if raw < 0x80:
+            out.append(raw)
+            return
+        out.append((raw & 0x7F) | 0x80)
+        raw >>= 7
+    out.append(raw & 0xFF)
