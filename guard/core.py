@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from guard.deadline import make_deadline_runner
 from guard.envelope import Envelope, load_envelope
-from guard.errors import EnvelopeError, HashMismatchError, TailguardError
+from guard.errors import EnvelopeError, HashMismatchError
 from guard.histogram import LogLinearHistogram
 from guard.policy import CallablePolicy, OnnxPolicy, _CheckedPolicy
 from guard.state import Event as _Event
@@ -45,8 +46,8 @@ __all__ = ["Guard", "Fallback"]
 Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
 _NEVER = 1 << 62  # a threshold that disables a check (compares false for any real ns)
-_SUB_BITS, _HALF_BITS = 8, 7  # histogram layout inlined in step(): 2 significant digits
 _HIST_MAX = (1 << 62) - 1
+_RING = 256  # nominal ticks buffered before one vectorized histogram update
 
 # Fast-path outcome codes (0 = clean).
 _OBS_SHAPE, _OBS_NONFINITE, _POLICY_ERROR, _DEADLINE, _ACTION = 1, 2, 3, 4, 5
@@ -158,14 +159,15 @@ class Guard:
         # -- histograms: interval (hot path) + lifetime (merged every window) --
         self._h_dt = LogLinearHistogram(2, _HIST_MAX)
         self._h_lat = LogLinearHistogram(2, _HIST_MAX)
-        if (self._h_dt.sub_bits, self._h_dt.half_bits) != (_SUB_BITS, _HALF_BITS):
-            raise TailguardError("histogram layout changed; update the inlined index in step()")
         self._h_dt_life = LogLinearHistogram(2, _HIST_MAX)
         self._h_lat_life = LogLinearHistogram(2, _HIST_MAX)
         self._h_dt_last = LogLinearHistogram(2, _HIST_MAX)
         self._h_lat_last = LogLinearHistogram(2, _HIST_MAX)
-        self._c_dt = self._h_dt.counts
-        self._c_lat = self._h_lat.counts
+        # Nominal ticks store raw values here (two array stores); _flush_ring() folds them
+        # into the interval histograms with one numpy pass every _RING ticks.
+        self._ring_lat = array("q", bytes(8 * _RING))
+        self._ring_dt = array("q", bytes(8 * _RING))
+        self._ring_pos = 0
 
         # -- fallback and safe action --
         self._fallback_kind, self._fallback = self._resolve_fallback(fallback, policy)
@@ -301,6 +303,8 @@ class Guard:
                         if not bad and not min(self._slack[cur]) >= 0.0:
                             bad = _ACTION
         lat = clock() - t0
+        if bad == _DEADLINE and lat > self._deadline_ns:
+            lat = self._deadline_ns  # the guard answered at the deadline (inline mode: modeled)
         if lat > self._lat_p50:
             self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
         if dt > self._dt_p50:
@@ -313,12 +317,13 @@ class Guard:
             and (tick != self._next_check or not self._window_due(tick))
             and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
         ):
-            c = self._c_lat
-            b = lat.bit_length() - _SUB_BITS
-            c[(b << _HALF_BITS) + (lat >> b) if b > 0 else lat] += 1
-            c = self._c_dt
-            b = dt.bit_length() - _SUB_BITS
-            c[(b << _HALF_BITS) + (dt >> b) if b > 0 else dt] += 1
+            i = self._ring_pos
+            self._ring_lat[i] = lat
+            self._ring_dt[i] = dt
+            i += 1
+            self._ring_pos = i
+            if i == _RING:
+                self._flush_ring()
             self._cur = cur ^ 1
             return self._views[cur]
         return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
@@ -329,6 +334,14 @@ class Guard:
         for q, threshold in zip(queues, thresholds, strict=True):
             if v > threshold:
                 q.append(tick)
+
+    def _flush_ring(self) -> None:
+        """Fold the buffered nominal-tick values into the interval histograms."""
+        n = self._ring_pos
+        self._ring_pos = 0
+        if n:
+            self._h_lat.record_many(np.frombuffer(self._ring_lat, dtype=np.int64)[:n])
+            self._h_dt.record_many(np.frombuffer(self._ring_dt, dtype=np.int64)[:n])
 
     def _record(self, hist: LogLinearHistogram, v: int) -> None:
         if v < 0:
@@ -519,6 +532,7 @@ class Guard:
     def _roll_interval(self) -> None:
         """Close the current histogram interval: merge into lifetime, keep it as 'last'."""
         self._next_roll = self._tick + self._window_ticks
+        self._flush_ring()
         for cur, life, last in (
             (self._h_dt, self._h_dt_life, self._h_dt_last),
             (self._h_lat, self._h_lat_life, self._h_lat_last),
@@ -679,6 +693,7 @@ class Guard:
             "window": ...}`` (window = the last complete interval of window.ticks ticks
             plus the current one).
         """
+        self._flush_ring()
         now = self._last_t0
         state_ns = dict(self._state_ns)
         if self._state_since_ns is not None:
@@ -703,6 +718,7 @@ class Guard:
 
     def histograms(self) -> dict[str, LogLinearHistogram]:
         """Lifetime dt and latency histograms (copies, current interval included)."""
+        self._flush_ring()
         out = {}
         for name, cur, life in (
             ("dt_ns", self._h_dt, self._h_dt_life),

@@ -68,6 +68,7 @@ _PAYLOAD_HEADER = struct.Struct(
 )  # cookie, payload len, norm offset, digits, lo, hi, ratio
 _INT64_MAX = 2**63 - 1
 _MAX_DIGITS = 5
+_MAX_PAYLOAD_BYTES = 64 * 2**20  # 9-byte varints for ~7M buckets: any sane layout fits
 
 
 class LogLinearHistogram:
@@ -171,6 +172,17 @@ class LogLinearHistogram:
         ``|r - v| < v * relative_precision`` (exact below ``sub_bucket_count``)."""
         return 2.0**-self.half_bits
 
+    def bucket_bounds(
+        self, indices: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Lowest value (ns) and width (ns) of the buckets at counts ``indices``.
+
+        Returns:
+            Two int64 arrays shaped like ``indices``; a bucket holds
+            ``[lowest, lowest + width - 1]``.
+        """
+        return self._bounds_of_indices(np.asarray(indices, dtype=np.int64))
+
     def _bounds_of_indices(
         self, idx: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -241,7 +253,8 @@ class LogLinearHistogram:
             nan = np.isnan(arr)
             self.invalid_count += int(nan.sum())
             arr = arr[~nan]
-            low, high = arr < 0, arr > hi
+            # float(hi) may round up to 2**63, which does not fit in int64: test both.
+            low, high = arr < 0, (arr > hi) | (arr >= 2.0**63)
             # Cast only values known to fit in int64; clamp the rest afterwards.
             ints = np.where(low | high, 0, arr).astype(np.int64)
         elif kind in "iub":
@@ -296,40 +309,56 @@ class LogLinearHistogram:
             ValueError: any percentile outside [0, 100] or NaN.
         """
         keys = [float(p) for p in percentiles]
-        ps = np.asarray(keys, dtype=np.float64)
-        bad = ~((ps >= 0.0) & (ps <= 100.0))
-        if bad.any():
-            raise ValueError(
-                f"percentiles must be in [0, 100]; got {sorted(set(ps[bad].tolist()))}"
-            )
+        bad = sorted({p for p in keys if not 0.0 <= p <= 100.0}, key=str)
+        if bad:
+            raise ValueError(f"percentiles must be in [0, 100]; got {bad}")
+        # Window queries run every k ticks with the GIL held: one cumsum and one
+        # searchsorted over the counts; the few per-percentile steps stay in plain Python.
         cumulative = np.cumsum(self._view)
         total = int(cumulative[-1])
         if total == 0:
             return dict.fromkeys(keys, 0)
-        requested = np.clip(np.nextafter(ps, -np.inf), 0.0, 100.0)
-        ranks = np.maximum(np.ceil(requested * float(total) / 100.0), 1.0).astype(np.int64)
-        idx = np.minimum(np.searchsorted(cumulative, ranks, side="left"), self.counts_len - 1)
-        lowest, width = self._bounds_of_indices(idx.astype(np.int64))
-        values = np.where(ps == 0.0, lowest, lowest + width - 1)
-        return dict(zip(keys, values.tolist(), strict=True))
+        ranks = [
+            max(math.ceil(min(max(math.nextafter(p, -math.inf), 0.0), 100.0) * total / 100.0), 1)
+            for p in keys
+        ]
+        found = np.searchsorted(cumulative, ranks, side="left").tolist()
+        result = {}
+        for p, index in zip(keys, found, strict=True):
+            lowest, width = self._bucket_at(min(index, self.counts_len - 1))
+            result[p] = lowest if p == 0.0 else lowest + width - 1
+        return result
+
+    def _bucket_at(self, index: int) -> tuple[int, int]:
+        """Lowest value and width of the bucket at counts index ``index``."""
+        if index < self.sub_bucket_count:
+            return index, 1
+        half = self.half_bits
+        shift = (index >> half) - 1
+        return ((index & ((1 << half) - 1)) + (1 << half)) << shift, 1 << shift
+
+    def _occupied_range(self) -> tuple[int, int] | None:
+        """First and last non-empty counts index, or None when empty."""
+        occupied = self._view != 0
+        first = int(occupied.argmax())
+        if not occupied[first]:
+            return None
+        return first, self.counts_len - 1 - int(occupied[::-1].argmax())
 
     @property
     def min_value(self) -> int:
         """Lowest value of the lowest non-empty bucket (0 when empty)."""
-        nonzero = np.flatnonzero(self._view)
-        if nonzero.size == 0:
-            return 0
-        lowest, _ = self._bounds_of_indices(nonzero[:1])
-        return int(lowest[0])
+        occupied = self._occupied_range()
+        return 0 if occupied is None else self._bucket_at(occupied[0])[0]
 
     @property
     def max_value(self) -> int:
         """Highest value of the highest non-empty bucket (0 when empty)."""
-        nonzero = np.flatnonzero(self._view)
-        if nonzero.size == 0:
+        occupied = self._occupied_range()
+        if occupied is None:
             return 0
-        lowest, width = self._bounds_of_indices(nonzero[-1:])
-        return int(lowest[0] + width[0] - 1)
+        lowest, width = self._bucket_at(occupied[1])
+        return lowest + width - 1
 
     def _medians_and_counts(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Per non-empty bucket: HdrHistogram's median-equivalent value and the count."""
@@ -549,10 +578,13 @@ class LogLinearHistogram:
                 f"HdrHistogram length field says {length} bytes, "
                 f"found {len(blob) - _EXTERNAL_HEADER.size}"
             )
+        inflater = zlib.decompressobj()
         try:
-            payload = zlib.decompress(blob[_EXTERNAL_HEADER.size :])
+            payload = inflater.decompress(blob[_EXTERNAL_HEADER.size :], _MAX_PAYLOAD_BYTES)
         except zlib.error as exc:
             raise ValueError(f"HdrHistogram payload does not inflate: {exc}") from None
+        if inflater.unconsumed_tail:  # a zip bomb, or a histogram far larger than ours
+            raise ValueError(f"HdrHistogram payload inflates beyond {_MAX_PAYLOAD_BYTES} bytes")
         if len(payload) < _PAYLOAD_HEADER.size:
             raise ValueError(f"HdrHistogram payload too short ({len(payload)} bytes)")
         cookie, payload_len, offset, digits, lowest, highest, _ratio = _PAYLOAD_HEADER.unpack_from(

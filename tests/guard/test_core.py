@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FakeClock, build_mlp, build_sqrt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tg_models import FakeClock, build_mlp, build_sqrt
 
 from guard import CallablePolicy, Guard, GuardState, HashMismatchError, OnnxPolicy, Violation
 from guard.envelope import (
@@ -598,7 +598,7 @@ def test_flight_recorder_gets_violations_and_state_changes(
 
 def test_reset_clears_recurrent_state_and_window(tmp_path: Path) -> None:
     """reset() zeroes recurrent state; the next tick's dt (across the pause) is not judged."""
-    from conftest import build_recurrent
+    from tg_models import build_recurrent
 
     clock = FakeClock()
     p = OnnxPolicy(build_recurrent(tmp_path / "gru.onnx", obs_size=4, action_size=2))

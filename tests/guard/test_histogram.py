@@ -130,6 +130,18 @@ def test_index_and_equivalent_values_match_hdrhistogram(value: int) -> None:
     assert hist.highest_equivalent_value(value) == hdr.get_highest_equivalent_value(value)
 
 
+@pytest.mark.parametrize("digits", [1, 2, 3])
+def test_bucket_bounds_match_hdrhistogram_for_every_index(digits: int) -> None:
+    """bucket_bounds(i) is [value_from_index(i), highest_equivalent] as in hdrhistogram."""
+    hist = LogLinearHistogram(digits)
+    hdr = HdrHistogram(1, HIGHEST_NS, digits)
+    lowest, width = hist.bucket_bounds(np.arange(hist.counts_len))
+    for index in range(hist.counts_len):
+        low = hdr.get_value_from_index(index)
+        assert lowest[index] == low, index
+        assert lowest[index] + width[index] - 1 == hdr.get_highest_equivalent_value(low)
+
+
 @pytest.mark.parametrize("digits", [1, 2, 3, 4, 5])
 def test_relative_precision_is_at_least_the_significant_digits(digits: int) -> None:
     """relative_precision is 2**-half_bits and never coarser than 10**-significant_digits."""
@@ -199,6 +211,14 @@ def test_record_many_equals_record_one_by_one(values: list[float]) -> None:
         assert vectorized == one_by_one
         assert vectorized.clamped_count == one_by_one.clamped_count
         assert vectorized.invalid_count == one_by_one.invalid_count
+
+
+def test_record_many_clamps_floats_at_the_int64_limit() -> None:
+    """With highest 2**63 - 1, floats at or above 2**63 clamp instead of overflowing."""
+    hist = LogLinearHistogram(2, 2**63 - 1)
+    hist.record_many(np.array([2.0**63, 1e30, 2.0**62, -1e30]))
+    assert hist.clamped_count == 3 and hist.total_count == 4
+    assert hist.counts[hist.index_of(2**63 - 1)] == 2 and hist.counts[0] == 1
 
 
 def test_record_many_handles_uint64_and_object_arrays() -> None:
@@ -499,6 +519,14 @@ def test_malformed_base64_raises_value_error(blob: str, fragment: str) -> None:
     """Every malformed or unsupported blob raises ValueError saying what is wrong."""
     with pytest.raises(ValueError, match=fragment):
         LogLinearHistogram.from_hdr_base64(blob)
+
+
+def test_decompression_is_bounded() -> None:
+    """A small blob that inflates past 64 MiB is refused instead of exhausting memory."""
+    bomb = _blob(_GOOD_HEADER, bytes(65 * 2**20))
+    assert len(bomb) < 200_000
+    with pytest.raises(ValueError, match="inflates beyond"):
+        LogLinearHistogram.from_hdr_base64(bomb)
 
 
 @settings(max_examples=200, deadline=None)

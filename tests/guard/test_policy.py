@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tg_models import (
     TensorProto,
     build_custom,
     build_external,
@@ -16,8 +18,6 @@ from conftest import (
     helper,
     numpy_helper,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from guard import CallablePolicy, OnnxPolicy, PolicyLoadError
 from guard.onnx_build import mlp_bytes

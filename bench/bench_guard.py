@@ -1,0 +1,154 @@
+"""Guard overhead per tick, side by side with a bare IO-bound inference of the same model.
+
+Run for real (writes nothing; `python bench/run.py` collects the summary)::
+
+    python -m pytest bench/bench_guard.py --benchmark-enable -p no:cacheprovider -s
+
+Variants, timed per call in interleaved blocks (see bench/conftest.py):
+
+* minimal tick -- two clock reads, a compare and a ring store: the floor of any loop;
+* guard, null policy -- Guard.step with a policy whose inference is a C no-op: the guard's
+  own overhead "excluding the policy";
+* bare -- the fastest plain call style: copy obs into the bound input, run_with_iobinding;
+* guard -- Guard.step on the same model (check node folded into the graph).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tg_timing import interleaved, is_smoke, summary_us
+
+from guard import Guard, OnnxPolicy
+from guard.envelope import Envelope, PolicyBinding, Thresholds, Timing
+from guard.policy import _CheckedPolicy
+
+
+def _envelope(obs_size: int, action_size: int) -> Envelope:
+    """Checks enabled with generous thresholds, so every tick takes the nominal path."""
+    s = 10**9
+    return Envelope(
+        policy=PolicyBinding(
+            sha256=None,
+            obs_size=obs_size,
+            action_size=action_size,
+            action_low=(-1e6,) * action_size,
+            action_high=(1e6,) * action_size,
+        ),
+        timing=Timing(
+            period_ns=s,
+            dt=Thresholds(p50_ns=s, p95_ns=s, p99_ns=s, max_ns=10 * s),
+            latency=Thresholds(p50_ns=s, p95_ns=s, p99_ns=s, max_ns=s),
+            max_consecutive_overruns=3,
+        ),
+    )
+
+
+class NullPolicy(_CheckedPolicy):
+    """A policy whose inference is a C-level no-op; its checks always pass."""
+
+    sha256 = None
+    name = "null"
+
+    def __init__(self, obs_size: int, action_size: int) -> None:
+        self._init_buffers(obs_size, action_size)
+        self._run_fn, self._run_args = int, (0, 1)  # int(0): the cheapest C call
+
+
+def _bare(path: Path) -> tuple[Any, np.ndarray]:
+    """The bare baseline: a session with one IO binding, obs copied into its input."""
+    import onnxruntime as ort
+
+    from guard.policy import session_options
+
+    sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    obs_size = sess.get_inputs()[0].shape[1]
+    a = sess.get_outputs()[0].shape[1]
+    obs_buf = np.zeros((1, obs_size), np.float32)
+    out = np.zeros((1, a), np.float32)
+    b = sess.io_binding()
+    b.bind_cpu_input("obs", obs_buf)
+    b.bind_output("actions", "cpu", 0, np.float32, [1, a], out.ctypes.data)
+    flat = obs_buf.reshape(-1)
+    run = sess.run_with_iobinding
+
+    obs = np.random.default_rng(0).standard_normal(obs_size).astype(np.float32)
+
+    def call() -> None:
+        flat[:] = obs
+        run(b)
+
+    return call, obs
+
+
+def _sizes(request: pytest.FixtureRequest) -> tuple[int, int]:
+    return (20, 200) if is_smoke(request.config) else (40, 2500)
+
+
+@pytest.mark.benchmark(group="guard")
+def bench_guard_overhead_null_policy(benchmark: Any, request: pytest.FixtureRequest) -> None:
+    """Guard.step with a no-op policy vs the minimal tick (two clock reads + compare + store)."""
+    blocks, per_block = _sizes(request)
+    guard = Guard(NullPolicy(17, 6), _envelope(17, 6))
+    obs = np.zeros(17, np.float32)
+    ring = [0] * 1024
+    clock = time.perf_counter_ns
+    state = {"i": 0, "last": clock()}
+
+    def minimal() -> None:
+        t = clock()
+        if t - state["last"] > 10**9:
+            ring[0] = -1
+        i = state["i"] = (state["i"] + 1) & 1023
+        ring[i] = clock() - t
+        state["last"] = t
+
+    for _ in range(200):
+        guard.step(obs)
+
+    def run() -> dict[str, Any]:
+        variants = {"minimal_tick": minimal, "guard_null": lambda: guard.step(obs)}
+        hists, gcs = interleaved(variants, blocks, per_block)
+        return {"gc_collections": gcs, **{k: summary_us(h) for k, h in hists.items()}}
+
+    info = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(info)
+    assert guard.stats()["ticks"] > blocks * per_block
+    assert sum(guard.stats()["violations"].values()) == 0
+
+
+@pytest.mark.benchmark(group="guard")
+@pytest.mark.parametrize("model", ["small", "large"])
+def bench_guard_vs_bare(
+    benchmark: Any, request: pytest.FixtureRequest, model_dir: Path, model: str
+) -> None:
+    """Guard.step with an ONNX policy vs a bare IO-bound inference of the same model."""
+    blocks, per_block = _sizes(request)
+    path = model_dir / f"{model}.onnx"
+    bare, obs = _bare(path)
+    policy = OnnxPolicy(path)
+    guard = Guard(policy, _envelope(policy.obs_size, policy.action_size))
+    guard.warm_up(obs, freeze_gc=False)
+    for _ in range(200):
+        guard.step(obs)
+        bare()
+
+    def run() -> dict[str, Any]:
+        hists, gcs = interleaved(
+            {"bare": bare, "guard": lambda: guard.step(obs)}, blocks, per_block
+        )
+        s = {k: summary_us(h) for k, h in hists.items()}
+        return {
+            "gc_collections": gcs,
+            **s,
+            "ratio_p50": s["guard"]["p50"] / s["bare"]["p50"],
+            "ratio_p99": s["guard"]["p99"] / s["bare"]["p99"],
+        }
+
+    info = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(info)
+    assert sum(guard.stats()["violations"].values()) == 0

@@ -1,0 +1,71 @@
+"""Pacing lateness of guard.pacer.Pacer: sleep-then-spin against a sleep-only loop.
+
+Each run paces a loop with an empty body for ~2 s at 500 Hz and at 1 kHz and records every
+wake-up's lateness (ns) into a preallocated numpy array. ``sleep_only`` is the same pacer
+with ``spin_ns=0``: same absolute-deadline grid, the wake-up left to the OS timer.
+
+    python -m pytest bench/bench_pacer.py --benchmark-enable -s
+
+Tail figures (p50 / p99 / p99.9 / max, us) are printed and stored in
+``benchmark.extra_info``; the timing pytest-benchmark reports itself is just the run length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from guard.pacer import Pacer
+
+FULL_RUN_S = 2.0
+SMOKE_RUN_S = 0.05  # with --benchmark-disable the file is a smoke test
+SPIN_NS = {"sleep_spin": 150_000, "sleep_only": 0}
+
+
+def _pace(rate_hz: float, spin_ns: int, duration_s: float) -> tuple[np.ndarray, int]:
+    """Pace an empty loop; returns per-tick lateness (ns, int64) and the missed cycles."""
+    pacer = Pacer(rate_hz, spin_ns=spin_ns)
+    n_ticks = max(1, round(duration_s * rate_hz))
+    lateness_ns = np.zeros(n_ticks, dtype=np.int64)
+    pacer.start()
+    for i in range(n_ticks):
+        lateness_ns[i] = pacer.wait()
+    return lateness_ns, pacer.missed_cycles
+
+
+def _tails_us(lateness_ns: np.ndarray) -> dict[str, float]:
+    p50, p99, p999 = np.percentile(lateness_ns, [50.0, 99.0, 99.9]) / 1e3
+    return {
+        "p50_us": round(float(p50), 3),
+        "p99_us": round(float(p99), 3),
+        "p99_9_us": round(float(p999), 3),
+        "max_us": round(float(lateness_ns.max()) / 1e3, 3),
+    }
+
+
+@pytest.mark.parametrize("rate_hz", [500.0, 1000.0])
+@pytest.mark.parametrize("mode", ["sleep_spin", "sleep_only"])
+def bench_pacer_lateness(
+    benchmark: Any, request: pytest.FixtureRequest, mode: str, rate_hz: float
+) -> None:
+    """Wake-up lateness of deadline pacing at rate_hz, spin vs sleep-only."""
+    # Same rule as pytest-benchmark: --benchmark-enable overrides the default --benchmark-disable.
+    options = request.config.getoption
+    disabled = bool(options("benchmark_disable")) and not options("benchmark_enable")
+    duration_s = SMOKE_RUN_S if disabled else FULL_RUN_S
+    lateness_ns, missed = benchmark.pedantic(
+        _pace, args=(rate_hz, SPIN_NS[mode], duration_s), rounds=1, iterations=1
+    )
+    tails = _tails_us(lateness_ns)
+    benchmark.extra_info.update(
+        {"mode": mode, "rate_hz": rate_hz, "ticks": int(lateness_ns.size), "missed": missed}
+    )
+    benchmark.extra_info.update(tails)
+    print(
+        f"\npacer {mode:>10} @ {rate_hz:6.0f} Hz, {lateness_ns.size} ticks, missed {missed}: "
+        f"p50 {tails['p50_us']:.2f} us  p99 {tails['p99_us']:.1f} us  "
+        f"p99.9 {tails['p99_9_us']:.1f} us  max {tails['max_us']:.1f} us"
+    )
+    assert lateness_ns.size > 0

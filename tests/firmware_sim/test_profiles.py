@@ -1,0 +1,137 @@
+"""Timing profiles: seeded reproducibility, chunking invariance, statistics match the spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_sim.profile_spec import parse_profile
+from firmware_sim.profiles import DropSampler, SpikeProfile, TraceProfile
+from guard.errors import ProfileError
+
+MS = 1_000_000
+PERIOD_NS = 8 * MS
+
+SPECS = [
+    "nominal",
+    "fixed:ms=8",
+    "uniform:lo_ms=1,hi_ms=3",
+    "uniform:jitter_ms=1",
+    "gaussian:std_ms=0.5",
+    "lognormal:median_ms=2,sigma=0.8",
+    "lognormal:median_ms=2,sigma=0.8,cap_ms=15",
+    "pareto:scale_ms=5,alpha=1.5",
+    "mix:0.97*nominal+0.03*pareto:scale_ms=5,alpha=1.5",
+    "spikes:every=500,len=3,ms=40",
+    "spikes:p=0.01,len=3,ms=40",
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_same_seed_same_stream(spec: str) -> None:
+    """Two profiles built with the same seed produce identical streams; another seed differs."""
+    a = parse_profile(spec, nominal_ns=PERIOD_NS, seed=7).sample(5000)
+    b = parse_profile(spec, nominal_ns=PERIOD_NS, seed=7).sample(5000)
+    assert a.dtype == np.int64 and np.array_equal(a, b)
+    assert np.all(a >= 0)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_next_ns_and_chunks_match_sample(spec: str) -> None:
+    """next_ns() and any chunking of sample(n) yield the same sequence for a seed."""
+    whole = parse_profile(spec, nominal_ns=PERIOD_NS, seed=3).sample(1000)
+    p = parse_profile(spec, nominal_ns=PERIOD_NS, seed=3)
+    mixed = [p.next_ns() for _ in range(10)]
+    mixed += list(p.sample(333)) + [p.next_ns() for _ in range(300)] + list(p.sample(357))
+    assert np.array_equal(whole, np.asarray(mixed))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("q", [0.5, 0.95, 0.99])
+def test_sample_quantiles_match_analytic(spec: str, q: float) -> None:
+    """The empirical quantile of 200k samples lies within sampling error of quantile_ns(q)."""
+    p = parse_profile(spec, nominal_ns=PERIOD_NS, seed=11)
+    x = p.sample(200_000)
+    n = x.size
+    # Binomial bounds on the rank of the analytic quantile (about 5 sigma).
+    half = 5.0 * np.sqrt(n * q * (1 - q)) + 2
+    lo_rank, hi_rank = max(int(n * q - half), 0), min(int(n * q + half), n - 1)
+    xs = np.sort(x)
+    assert xs[lo_rank] <= p.quantile_ns(q) <= xs[hi_rank]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_p_violate_matches_frequency(spec: str) -> None:
+    """p_violate(cap) equals the observed fraction of samples above cap within 5 sigma."""
+    p = parse_profile(spec, nominal_ns=PERIOD_NS, seed=5)
+    cap = 10 * MS
+    freq = float((p.sample(200_000) > cap).mean())
+    pv = p.p_violate(cap)
+    assert abs(freq - pv) <= 5 * np.sqrt(max(pv * (1 - pv), 1e-6) / 200_000) + 1e-4
+
+
+def test_delay_steps_and_stats() -> None:
+    """d_q = ceil(quantile / period): fixed 8 ms at an 8 ms period is one step, 8.001 ms two."""
+    assert parse_profile("fixed:ms=8").stats(PERIOD_NS).d_p99 == 1
+    assert parse_profile("fixed:us=8001").stats(PERIOD_NS).d_p50 == 2
+    assert parse_profile("nominal").stats(PERIOD_NS).d_p99 == 0
+    s = parse_profile("lognormal:median_ms=2,sigma=0.8,cap_ms=15").stats(PERIOD_NS, cap_ns=15 * MS)
+    assert s.p50_ns == 2 * MS and s.p_violate == 0.0 and s.d_p50 == 1
+
+
+def test_cap_clips_samples() -> None:
+    """No sample of a capped profile exceeds the cap, and the cap has positive mass."""
+    p = parse_profile("pareto:scale_ms=5,alpha=1.0,cap_ms=15", seed=1)
+    x = p.sample(50_000)
+    assert x.max() == 15 * MS and p.cdf(15 * MS) == 1.0
+
+
+def test_periodic_spikes_pattern() -> None:
+    """Periodic spikes hit exactly ticks phase..phase+len-1 of every period, across chunks."""
+    p = SpikeProfile(base_ns=0, spike_ns=40 * MS, length=3, every=10, phase=2)
+    x = np.concatenate([p.sample(7), p.sample(23)])
+    assert list(np.flatnonzero(x)) == [2, 3, 4, 12, 13, 14, 22, 23, 24]
+
+
+def test_random_spike_bursts_last_len_ticks() -> None:
+    """Random spikes come in runs whose lengths are multiples-or-merges of len (>= len)."""
+    x = parse_profile("spikes:p=0.01,len=4,ms=40", seed=2).sample(100_000) > 0
+    edges = np.diff(np.concatenate(([0], x.astype(int), [0])))
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    assert runs.size > 100 and runs.min() >= 4
+
+
+def test_trace_replays_in_order_and_wraps() -> None:
+    """A trace profile replays values in order from its offset and wraps around."""
+    p = TraceProfile(np.array([1, 2, 3]), offset=1)
+    assert list(p.sample(5)) == [2, 3, 1, 2, 3]
+    p.reseed(0)
+    assert p.next_ns() == 2
+
+
+def test_drop_sampler_rate_and_bursts() -> None:
+    """Drops occur at the stationary rate in bursts of burst_len; prob 0 never drops."""
+    d = DropSampler(0.01, burst_len=2)
+    d.reseed(4)
+    x = d.sample(200_000)
+    assert abs(x.mean() - d.drop_fraction) < 0.003
+    assert not any(DropSampler(0.0).next_drop() for _ in range(100))
+    d.reseed(4)
+    assert np.array_equal(x[:500], np.array([d.next_drop() for _ in range(500)]))
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: DropSampler(1.5), "drop probability"),
+        (lambda: DropSampler(0.1, 0), "burst length"),
+        (lambda: TraceProfile(np.array([], np.int64)), "at least one"),
+        (lambda: parse_profile("fixed:ms=1").sample(-1), "sample count"),
+        (lambda: parse_profile("fixed:ms=1").quantile_ns(0.0), "quantile"),
+        (lambda: parse_profile("fixed:ms=1").stats(0), "period"),
+    ],
+)
+def test_bad_arguments_raise_profile_error(call, fragment: str) -> None:
+    """Out-of-range constructor or query arguments raise ProfileError naming the problem."""
+    with pytest.raises(ProfileError, match=fragment):
+        call()
