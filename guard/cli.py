@@ -22,8 +22,10 @@ __all__ = ["main", "build_parser"]
 _EXTERNAL = {
     "export": ("adapters.cli", "export a checkpoint (RSL-RL, SB3, torch) to a checked ONNX file"),
     "replay": ("firmware_sim.cli", "replay a policy in MuJoCo in simulated time"),
-    "firmware": ("firmware_sim.cli", "run a wall-clock MuJoCo firmware process over ZMQ"),
+    "firmware": ("firmware_sim.firmware_cli", "run a wall-clock MuJoCo firmware process over ZMQ"),
+    "run": ("firmware_sim.firmware_cli", "run a guarded ONNX policy against a firmware process"),
     "monitor": ("guard.monitor.cli", "watch a running guard (ZMQ sidecar)"),
+    "keys": ("guard.monitor.cli", "create CURVE keys for the guard/monitor command channel"),
     "bench": ("guard.bench_cli", "measure this machine's control-loop latency"),
 }
 

@@ -40,6 +40,7 @@ from guard.state import (
     event_for,
     next_state,
 )
+from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS
 
 __all__ = ["Guard", "Fallback"]
 
@@ -80,6 +81,10 @@ class Guard:
             ``"inline"`` (judged after the call; for simulated clocks).
         recorder: a ``FlightRecorder`` (or a path to create one) that receives every
             violation and state change; written off the hot path by its own thread.
+        telemetry: a ZMQ endpoint (``"tcp://127.0.0.1:5555"``, ``"ipc://..."``) to publish
+            per-tick records, events and histograms on (off by default), or a publisher
+            object with ``ring``/``append``/``close``. The hot path only writes the ring.
+        allow_non_loopback: permit a telemetry endpoint that is not on loopback.
         allow_hash_mismatch: run a policy whose sha256 differs from the envelope's.
 
     Raises:
@@ -97,6 +102,8 @@ class Guard:
         deadline_ns: int | None = None,
         deadline_mode: str = "thread",
         recorder: Any = None,
+        telemetry: Any = None,
+        allow_non_loopback: bool = False,
         allow_hash_mismatch: bool = False,
     ) -> None:
         self._check_binding(policy, envelope, allow_hash_mismatch)
@@ -176,6 +183,17 @@ class Guard:
 
         # -- recorder --
         self._recorder = self._make_recorder(recorder)
+        self._telemetry = self._make_telemetry(telemetry, allow_non_loopback)
+        self._sinks = tuple(x for x in (self._recorder, self._telemetry) if x is not None)
+        ring = None if self._telemetry is None else self._telemetry.ring
+        self._tel = ring  # None when telemetry is off: the hot path skips it
+        if ring is not None:
+            self._tel_dt, self._tel_lat, self._tel_flags = ring.dt_ns, ring.latency_ns, ring.flags
+            self._tel_mask = ring.mask
+        self._pending: tuple[str, str] | None = None  # trip/reset requested by another thread
+        if hasattr(self._telemetry, "attach"):  # command channel: trip/reset requests
+            self._telemetry.attach(self)
+        self._tick_bits = 0
 
         # -- state and counters --
         self._state = GuardState.NOMINAL
@@ -249,6 +267,38 @@ class Guard:
         raise ValueError(
             f"fallback must be 'hold', 'zero', a callable or a policy; got {fallback!r}"
         )
+
+    def _make_telemetry(self, telemetry: Any, allow_non_loopback: bool) -> Any:
+        if telemetry is None or hasattr(telemetry, "ring"):
+            return telemetry
+        from guard.telemetry import TelemetryPublisher
+
+        env = self.envelope
+        return TelemetryPublisher(
+            str(telemetry),
+            hello={
+                "policy_sha256": self.policy.sha256,
+                "policy": getattr(self.policy, "name", ""),
+                "envelope_sha256": env.digest() if hasattr(env, "digest") else None,
+                "period_ns": env.timing.period_ns,
+            },
+            allow_non_loopback=allow_non_loopback,
+        )
+
+    def _emit(self, record: tuple) -> None:
+        """Hand an event to every sink (flight recorder, telemetry); never blocks."""
+        for sink in self._sinks:
+            sink.append(record)
+
+    def request_trip(self, reason: str = "requested") -> None:
+        """Latch the guard at its next tick (safe to call from another thread)."""
+        self._pending = ("trip", reason)
+        self._fast = False
+
+    def request_reset(self, reason: str = "requested") -> None:
+        """Reset the guard at its next tick (safe to call from another thread)."""
+        self._pending = ("reset", reason)
+        self._fast = False
 
     @staticmethod
     def _make_recorder(recorder: Any) -> Any:
@@ -324,6 +374,13 @@ class Guard:
             self._ring_pos = i
             if i == _RING:
                 self._flush_ring()
+            tel = self._tel
+            if tel is not None:
+                j = tick & self._tel_mask
+                self._tel_dt[j] = dt
+                self._tel_lat[j] = lat
+                self._tel_flags[j] = 0
+                tel.head = tick
             self._cur = cur ^ 1
             return self._views[cur]
         return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
@@ -365,8 +422,11 @@ class Guard:
         self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
     ) -> np.ndarray:
         tick, cur = self._tick, self._cur
+        self._tick_bits = 0
         if self._state_since_ns is None:
             self._state_since_ns = t0
+        if self._pending is not None:
+            self._apply_command(t0, tick)
         first = self._skip_dt  # first tick, or first after reset(): no meaningful dt
         if first:
             self._skip_dt = False
@@ -469,8 +529,22 @@ class Guard:
             self._cur = cur ^ 1
         if applied is not None:
             self.policy._set_applied(self._cur ^ 1, applied)
-        self._fast = self._state is GuardState.NOMINAL and not self._window_active
+        self._fast = (
+            self._state is GuardState.NOMINAL and not self._window_active and self._pending is None
+        )
+        if self._tel is not None:
+            self._tel.write(tick, dt, lat, STATE_CODES[self._state] | self._tick_bits)
         return self._views[self._cur ^ 1]
+
+    def _apply_command(self, t0: int, tick: int) -> None:
+        kind, reason = self._pending or ("", "")
+        self._pending = None
+        self._emit(("note", tick, t0, {"command": kind, "reason": reason}))
+        if kind == "reset":
+            self.reset()
+            self._skip_dt = False  # this tick's dt is real: the loop did not pause
+        elif kind == "trip":
+            self._transition(next_state(self._state, _Event.LATCH), t0, tick, [])
 
     def _retry_obs(self, obs: Any) -> int:
         try:
@@ -550,10 +624,8 @@ class Guard:
                     continue
                 self._counted_window.add(v)
             self._counts[v] += 1
-            if self._recorder is not None:
-                self._recorder.append(
-                    ("violation", tick, t0, {"kind": v.value, "dt_ns": dt, "latency_ns": lat})
-                )
+            self._emit(("violation", tick, t0, {"kind": v.value, "dt_ns": dt, "latency_ns": lat}))
+            self._tick_bits |= VIOLATION_BITS[v]
 
     def _transition(self, new: GuardState, t0: int, tick: int, viols: list[Violation]) -> None:
         old = self._state
@@ -571,15 +643,14 @@ class Guard:
                 self._fallback.reset_state()
         if new is GuardState.LATCHED:
             self._latch_action = None
-        if self._recorder is not None:
-            self._recorder.append(
-                (
-                    "state",
-                    tick,
-                    t0,
-                    {"from": old.value, "to": new.value, "cause": [v.value for v in viols]},
-                )
+        self._emit(
+            (
+                "state",
+                tick,
+                t0,
+                {"from": old.value, "to": new.value, "cause": [v.value for v in viols]},
             )
+        )
 
     def _fallback_action(self, t0: int, tick: int) -> np.ndarray:
         """The fallback controller's action, checked and limited; latches if it fails."""
@@ -602,8 +673,7 @@ class Guard:
         except Exception as exc:
             viols = [Violation.FALLBACK_ERROR]
             self._count(viols, tick, t0, 0, 0)
-            if self._recorder is not None:
-                self._recorder.append(("fault", tick, t0, {"fallback_error": repr(exc)[:200]}))
+            self._emit(("fault", tick, t0, {"fallback_error": repr(exc)[:200]}))
             event = event_for(self._responses[Violation.FALLBACK_ERROR])
             self._transition(next_state(self._state, event), t0, tick, viols)
             return last.copy()
@@ -620,8 +690,7 @@ class Guard:
         """Last line of defence against a bug in _resolve: latch and hold, never raise."""
         try:
             self._faults["internal_error"] = self._faults.get("internal_error", 0) + 1
-            if self._recorder is not None:
-                self._recorder.append(("fault", self._tick, t0, {"internal_error": repr(exc)}))
+            self._emit(("fault", self._tick, t0, {"internal_error": repr(exc)}))
             self._state = GuardState.LATCHED
             self._policy_on = False
             self._fast = False
@@ -743,8 +812,9 @@ class Guard:
         """Stop the deadline worker and flush/close the flight recorder."""
         if self._deadline is not None:
             self._deadline.close()
-        if self._recorder is not None and hasattr(self._recorder, "close"):
-            self._recorder.close()
+        for sink in self._sinks:
+            if hasattr(sink, "close"):
+                sink.close()
 
     def __enter__(self) -> Guard:
         return self

@@ -841,6 +841,13 @@ class Envelope:
         data: dict[str, Any] = _to_json(self)
         return {"schema_version": data.pop("schema_version"), **data}
 
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON of this envelope: identifies it in telemetry."""
+        import hashlib
+
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     def with_policy_hash(self, sha256: str | None) -> Envelope:
         """A copy bound to another policy file hash (hex sha256), or unbound with None."""
         return dataclasses.replace(self, policy=dataclasses.replace(self.policy, sha256=sha256))

@@ -1,0 +1,91 @@
+"""The telemetry ring (hot path -> publisher thread) and cross-thread guard commands."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_core import PERIOD, make_env, run
+from tg_models import FakeClock
+
+from guard import CallablePolicy, Guard, GuardState, Violation
+from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing, decode_flags
+
+
+class FakePublisher:
+    """Stands in for guard.telemetry.TelemetryPublisher: a ring and an event list."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.ring = TelemetryRing(capacity)
+        self.events: list[tuple] = []
+        self.closed = False
+
+    def append(self, record: tuple) -> None:
+        self.events.append(record)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_ring_reads_every_tick_once_in_order() -> None:
+    """Ticks written are read back exactly once, in order, with their values."""
+    ring = TelemetryRing(64)
+    for t in range(1, 41):
+        ring.write(t, t * 10, t * 100, t % 3)
+    batch = ring.read()
+    assert batch is not None and batch.first_tick == 1 and batch.lost == 0
+    assert batch.dt_ns.tolist() == [t * 10 for t in range(1, 41)]
+    assert ring.read() is None
+    for t in range(41, 101):  # wraps around the 64 slots
+        ring.write(t, t, t, 0)
+    batch = ring.read()
+    assert batch.first_tick == 41 and batch.latency_ns.tolist() == list(range(41, 101))
+
+
+def test_ring_overflow_is_counted_not_blocking() -> None:
+    """A reader more than `capacity` ticks behind loses the oldest ticks and counts them."""
+    ring = TelemetryRing(64)
+    for t in range(1, 201):
+        ring.write(t, t, t, 0)
+    batch = ring.read()
+    assert batch.lost == 200 - 64 and ring.overflowed == 136
+    assert batch.first_tick == 137 and batch.dt_ns.tolist() == list(range(137, 201))
+
+
+def test_guard_writes_ticks_and_violation_flags() -> None:
+    """Nominal ticks have flags 0; a violating tick carries its state and violation bits."""
+    clock = FakeClock()
+    pub = FakePublisher()
+    g = Guard(CallablePolicy(lambda o: [0.1, 0.1], 4, 2), make_env(), clock=clock, telemetry=pub)
+    run(g, clock, 5)
+    g.step(np.full(4, np.nan))
+    clock.advance(PERIOD)
+    batch = pub.ring.read()
+    assert batch.first_tick == 1 and len(batch.flags) == 6
+    assert batch.flags[1:5].tolist() == [0, 0, 0, 0]
+    state, viols = decode_flags(int(batch.flags[5]))
+    assert state is GuardState.HOLD and viols == [Violation.OBS_NONFINITE]
+    assert (
+        int(batch.flags[5])
+        == STATE_CODES[GuardState.HOLD] | VIOLATION_BITS[Violation.OBS_NONFINITE]
+    )
+    assert batch.dt_ns[2] == PERIOD
+    assert [e[0] for e in pub.events] == ["violation", "state"]
+    g.close()
+    assert pub.closed
+
+
+def test_request_trip_and_reset_from_another_thread() -> None:
+    """request_trip latches at the next tick; request_reset brings it back to NOMINAL."""
+    import threading
+
+    clock = FakeClock()
+    g = Guard(CallablePolicy(lambda o: [0.2, 0.2], 4, 2), make_env(), clock=clock)
+    run(g, clock, 3)
+    t = threading.Thread(target=g.request_trip, args=("operator",))
+    t.start()
+    t.join()
+    run(g, clock, 2)
+    assert g.state is GuardState.LATCHED
+    g.request_reset("operator")
+    out = run(g, clock, 2)
+    assert g.state is GuardState.NOMINAL and np.allclose(out[-1], [0.2, 0.2])
+    assert g.stats()["violations"]["dt_max"] == 0  # the reset tick's dt is a real period
