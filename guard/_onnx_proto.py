@@ -78,8 +78,8 @@ def node(
     body += _str(3, name) + _str(4, op_type)
     for key, value in (int_attrs or {}).items():  # AttributeProto: name=1, i=3, type=20 (INT=2)
         body += _field(5, _str(1, key) + _int_field(3, value) + _int_field(20, 2))
-    for key, value in (float_attrs or {}).items():  # f=2 (fixed32), type=20 (FLOAT=1)
-        f32 = _varint(2 << 3 | 5) + struct.pack("<f", value)
+    for key, fvalue in (float_attrs or {}).items():  # f=2 (fixed32), type=20 (FLOAT=1)
+        f32 = _varint(2 << 3 | 5) + struct.pack("<f", fvalue)
         body += _field(5, _str(1, key) + f32 + _int_field(20, 1))
     return body
 

@@ -109,10 +109,14 @@ def _cmd_envelope_init(args: argparse.Namespace) -> int:
         tool_version=__version__,
     )
     save_envelope(env, args.output)
-    print(f"wrote {args.output}: obs_size {policy.obs_size}, action_size {a}, period "
-          f"{args.period_ms:g} ms, bound to sha256 {policy.sha256[:12]}...")
-    print("NOTE: its thresholds are PLACEHOLDERS derived from the period, not audited for "
-          "this policy.")
+    print(
+        f"wrote {args.output}: obs_size {policy.obs_size}, action_size {a}, period "
+        f"{args.period_ms:g} ms, bound to sha256 {(policy.sha256 or '')[:12]}..."
+    )
+    print(
+        "NOTE: its thresholds are PLACEHOLDERS derived from the period, not audited for "
+        "this policy."
+    )
     return 0
 
 

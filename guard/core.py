@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.deadline import make_deadline_runner
+from guard.deadline import InlineDeadlineRunner, ThreadDeadlineRunner, make_deadline_runner
 from guard.envelope import Envelope, load_envelope
 from guard.errors import EnvelopeError, HashMismatchError
 from guard.histogram import LogLinearHistogram
@@ -122,7 +122,7 @@ class Guard:
 
         # -- buffers of the hot path (allocated once) --
         self._obs_flat = policy._obs
-        self._obs_mv = memoryview(policy._obs)
+        self._obs_mv = policy._obs.data
         self._obs_size = policy.obs_size
         self._run = policy._run_fn
         self._run_args = policy._run_args
@@ -134,8 +134,8 @@ class Guard:
             views.append(v)
         self._views = tuple(views)
         self._cur = 0
-        self._deadline_ns = deadline_ns
-        self._deadline = None
+        self._deadline_ns = deadline_ns or 0
+        self._deadline: InlineDeadlineRunner | ThreadDeadlineRunner | None = None
         if deadline_ns is not None:
             if deadline_ns <= 0:
                 raise ValueError(f"deadline_ns must be positive, got {deadline_ns}")
@@ -235,11 +235,11 @@ class Guard:
                 "written for this policy (tailguard envelope init --policy ...)",
                 where,
             )
-        mismatch = pb.sha256 is not None and policy.sha256 not in (None, pb.sha256)
-        if mismatch and not allow_mismatch:
+        have, want = policy.sha256, pb.sha256
+        if have is not None and want is not None and have != want and not allow_mismatch:
             raise HashMismatchError(
-                f"policy sha256 {policy.sha256[:12]}... differs from the envelope's "
-                f"{pb.sha256[:12]}...: the envelope was audited for another file. Re-audit, "
+                f"policy sha256 {have[:12]}... differs from the envelope's "
+                f"{want[:12]}...: the envelope was audited for another file. Re-audit, "
                 "or pass allow_hash_mismatch=True to run it anyway",
                 where,
             )

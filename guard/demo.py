@@ -92,7 +92,7 @@ class _SimClock:
         return self.now_ns
 
 
-def _envelope(sha256: str, monitor_only: bool) -> Envelope:
+def _envelope(sha256: str | None, monitor_only: bool) -> Envelope:
     responses = dict(DEFAULT_RESPONSES)
     if monitor_only:
         responses = {
@@ -169,7 +169,7 @@ def _run(
     t_plant = 0
     t_next = 0
     end = int(seconds * 1e9)
-    angles = []
+    angles: list[float] = []
     fell_at = None
     while t_next < end:
         t0 = t_next

@@ -6,9 +6,9 @@ inside ``Guard.step`` never raise: they become events and a safe action.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = [
     "TailguardError",
@@ -34,8 +34,8 @@ class TailguardError(Exception):
         path: the file the error is about, if any; it is prefixed to the message.
     """
 
-    def __init__(self, message: str, path: str | Path | None = None) -> None:
-        self.path = None if path is None else str(path)
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
@@ -71,7 +71,7 @@ class EnvelopeError(TailguardError):
     def __init__(
         self,
         problems: Sequence[EnvelopeProblem] | str,
-        path: str | Path | None = None,
+        path: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(problems, str):
             self.problems: tuple[EnvelopeProblem, ...] = ()

@@ -75,6 +75,9 @@ class _CheckedPolicy:
     action_size: int
     sha256: str | None
     name: str
+    # The hot path calls _run_fn(_run_args[slot]): one inference into buffers of `slot`.
+    _run_fn: Callable[[Any], Any]
+    _run_args: tuple[Any, Any]
 
     def _init_buffers(self, obs_size: int, action_size: int) -> None:
         self.obs_size, self.action_size = obs_size, action_size
@@ -84,7 +87,7 @@ class _CheckedPolicy:
         self._act = np.zeros((2, a), dtype=np.float32)
         self._chk = np.zeros((2, 3 * n), dtype=np.float32)
         self._mn = _check_matrix(a)
-        self._slack_mv = (memoryview(self._chk[0, :n]), memoryview(self._chk[1, :n]))
+        self._slack_mv = (self._chk[0, :n].data, self._chk[1, :n].data)
         self._low = np.full(a, -np.inf, dtype=np.float32)
         self._high = np.full(a, np.inf, dtype=np.float32)
         self._rate = np.full(a, np.inf, dtype=np.float32)
@@ -413,8 +416,8 @@ class OnnxPolicy(_CheckedPolicy):
             c_bindings = tuple(getattr(b, "_iobinding", None) for b in bindings)
             if c_run is not None and all(cb is not None for cb in c_bindings):
                 # functools.partial calls through C: cheaper than a lambda frame.
-                self._run_fn: Callable[[Any], Any] = functools.partial(_call_with_none, c_run)
-                self._run_args: tuple[Any, Any] = c_bindings
+                self._run_fn = functools.partial(_call_with_none, c_run)
+                self._run_args = (c_bindings[0], c_bindings[1])
             else:
                 self._run_fn, self._run_args = sess.run_with_iobinding, self._bindings
         else:
