@@ -31,7 +31,13 @@ from guard.deadline import InlineDeadlineRunner, ThreadDeadlineRunner, make_dead
 from guard.envelope import Envelope, load_envelope
 from guard.errors import EnvelopeError, HashMismatchError
 from guard.histogram import LogLinearHistogram
-from guard.policy import CallablePolicy, OnnxPolicy, _CheckedPolicy
+from guard.policy import (
+    OBS_OK_BYTES,
+    SLACK_OK_BYTES,
+    CallablePolicy,
+    OnnxPolicy,
+    _CheckedPolicy,
+)
 from guard.state import Event as _Event
 from guard.state import (
     GuardState,
@@ -122,11 +128,11 @@ class Guard:
 
         # -- buffers of the hot path (allocated once) --
         self._obs_flat = policy._obs
-        self._obs_mv = policy._obs.data
+        self._obs_top = policy._obs_top
         self._obs_size = policy.obs_size
         self._run = policy._run_fn
         self._run_args = policy._run_args
-        self._slack = policy._slack_mv
+        self._slack_top = policy._slack_top
         views = []
         for slot in (0, 1):
             v = policy._act[slot].view()
@@ -338,9 +344,8 @@ class Guard:
             except Exception:
                 bad = _OBS_SHAPE
             if not bad:
-                s = sum(self._obs_mv)
-                if s - s != 0.0:  # NaN or inf somewhere
-                    bad = _OBS_NONFINITE
+                if self._obs_top.tobytes().translate(None, OBS_OK_BYTES):
+                    bad = _OBS_NONFINITE  # NaN, inf or |x| >= 2**127 somewhere
                 else:
                     try:
                         if self._deadline is None:
@@ -350,8 +355,10 @@ class Guard:
                     except Exception:
                         bad = _POLICY_ERROR
                     else:
-                        if not bad and not min(self._slack[cur]) >= 0.0:
-                            bad = _ACTION
+                        if not bad and self._slack_top[cur].tobytes().translate(
+                            None, SLACK_OK_BYTES
+                        ):
+                            bad = _ACTION  # some check failed: _resolve finds which
         lat = clock() - t0
         if bad == _DEADLINE and lat > self._deadline_ns:
             lat = self._deadline_ns  # the guard answered at the deadline (inline mode: modeled)
@@ -554,7 +561,7 @@ class Guard:
         if arr.shape not in ((self._obs_size,), (1, self._obs_size)):
             return _OBS_SHAPE
         self._obs_flat[:] = arr.reshape(-1)
-        if not np.isfinite(self._obs_flat).all():
+        if not (np.abs(self._obs_flat) < 2.0**127).all():  # same rule as the fast path
             return _OBS_NONFINITE
         return 0
 

@@ -36,6 +36,18 @@ from guard.errors import PolicyLoadError
 __all__ = ["OnnxPolicy", "CallablePolicy", "TensorInfo", "session_options"]
 
 RECURRENT_PAIRS = (("h_in", "h_out"), ("c_in", "c_out"))
+
+#: "No limit" as a large finite value rather than inf, so every valid slack entry stays
+#: below 2**127 and the byte test below holds; actions beyond it count as out of bounds.
+UNLIMITED = 1e30
+#: Bytes a slack entry's most significant byte may take when the entry is valid: float32
+#: x is >= +0, finite and < 2**127 exactly when its top byte (sign + 7 exponent bits) is
+#: below 0x7F. Deleting these from the top bytes leaves nothing iff every entry is valid;
+#: that is one C call (bytes.translate) instead of boxing every float for min().
+SLACK_OK_BYTES = bytes(range(0x7F))
+#: The same for observations, which may be negative: only exponents 0xFE/0xFF are bad
+#: (|x| >= 2**127, inf, NaN), i.e. top bytes 0x7F and 0xFF.
+OBS_OK_BYTES = bytes(b for b in range(256) if b & 0x7F != 0x7F)
 _CHECK_IN, _CHECK_OUT, _CHECK_MATRIX = "tailguard_check_bias", "tailguard_check", "tailguard_MN"
 
 
@@ -67,7 +79,8 @@ class _CheckedPolicy:
 
     Guard-facing ("friend") attributes, stable for the hot path:
         _obs: float32 [O] input buffer; _act: float32 [2, A]; _chk: float32 [2, 3n]
-        ([slack | next_bias | const] per slot); _slack_mv: memoryviews of the slack parts;
+        ([slack | next_bias | const] per slot); _slack_top: per slot, a strided byte view of
+        the most significant byte of each slack entry (see ``SLACK_OK_BYTES``);
         _run_fn(_run_args[slot]) runs one inference into slot ``slot``.
     """
 
@@ -87,10 +100,11 @@ class _CheckedPolicy:
         self._act = np.zeros((2, a), dtype=np.float32)
         self._chk = np.zeros((2, 3 * n), dtype=np.float32)
         self._mn = _check_matrix(a)
-        self._slack_mv = (self._chk[0, :n].data, self._chk[1, :n].data)
-        self._low = np.full(a, -np.inf, dtype=np.float32)
-        self._high = np.full(a, np.inf, dtype=np.float32)
-        self._rate = np.full(a, np.inf, dtype=np.float32)
+        self._slack_top = tuple(memoryview(self._chk[s, :n]).cast("B")[3::4] for s in (0, 1))
+        self._obs_top = memoryview(self._obs).cast("B")[3::4]
+        self._low = np.full(a, -UNLIMITED, dtype=np.float32)
+        self._high = np.full(a, UNLIMITED, dtype=np.float32)
+        self._rate = np.full(a, UNLIMITED, dtype=np.float32)
         self._write_const()
         for slot in (0, 1):
             self._set_applied(slot, self._act[slot])
@@ -109,16 +123,16 @@ class _CheckedPolicy:
             max_delta: float [A] max |a_t - a_{t-1}| per tick, or None for no limit.
         """
         a = self.action_size
-        self._low = _limit_vector(low, a, -np.inf, "low")
-        self._high = _limit_vector(high, a, np.inf, "high")
-        self._rate = _limit_vector(max_delta, a, np.inf, "max_delta")
+        self._low = _limit_vector(low, a, -UNLIMITED, "low")
+        self._high = _limit_vector(high, a, UNLIMITED, "high")
+        self._rate = _limit_vector(max_delta, a, UNLIMITED, "max_delta")
         self._write_const()
         for slot in (0, 1):
             self._set_applied(slot, self.clip(self._act[slot]))
 
     @property
     def limits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(low, high, max_delta) as float32 [A] arrays; +-inf where unlimited."""
+        """(low, high, max_delta) as float32 [A] arrays; +-UNLIMITED where not limited."""
         return self._low.copy(), self._high.copy(), self._rate.copy()
 
     def clip(self, action: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
@@ -132,7 +146,7 @@ class _CheckedPolicy:
     def _write_const(self) -> None:
         n = self._n
         const = np.concatenate(([1.0], -self._low, self._high, self._rate, self._rate))
-        self._chk[:, 2 * n :] = const.astype(np.float32)
+        self._chk[:, 2 * n :] = const.astype(np.float32) + np.float32(0.0)  # no -0.0 (see top)
 
     def _set_applied(self, slot: int, action: np.ndarray) -> None:
         """Record ``action`` as the last applied action in ``slot`` (its bias for next tick)."""
