@@ -69,3 +69,54 @@ def bench_pacer_lateness(
         f"p99.9 {tails['p99_9_us']:.1f} us  max {tails['max_us']:.1f} us"
     )
     assert lateness_ns.size > 0
+
+
+def _us(values: dict[str, Any]) -> dict[str, float]:
+    return {k: round(values[f"{k}_ns"] / 1e3, 3) for k in ("p50", "p99", "p999", "max")}
+
+
+@pytest.mark.benchmark(group="pacer")
+def bench_pacer_vs_cyclictest(benchmark: Any, request: pytest.FixtureRequest) -> None:
+    """Pacer wake-up lateness next to cyclictest's, 1 kHz, SCHED_OTHER, same machine and run.
+
+    Needs cyclictest on PATH (Debian/Ubuntu package rt-tests); skipped otherwise and in
+    the smoke run. Both run unpinned with the calling process's scheduling policy.
+    """
+    import shutil
+
+    from guard.bench_cli import run_cyclictest
+    from guard.histogram import LogLinearHistogram
+
+    options = request.config.getoption
+    if bool(options("benchmark_disable")) and not options("benchmark_enable"):
+        pytest.skip("smoke run: cyclictest comparison only with --benchmark-enable")
+    if shutil.which("cyclictest") is None:
+        pytest.skip("cyclictest not installed (Debian/Ubuntu: apt-get install rt-tests)")
+    rate_hz = 1000.0
+    lateness_ns, missed = benchmark.pedantic(
+        _pace, args=(rate_hz, SPIN_NS["sleep_spin"], FULL_RUN_S), rounds=1, iterations=1
+    )
+    ct = run_cyclictest(rate_hz, FULL_RUN_S, cpu=None, fifo_priority=None)
+    if "error" in ct:
+        pytest.fail(f"cyclictest did not run: {ct['error']}")
+    hist = LogLinearHistogram()
+    hist.record_many(lateness_ns)
+    pacer = {
+        f"{k}_ns": hist.value_at_percentile(p)
+        for k, p in (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))
+    }
+    pacer["max_ns"] = hist.max_value
+    benchmark.extra_info.update(
+        {
+            "rate_hz": rate_hz,
+            "missed": missed,
+            "pacer_sleep_spin": _us(pacer),
+            "cyclictest": _us(ct),
+            "cyclictest_command": ct["command"],
+        }
+    )
+    print(
+        f"\n1 kHz wake-up lateness p99: pacer {pacer['p99_ns'] / 1e3:.1f} us, "
+        f"cyclictest {ct['p99_ns'] / 1e3:.1f} us (max {hist.max_value / 1e3:.0f} vs "
+        f"{ct['max_ns'] / 1e3:.0f} us)"
+    )

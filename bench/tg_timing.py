@@ -21,8 +21,10 @@ NS_PER_US = 1000.0
 
 
 def is_smoke(config: Any) -> bool:
-    """True when benchmarks only run as a smoke test (--benchmark-disable, the default)."""
-    return bool(config.getoption("benchmark_disable", False))
+    """True when benchmarks only run as a smoke test (--benchmark-disable, the default in
+    pyproject, unless --benchmark-enable is given too)."""
+    disabled = bool(config.getoption("benchmark_disable", False))
+    return disabled and not bool(config.getoption("benchmark_enable", False))
 
 
 def time_calls(fn: Callable[[], Any], n: int, hist: LogLinearHistogram) -> None:
