@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import math
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,7 @@ from guard.state import (
     event_for,
     next_state,
 )
-from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS
+from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing
 
 __all__ = ["Guard", "Fallback"]
 
@@ -54,7 +53,8 @@ Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
 _NEVER = 1 << 62  # a threshold that disables a check (compares false for any real ns)
 _HIST_MAX = (1 << 62) - 1
-_RING = 256  # nominal ticks buffered before one vectorized histogram update
+_RING = 8192  # tick ring slots (also what a telemetry reader may lag behind)
+_FLUSH_MASK = 255  # fold the ring into the histograms every 256 ticks
 
 # Fast-path outcome codes (0 = clean).
 _OBS_SHAPE, _OBS_NONFINITE, _POLICY_ERROR, _DEADLINE, _ACTION = 1, 2, 3, 4, 5
@@ -176,11 +176,13 @@ class Guard:
         self._h_lat_life = LogLinearHistogram(2, _HIST_MAX)
         self._h_dt_last = LogLinearHistogram(2, _HIST_MAX)
         self._h_lat_last = LogLinearHistogram(2, _HIST_MAX)
-        # Nominal ticks store raw values here (two array stores); _flush_ring() folds them
-        # into the interval histograms with one numpy pass every _RING ticks.
-        self._ring_lat = array("q", bytes(8 * _RING))
-        self._ring_dt = array("q", bytes(8 * _RING))
-        self._ring_pos = 0
+        # Every tick stores raw dt/latency in the tick ring (two array stores); every 256
+        # ticks _flush_ring() folds them into the interval histograms in one numpy pass.
+        # A telemetry publisher reads the same ring, so telemetry costs a tick nothing.
+        self._ring = ring = TelemetryRing(_RING)
+        ring.head_source = self._completed_ticks
+        self._ring_lat, self._ring_dt, self._ring_mask = ring.latency_ns, ring.dt_ns, ring.mask
+        self._flushed = 0  # last tick folded into the histograms
 
         # -- fallback and safe action --
         self._fallback_kind, self._fallback = self._resolve_fallback(fallback, policy)
@@ -191,13 +193,8 @@ class Guard:
         self._recorder = self._make_recorder(recorder)
         self._telemetry = self._make_telemetry(telemetry, allow_non_loopback)
         self._sinks = tuple(x for x in (self._recorder, self._telemetry) if x is not None)
-        ring = None if self._telemetry is None else self._telemetry.ring
-        self._tel = ring  # None when telemetry is off: the hot path skips it
-        if ring is not None:
-            self._tel_dt, self._tel_lat, self._tel_flags = ring.dt_ns, ring.latency_ns, ring.flags
-            self._tel_mask = ring.mask
         self._pending: tuple[str, str] | None = None  # trip/reset requested by another thread
-        if hasattr(self._telemetry, "attach"):  # command channel: trip/reset requests
+        if hasattr(self._telemetry, "attach"):  # reads tick_ring; may request trip/reset
             self._telemetry.attach(self)
         self._tick_bits = 0
 
@@ -222,7 +219,7 @@ class Guard:
         self._interventions = 0
         self._transitions = 0
         self._overrun_total = 0
-        self._faults: dict[str, int] = {"clock_backwards": 0, "histogram_clamped": 0}
+        self._faults: dict[str, int] = {"clock_backwards": 0}
 
     # ------------------------------------------------------------------ construction --
     @classmethod
@@ -374,20 +371,11 @@ class Guard:
             and (tick != self._next_check or not self._window_due(tick))
             and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
         ):
-            i = self._ring_pos
-            self._ring_lat[i] = lat
-            self._ring_dt[i] = dt
-            i += 1
-            self._ring_pos = i
-            if i == _RING:
-                self._flush_ring()
-            tel = self._tel
-            if tel is not None:
-                j = tick & self._tel_mask
-                self._tel_dt[j] = dt
-                self._tel_lat[j] = lat
-                self._tel_flags[j] = 0
-                tel.head = tick
+            j = tick & self._ring_mask
+            self._ring_lat[j] = lat
+            self._ring_dt[j] = dt
+            if not j & _FLUSH_MASK:
+                self._flush_ring(tick)
             self._cur = cur ^ 1
             return self._views[cur]
         return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
@@ -399,22 +387,20 @@ class Guard:
             if v > threshold:
                 q.append(tick)
 
-    def _flush_ring(self) -> None:
-        """Fold the buffered nominal-tick values into the interval histograms."""
-        n = self._ring_pos
-        self._ring_pos = 0
-        if n:
-            self._h_lat.record_many(np.frombuffer(self._ring_lat, dtype=np.int64)[:n])
-            self._h_dt.record_many(np.frombuffer(self._ring_dt, dtype=np.int64)[:n])
+    def _flush_ring(self, upto: int | None = None) -> None:
+        """Fold ticks not yet counted (up to ``upto``, default all) into the histograms."""
+        last = self._tick if upto is None else upto
+        first = max(self._flushed + 1, last - self._ring.capacity + 1)
+        if last < first:
+            return
+        dt, lat = self._ring.slice(first, last)
+        self._h_lat.record_many(lat[lat >= 0])  # < 0: no measurement (see TelemetryRing)
+        self._h_dt.record_many(dt[dt >= 0])
+        self._flushed = last
 
-    def _record(self, hist: LogLinearHistogram, v: int) -> None:
-        if v < 0:
-            self._faults["clock_backwards"] += 1
-            v = 0
-        elif v > _HIST_MAX:
-            self._faults["histogram_clamped"] += 1
-            v = _HIST_MAX
-        hist.record(v)
+    def _completed_ticks(self) -> int:
+        """Ticks whose ring record is complete (read by the telemetry thread)."""
+        return self._tick - 1
 
     def _resolve(
         self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
@@ -442,12 +428,14 @@ class Guard:
                     q.pop()
         viols: list[Violation] = []
 
-        # -- timing of this tick --
-        self._record(self._h_lat, lat)
-        if not first:
-            self._record(self._h_dt, dt)
-            if dt > self._dt_max:
-                viols.append(Violation.DT_MAX)
+        # -- timing of this tick (into the ring; < 0 marks "no measurement") --
+        if lat < 0 or (dt < 0 and not first):
+            self._faults["clock_backwards"] += 1
+        j = tick & self._ring_mask
+        self._ring_lat[j] = lat if lat >= 0 else -1
+        self._ring_dt[j] = dt if dt >= 0 and not first else -1
+        if not first and dt > self._dt_max:
+            viols.append(Violation.DT_MAX)
         if lat > self._lat_max:
             viols.append(Violation.LATENCY_MAX)
         if lat > self._period_ns:
@@ -539,8 +527,10 @@ class Guard:
         self._fast = (
             self._state is GuardState.NOMINAL and not self._window_active and self._pending is None
         )
-        if self._tel is not None:
-            self._tel.write(tick, dt, lat, STATE_CODES[self._state] | self._tick_bits)
+        if self._telemetry is not None:
+            self._ring.flag_events.append((tick, STATE_CODES[self._state] | self._tick_bits))
+        if not j & _FLUSH_MASK:
+            self._flush_ring(tick)
         return self._views[self._cur ^ 1]
 
     def _apply_command(self, t0: int, tick: int) -> None:
@@ -613,7 +603,7 @@ class Guard:
     def _roll_interval(self) -> None:
         """Close the current histogram interval: merge into lifetime, keep it as 'last'."""
         self._next_roll = self._tick + self._window_ticks
-        self._flush_ring()
+        self._flush_ring(self._tick - 1)  # called before this tick's record is written
         for cur, life, last in (
             (self._h_dt, self._h_dt_life, self._h_dt_last),
             (self._h_lat, self._h_lat_life, self._h_lat_last),
@@ -787,7 +777,10 @@ class Guard:
             "interventions": self._interventions,
             "transitions": self._transitions,
             "overruns": self._overrun_total,
-            "faults": dict(self._faults),
+            "faults": {
+                **self._faults,
+                "histogram_clamped": sum(h.clamped_count for h in (self._h_dt, self._h_lat)),
+            },
             "dt_ns": self._summaries(self._h_dt, self._h_dt_life, self._h_dt_last),
             "latency_ns": self._summaries(self._h_lat, self._h_lat_life, self._h_lat_last),
         }
@@ -815,8 +808,15 @@ class Guard:
         window.merge(cur)
         return {"lifetime": _summary(lifetime), "window": _summary(window)}
 
+    @property
+    def tick_ring(self) -> TelemetryRing:
+        """The per-tick ring (dt, latency, flags) a telemetry publisher reads."""
+        return self._ring
+
     def close(self) -> None:
-        """Stop the deadline worker and flush/close the flight recorder."""
+        """Stop the deadline worker and flush/close the flight recorder and telemetry."""
+        last = self._tick
+        self._ring.head_source = lambda: last  # the last tick is complete: publish it
         if self._deadline is not None:
             self._deadline.close()
         for sink in self._sinks:

@@ -100,8 +100,8 @@ class _CheckedPolicy:
         self._act = np.zeros((2, a), dtype=np.float32)
         self._chk = np.zeros((2, 3 * n), dtype=np.float32)
         self._mn = _check_matrix(a)
-        self._slack_top = tuple(memoryview(self._chk[s, :n]).cast("B")[3::4] for s in (0, 1))
-        self._obs_top = memoryview(self._obs).cast("B")[3::4]
+        self._slack_top = tuple(self._chk[s, :n].data.cast("B")[3::4] for s in (0, 1))
+        self._obs_top = self._obs.data.cast("B")[3::4]
         self._low = np.full(a, -UNLIMITED, dtype=np.float32)
         self._high = np.full(a, UNLIMITED, dtype=np.float32)
         self._rate = np.full(a, UNLIMITED, dtype=np.float32)

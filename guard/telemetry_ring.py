@@ -1,11 +1,11 @@
 """The per-tick telemetry ring: what the guard's hot path hands to the publisher thread.
 
-One writer (the control loop) and one reader (the telemetry thread). The writer stores a
-tick's values at slot ``tick & mask`` and then publishes ``head = tick``; the reader only
-reads ticks up to ``head``, so it never sees a half-written record (stores happen in
-bytecode order under the GIL). The ring never blocks the writer: if the reader falls more
-than ``capacity`` ticks behind, the oldest records are overwritten and the reader counts
-them as lost (:attr:`TelemetryRing.overflowed`).
+One writer (the control loop) and readers that only ever read completed ticks (up to
+``head``; stores happen in bytecode order under the GIL, so a reader never sees a
+half-written record). The ring never blocks the writer: if the telemetry reader falls more
+than ``capacity`` ticks behind, the oldest records are overwritten and counted as lost
+(:attr:`TelemetryRing.overflowed`). The guard uses the same ring for its own histograms,
+so telemetry adds no work to a nominal tick.
 
 Per tick: ``dt_ns``, ``latency_ns`` and ``flags`` = guard state code in bits 0-3 (index of
 ``GuardState``) and one bit per ``Violation`` (bit ``4 + index``) for the kinds counted on
@@ -15,7 +15,10 @@ that tick. Nominal ticks have flags 0.
 from __future__ import annotations
 
 from array import array
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -45,35 +48,63 @@ class TickBatch:
 
 
 class TelemetryRing:
-    """Preallocated single-writer/single-reader ring of per-tick records.
+    """The guard's per-tick ring: raw dt/latency of every tick, read by up to two readers.
+
+    The guard (single writer) stores tick ``t`` at slot ``t & mask`` on every tick. Its
+    own histogram flush reads the ring every 256 ticks; a telemetry publisher thread may
+    read it too (:meth:`read`). Ticks up to ``head`` are complete: ``head`` comes from the
+    guard (its tick counter minus one, so no per-tick store is needed for it). Values < 0
+    mark "no measurement" (the first tick's dt; a clock that went backwards). Flags are
+    sparse: only ticks resolved off the fast path have any, and they arrive through
+    ``flag_events`` as ``(tick, flags)``; every other tick has flags 0.
 
     Args:
-        capacity: slots; rounded up to a power of two (>= 64).
+        capacity: slots; rounded up to a power of two (>= 256).
     """
 
     def __init__(self, capacity: int = 8192) -> None:
-        cap = 64
+        cap = 256
         while cap < capacity:
             cap <<= 1
         self.capacity = cap
         self.mask = cap - 1
         self.dt_ns = array("q", bytes(8 * cap))
         self.latency_ns = array("q", bytes(8 * cap))
-        self.flags = array("q", bytes(8 * cap))
-        self.head = 0  # last tick completely written (ticks start at 1)
-        self.overflowed = 0  # ticks lost to the reader falling behind
-        self._next = 1  # reader cursor: the next tick to read
+        self.flag_events: deque[tuple[int, int]] = deque(maxlen=cap)
+        self.head_source: Callable[[], int] = lambda: self._written
+        self._written = 0  # used when no guard drives the ring (tests, write())
+        self.overflowed = 0  # ticks lost to the telemetry reader falling behind
+        self._next = 1  # telemetry reader cursor: the next tick to read
 
-    def write(self, tick: int, dt_ns: int, latency_ns: int, flags: int) -> None:
-        """Store one tick (the guard inlines this in its fast path)."""
+    @property
+    def head(self) -> int:
+        """The last tick whose record is complete."""
+        return self.head_source()
+
+    def write(self, tick: int, dt_ns: int, latency_ns: int, flags: int = 0) -> None:
+        """Store one tick (the guard inlines the dt/latency stores in its fast path)."""
         j = tick & self.mask
         self.dt_ns[j] = dt_ns
         self.latency_ns[j] = latency_ns
-        self.flags[j] = flags
-        self.head = tick
+        if flags:
+            self.flag_events.append((tick, flags))
+        self._written = tick
+
+    def slice(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (dt_ns, latency_ns) for ticks first..last (at most ``capacity``)."""
+        n = last - first + 1
+        start = first & self.mask
+        if start + n <= self.capacity:
+            idx: Any = slice(start, start + n)
+        else:
+            idx = (np.arange(n) + start) & self.mask
+        return (
+            np.frombuffer(self.dt_ns, dtype=np.int64)[idx].copy(),
+            np.frombuffer(self.latency_ns, dtype=np.int64)[idx].copy(),
+        )
 
     def read(self, max_ticks: int | None = None) -> TickBatch | None:
-        """Everything written since the last read (reader thread), or None if nothing new."""
+        """Everything completed since the last read (the telemetry thread), or None."""
         head = self.head
         first = self._next
         if head < first:
@@ -84,25 +115,22 @@ class TelemetryRing:
             first += lost
             self.overflowed += lost
         last = head if max_ticks is None else min(head, first + max_ticks - 1)
+        dt, lat = self.slice(first, last)
         n = last - first + 1
-        start = first & self.mask
-        idx = (
-            (np.arange(n) + start) & self.mask
-            if start + n > self.capacity
-            else slice(start, start + n)
-        )
-        views = [
-            np.frombuffer(a, dtype=np.int64)[idx].copy()
-            for a in (self.dt_ns, self.latency_ns, self.flags)
-        ]
         # The writer may have lapped us while we copied: drop what it overwrote.
         lapped = self.head - self.capacity + 1 - first
         if lapped > 0:
             k = min(lapped, n)
-            views = [v[k:] for v in views]
+            dt, lat = dt[k:], lat[k:]
             first += k
             lost += k
             self.overflowed += k
             n -= k
+        flags = np.zeros(n, dtype=np.int64)
+        events = self.flag_events
+        while events and events[0][0] < first + n:
+            tick, value = events.popleft()
+            if tick >= first:
+                flags[tick - first] = value
         self._next = first + n
-        return TickBatch(first, views[0], views[1], views[2], lost)
+        return TickBatch(first, dt, lat, flags, lost)

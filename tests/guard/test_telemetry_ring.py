@@ -11,12 +11,15 @@ from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing, dec
 
 
 class FakePublisher:
-    """Stands in for guard.telemetry.TelemetryPublisher: a ring and an event list."""
+    """Stands in for guard.telemetry.TelemetryPublisher: reads the guard's ring, keeps events."""
 
-    def __init__(self, capacity: int = 256) -> None:
-        self.ring = TelemetryRing(capacity)
+    def __init__(self) -> None:
+        self.ring: TelemetryRing | None = None
         self.events: list[tuple] = []
         self.closed = False
+
+    def attach(self, guard: Guard) -> None:
+        self.ring = guard.tick_ring
 
     def append(self, record: tuple) -> None:
         self.events.append(record)
@@ -26,28 +29,30 @@ class FakePublisher:
 
 
 def test_ring_reads_every_tick_once_in_order() -> None:
-    """Ticks written are read back exactly once, in order, with their values."""
-    ring = TelemetryRing(64)
+    """Ticks written are read back exactly once, in order, with their values and flags."""
+    ring = TelemetryRing(256)
     for t in range(1, 41):
         ring.write(t, t * 10, t * 100, t % 3)
     batch = ring.read()
     assert batch is not None and batch.first_tick == 1 and batch.lost == 0
     assert batch.dt_ns.tolist() == [t * 10 for t in range(1, 41)]
+    assert batch.flags.tolist() == [t % 3 for t in range(1, 41)]
     assert ring.read() is None
-    for t in range(41, 101):  # wraps around the 64 slots
+    for t in range(41, 281):  # wraps around the 256 slots
         ring.write(t, t, t, 0)
     batch = ring.read()
-    assert batch.first_tick == 41 and batch.latency_ns.tolist() == list(range(41, 101))
+    assert batch.first_tick == 41 and batch.latency_ns.tolist() == list(range(41, 281))
+    assert not batch.flags.any()
 
 
 def test_ring_overflow_is_counted_not_blocking() -> None:
     """A reader more than `capacity` ticks behind loses the oldest ticks and counts them."""
-    ring = TelemetryRing(64)
-    for t in range(1, 201):
+    ring = TelemetryRing(256)
+    for t in range(1, 601):
         ring.write(t, t, t, 0)
     batch = ring.read()
-    assert batch.lost == 200 - 64 and ring.overflowed == 136
-    assert batch.first_tick == 137 and batch.dt_ns.tolist() == list(range(137, 201))
+    assert batch.lost == 600 - 256 and ring.overflowed == 344
+    assert batch.first_tick == 345 and batch.dt_ns.tolist() == list(range(345, 601))
 
 
 def test_guard_writes_ticks_and_violation_flags() -> None:
@@ -58,9 +63,12 @@ def test_guard_writes_ticks_and_violation_flags() -> None:
     run(g, clock, 5)
     g.step(np.full(4, np.nan))
     clock.advance(PERIOD)
+    g.step(np.zeros(4))  # tick 6 is published once tick 7 starts
+    assert pub.ring is g.tick_ring
     batch = pub.ring.read()
     assert batch.first_tick == 1 and len(batch.flags) == 6
     assert batch.flags[1:5].tolist() == [0, 0, 0, 0]
+    assert batch.dt_ns[0] < 0  # the first tick has no period
     state, viols = decode_flags(int(batch.flags[5]))
     assert state is GuardState.HOLD and viols == [Violation.OBS_NONFINITE]
     assert (
@@ -68,7 +76,7 @@ def test_guard_writes_ticks_and_violation_flags() -> None:
         == STATE_CODES[GuardState.HOLD] | VIOLATION_BITS[Violation.OBS_NONFINITE]
     )
     assert batch.dt_ns[2] == PERIOD
-    assert [e[0] for e in pub.events] == ["violation", "state"]
+    assert [e[0] for e in pub.events] == ["violation", "state", "state"]
     g.close()
     assert pub.closed
 

@@ -1,0 +1,24 @@
+"""The ZMQ sidecar monitor: watch a running guard from another process.
+
+``tailguard monitor --connect tcp://127.0.0.1:5555`` (see :mod:`guard.monitor.cli`).
+Modules: ``wire`` (decoding untrusted messages), ``stats`` (the guard's view), ``rules``
+(alert rules and presets), ``alerts`` (JSONL / exec), ``recording`` (``--record``),
+``session`` (live loop and ``--once``), ``prometheus``, ``view`` (rich).
+"""
+
+from guard.monitor.rules import PRESETS, Rule, RuleEngine, load_rules
+from guard.monitor.session import Monitor, analyse_file, run_live
+from guard.monitor.stats import MonitorState
+from guard.monitor.wire import decode_message
+
+__all__ = [
+    "PRESETS",
+    "Monitor",
+    "MonitorState",
+    "Rule",
+    "RuleEngine",
+    "analyse_file",
+    "decode_message",
+    "load_rules",
+    "run_live",
+]

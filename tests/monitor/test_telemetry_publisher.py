@@ -1,0 +1,146 @@
+"""TelemetryPublisher: endpoint policy, wire schema end to end, drops counted, Guard wiring."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from tg_monitor_util import free_port
+
+from guard import CallablePolicy, Guard, starter_envelope
+from guard.errors import TailguardError
+from guard.telemetry import SCHEMA_VERSION, TelemetryPublisher, is_loopback_endpoint
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "loopback"),
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://127.3.2.1:5555", True),
+        ("tcp://localhost:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("ipc:///tmp/tg.sock", True),
+        ("tcp://0.0.0.0:5555", False),
+        ("tcp://*:5555", False),
+        ("tcp://10.0.0.2:5555", False),
+        ("tcp://eth0:5555", False),
+        ("udp://127.0.0.1:5555", False),
+    ],
+)
+def test_loopback_detection(endpoint: str, loopback: bool) -> None:
+    """Only ipc:// and tcp:// on a loopback address count as loopback."""
+    assert is_loopback_endpoint(endpoint) is loopback
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kwargs", "fragment"),
+    [
+        ("tcp://0.0.0.0:5555", {}, "not on loopback"),
+        ("127.0.0.1:5555", {}, "must look like"),
+        ("tcp://127.0.0.1:5555", {"drain_interval_s": 0}, "drain_interval_s"),
+        ("tcp://127.0.0.1:5555", {"send_hwm": 0}, "send_hwm"),
+    ],
+)
+def test_bad_arguments_refused(endpoint: str, kwargs: dict, fragment: str) -> None:
+    """Non-loopback endpoints (without the flag) and out-of-range settings raise ValueError."""
+    with pytest.raises(ValueError, match=fragment):
+        TelemetryPublisher(endpoint, **kwargs)
+
+
+def test_port_in_use_is_a_tailguard_error() -> None:
+    """Binding a busy port raises TailguardError naming the endpoint."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    with TelemetryPublisher(ep), pytest.raises(TailguardError, match="cannot bind"):
+        TelemetryPublisher(ep)
+
+
+def test_event_queue_full_drops_and_counts() -> None:
+    """append() never blocks: beyond max_events records are dropped and counted."""
+    pub = TelemetryPublisher(f"tcp://127.0.0.1:{free_port()}", max_events=2, drain_interval_s=3600)
+    try:
+        for i in range(5):
+            pub.append(("note", i, i, {}))
+        assert pub.events_dropped == 3
+    finally:
+        pub.close()
+    pub.append(("note", 9, 9, {}))
+    assert pub.events_dropped == 4
+
+
+def _receive_all(sub: zmq.Socket, until: float) -> list[dict]:
+    out = []
+    while time.monotonic() < until:
+        if sub.poll(50):
+            out.append(msgpack.unpackb(sub.recv()))
+            if out[-1]["type"] == "heartbeat" and out[-1]["closing"]:
+                break
+    return out
+
+
+def test_wire_schema_end_to_end() -> None:
+    """Every message carries v/seq/gid; ticks arrive intact; hist counts what was read."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = TelemetryPublisher(
+        ep,
+        hello={"period_ns": 1000, "policy": "x"},
+        drain_interval_s=0.005,
+        heartbeat_interval_s=0.05,
+    )
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(ep)
+    try:
+        deadline = time.monotonic() + 10
+        while pub.subscribers == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ring = pub.ring
+        for t in range(1, 2001):
+            # As the guard does: tick 1 has no period, marked by a negative dt.
+            ring.write(t, 1000 + t if t > 1 else -1, 10 * t, t & 0xF and 0)
+        pub.append(("violation", 7, 123, {"kind": "dt_max"}))
+        time.sleep(0.2)
+        pub.close()
+        msgs = _receive_all(sub, time.monotonic() + 10)
+    finally:
+        sub.close(0)
+        ctx.term()
+    assert all(m["v"] == SCHEMA_VERSION and m["gid"] == pub.guard_id for m in msgs)
+    seqs = [m["seq"] for m in msgs]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    kinds = {m["type"] for m in msgs}
+    assert {"hello", "ticks", "events", "hist", "heartbeat"} <= kinds
+    batches = [m for m in msgs if m["type"] == "ticks"]
+    dt = np.concatenate([np.frombuffer(m["dt_ns"], "<i8") for m in batches])
+    lat = np.concatenate([np.frombuffer(m["latency_ns"], "<i8") for m in batches])
+    assert batches[0]["first_tick"] == 1
+    np.testing.assert_array_equal(dt[1:], 1000 + np.arange(2, 2001))
+    assert dt[0] < 0
+    np.testing.assert_array_equal(lat, 10 * np.arange(1, 2001))
+    ev = next(m for m in msgs if m["type"] == "events")
+    assert ev["events"] == [["violation", 7, 123, {"kind": "dt_max"}]]
+    last_hist = [m for m in msgs if m["type"] == "hist"][-1]
+    assert sum(last_hist["lifetime"]["latency_ns"]["counts"]) == 2000
+    assert sum(last_hist["lifetime"]["dt_ns"]["counts"]) == 1999  # negative dt: not counted
+    assert msgs[-1]["closing"] is True and msgs[-1]["ring_overflow"] == 0
+
+
+def test_guard_with_endpoint_publishes_hello() -> None:
+    """Guard(telemetry='tcp://...') builds a publisher whose hello carries the period."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    env = starter_envelope(obs_size=2, action_size=1, period_ns=1_000_000)
+    guard = Guard(CallablePolicy(lambda o: [0.0], 2, 1), env, telemetry=ep)
+    try:
+        pub = guard._telemetry
+        assert isinstance(pub, TelemetryPublisher)
+        for _ in range(100):
+            guard.step(np.zeros(2, np.float32))
+        assert pub.ring is guard.tick_ring and pub.ring.head == 99  # tick 100 still open
+        assert pub._hello_static["period_ns"] == 1_000_000
+    finally:
+        guard.close()
+    assert pub._closed

@@ -1,0 +1,78 @@
+"""A guarded control loop publishing telemetry, for the monitor's process tests and bench.
+
+Usage: python tg_monitor_guard.py ENDPOINT --rate-hz R --seconds S --out STATS.json
+       [--send-hwm N] [--send-buffer-bytes B] [--own-publisher]
+
+Runs ``Guard`` with a CallablePolicy (every 500th action out of bounds, so there are
+violation events) paced by ``Pacer``; writes the guard's stats and the publisher's counters
+as JSON at the end. Exits by itself after ``--seconds`` so a forgotten child cannot linger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from guard import CallablePolicy, Guard, Pacer, starter_envelope
+from guard.telemetry import TelemetryPublisher
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("endpoint")
+    p.add_argument("--rate-hz", type=float, default=1000.0)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--send-hwm", type=int, default=None)
+    p.add_argument("--send-buffer-bytes", type=int, default=None)
+    args = p.parse_args(argv)
+    pacer = Pacer(args.rate_hz, spin_ns=50_000)
+    env = starter_envelope(
+        obs_size=4,
+        action_size=2,
+        period_ns=pacer.period_ns,
+        action_low=[-1.0, -1.0],
+        action_high=[1.0, 1.0],
+    )
+    count = [0]
+
+    def policy(obs: np.ndarray) -> list[float]:
+        count[0] += 1
+        return [2.0, 0.0] if count[0] % 500 == 0 else [0.1, -0.1]
+
+    telemetry: object = args.endpoint
+    if args.send_hwm is not None or args.send_buffer_bytes is not None:
+        telemetry = TelemetryPublisher(
+            args.endpoint,
+            hello={"policy": "callable", "period_ns": pacer.period_ns},
+            send_hwm=args.send_hwm or 1000,
+            send_buffer_bytes=args.send_buffer_bytes,
+        )
+    guard = Guard(CallablePolicy(policy, 4, 2), env, telemetry=telemetry)
+    obs = np.zeros(4, np.float32)
+    ticks = int(args.seconds * args.rate_hz)
+    pacer.start()
+    for _ in range(ticks):
+        pacer.wait()
+        guard.step(obs)
+    pub = guard._telemetry
+    counters = pub.counters()
+    stats = guard.stats()
+    guard.close()
+    out = {
+        "ticks": stats["ticks"],
+        "dt_ns": stats["dt_ns"],
+        "violations": stats["violations"],
+        "missed_cycles": pacer.missed_cycles,
+        "publisher": counters,
+    }
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
