@@ -8,11 +8,21 @@ Timing flags (specs as in ``firmware_sim.profile_spec``):
 - ``--drop-prob P`` / ``--drop-burst N``: lost commands (bursts of N ticks, starting with
   probability P per tick).
 
-Exit codes: 0 done; 2 bad input (unknown env, bad spec, unloadable policy) or a feature not
-available yet (guarded replay: ``--envelope`` / ``--fallback``).
+Guard flags: the runtime guard runs in the loop on the simulated clock unless ``--no-guard``.
+``--envelope E.json`` (default: the policy's starter envelope, placeholder thresholds, noted
+in the JSON), ``--fallback hold|zero|PATH.onnx`` (a second, timing-robust policy),
+``--deadline-ms D`` (deadline mode in simulated time: a late inference is abandoned and the
+hold/fallback action released at the deadline).
+
+Environments: a gymnasium MuJoCo id (Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5) or
+``mjcf:ant`` / ``mjcf:PATH.xml`` (raw MJCF robot, PD firmware at 1 kHz, policy at 50 Hz).
+
+Exit codes: 0 done; 2 bad input (unknown env, bad spec, unloadable policy or envelope,
+envelope not made for this policy or env, contradictory flags).
 
 JSON output: ``episodes`` (one object per episode: ``seed``, ``return``, ``length``,
-``terminated``, timing percentiles, smoothness), ``summary``, the inputs; wall-clock facts
+``terminated``, timing percentiles, smoothness, per-episode ``guard`` statistics when
+guarded), ``summary``, the inputs (``guard`` says which envelope and fallback); wall-clock facts
 (duration, host, versions) only under ``run``, so everything else is identical for the same
 inputs and seed.
 """
@@ -45,7 +55,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policy", required=True, help="ONNX policy file (input obs -> actions)")
-    p.add_argument("--env", required=True, help="gymnasium MuJoCo env id, e.g. Hopper-v5")
+    p.add_argument(
+        "--env", required=True, help="gymnasium MuJoCo env id (Hopper-v5) or mjcf:ant / mjcf:PATH"
+    )
     p.add_argument("--profile", default="nominal", help="latency profile spec (default nominal)")
     p.add_argument("--dt-profile", default="nominal", help="control-period profile spec")
     p.add_argument("--obs-delay-profile", default="nominal", help="observation-age profile spec")
@@ -53,12 +65,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drop-burst", type=int, default=1, help="ticks lost per drop (default 1)")
     p.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
     p.add_argument("--seed", type=int, default=0, help="episode i resets with seed S+i")
-    p.add_argument("--envelope", help="envelope JSON for the guard (not wired yet)")
-    p.add_argument("--fallback", help="guard fallback (not wired yet)")
+    p.add_argument("--envelope", help="envelope JSON (default: the policy's starter envelope)")
+    p.add_argument(
+        "--fallback", help="guard fallback: hold (default), zero, or PATH.onnx (robust policy)"
+    )
+    p.add_argument(
+        "--deadline-ms", type=float, help="deadline mode: answer within D ms of tick start"
+    )
     p.add_argument("--no-guard", action="store_true", help="replay the bare policy")
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    p.set_defaults(handler=run_replay_command)
+    p.set_defaults(handler=run_replay_command, func=run_replay_command)
 
 
 def _sha256(path: Path) -> str:
@@ -70,25 +87,44 @@ def _sha256(path: Path) -> str:
 
 
 def _table(results: list[Any], out: TextIO) -> None:
+    guarded = any(r.guard is not None for r in results)
     out.write(f"{'seed':>6} {'return':>12} {'length':>7} {'fell':>5} {'lat p99 ms':>11} "
-              f"{'dt p99 ms':>10} {'max|da|':>8}\n")  # fmt: skip
+              f"{'dt p99 ms':>10} {'max|da|':>8}")  # fmt: skip
+    out.write(f" {'interv.':>8} {'misses':>7} {'violations':>10}\n" if guarded else "\n")
     for r in results:
         out.write(
             f"{r.seed:>6} {r.ret:>12.2f} {r.length:>7} {'yes' if r.terminated else 'no':>5} "
             f"{r.latency_ns['p99'] / 1e6:>11.3f} {r.dt_ns['p99'] / 1e6:>10.3f} "
-            f"{r.max_abs_daction:>8.3f}\n"
+            f"{r.max_abs_daction:>8.3f}"
         )
+        if r.guard is not None:
+            g = r.guard
+            n_viol = sum(g["violations"].values())
+            out.write(f" {g['interventions']:>8} {g['deadline_misses']:>7} {n_viol:>10}\n")
+        else:
+            out.write("\n")
 
 
 def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Handler of ``tailguard replay``; returns the exit code."""
     out = out if out is not None else sys.stdout
     err = sys.stderr
-    if (args.envelope or args.fallback) and not args.no_guard:
-        err.write(
-            "tailguard replay: guarded replay (--envelope/--fallback) is not wired yet; "
-            "run with --no-guard\n"
+    guard_flags = [
+        flag
+        for flag, value in (
+            ("--envelope", args.envelope),
+            ("--fallback", args.fallback),
+            ("--deadline-ms", args.deadline_ms),
         )
+        if value is not None
+    ]
+    if args.no_guard and guard_flags:
+        err.write(
+            f"tailguard replay: --no-guard cannot be combined with {', '.join(guard_flags)}\n"
+        )
+        return 2
+    if args.deadline_ms is not None and not args.deadline_ms > 0:
+        err.write(f"tailguard replay: --deadline-ms must be > 0, got {args.deadline_ms}\n")
         return 2
     if args.episodes < 1:
         err.write(f"tailguard replay: --episodes must be >= 1, got {args.episodes}\n")
@@ -96,8 +132,16 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
     started = time.perf_counter()
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        from firmware_sim.controllers import OnnxController
-        from firmware_sim.replay import TimingSpec, build_loop, make_task, run_episodes, summarize
+        from firmware_sim.controllers import Controller, OnnxController
+        from firmware_sim.replay import (
+            GuardSpec,
+            TimingSpec,
+            build_guarded,
+            build_loop,
+            make_task,
+            run_episodes,
+            summarize,
+        )
 
         timing = TimingSpec(
             latency=args.profile,
@@ -106,13 +150,23 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
             drop_prob=args.drop_prob,
             drop_burst=args.drop_burst,
         )
-        controller = OnnxController(args.policy)
-        try:
-            task = make_task(args.env)
-        except Exception as exc:  # gymnasium raises its own error types for unknown ids
-            if isinstance(exc, TailguardError):
-                raise
-            raise TailguardError(f"cannot make env '{args.env}': {exc}") from None
+        task = make_task(args.env)
+        controller: Controller
+        guard_info: dict[str, Any] | None = None
+        if args.no_guard:
+            controller = OnnxController(args.policy)
+        else:
+            spec = GuardSpec(
+                envelope=args.envelope,
+                fallback=args.fallback or "hold",
+                deadline_ns=None if args.deadline_ms is None else round(args.deadline_ms * 1e6),
+            )
+            controller, guard_info = build_guarded(task, args.policy, spec)
+            if args.envelope is None and not args.quiet:
+                err.write(
+                    "tailguard replay: no --envelope: guarding with the policy's starter "
+                    "envelope (placeholder thresholds, not audited)\n"
+                )
         loop = build_loop(task, controller, timing)
     except TailguardError as exc:
         err.write(f"tailguard replay: {exc}\n")
@@ -125,9 +179,10 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
     doc = {
         "schema": SCHEMA,
         "env": args.env,
+        "task": task.describe() if hasattr(task, "describe") else None,
         "policy": {"path": str(args.policy), "sha256": _sha256(Path(args.policy))},
         "timing": timing.to_dict(),
-        "guard": None,
+        "guard": guard_info,
         "seed": args.seed,
         "period_ns": task.period_ns,
         "substep_ns": task.substep_ns,

@@ -8,8 +8,10 @@ One tick, in simulated time, on the loop's :class:`SimClock` (the single source 
 3. the controller sees the observation sampled ``obs_delay`` earlier (never older than the
    previous tick's observation) and returns an action;
 4. the action is released ``latency`` after the tick start (the clock advances by it, see
-   :class:`~firmware_sim.controllers.SimulatedInference`); a dropped frame loses it; the
-   previous command holds until the new one is applied (zero-order hold, as firmware does);
+   :class:`~firmware_sim.controllers.SimulatedInference`; a guard in deadline mode releases
+   its hold/fallback action at the deadline instead, see ``firmware_sim.guarded``); a
+   dropped frame loses it; the previous command holds until the new one is applied
+   (zero-order hold, as firmware does);
 5. the next tick starts ``dt`` after this one, or when this tick's inference ends if that
    is later: the loop is sequential, a slow tick delays the next one and missed ticks are
    not caught up.
@@ -31,7 +33,7 @@ import numpy as np
 from firmware_sim.clock import SimClock
 from firmware_sim.controllers import Controller, SimulatedInference
 from firmware_sim.profiles import DropSampler, Profile
-from firmware_sim.tasks import MujocoTask
+from firmware_sim.tasks import Task
 
 __all__ = ["EpisodeResult", "EpisodeTrace", "SimLoop", "percentiles_ns"]
 
@@ -61,6 +63,8 @@ class EpisodeTrace:
         actions: float (n, act_dim): the controller's outputs.
         ctrl_ns, ctrl: with ``substep_ctrl``: start time of every physics substep and the
             command applied during it, (m,) and (m, act_dim).
+        sampled_latency_ns: the latency the profile drew for each tick, int64 (n,) (differs
+            from ``latency_ns`` when a guard answered at its deadline).
     """
 
     tick_ns: np.ndarray
@@ -71,6 +75,7 @@ class EpisodeTrace:
     actions: np.ndarray
     ctrl_ns: np.ndarray | None = None
     ctrl: np.ndarray | None = None
+    sampled_latency_ns: np.ndarray | None = None
 
 
 @dataclass
@@ -136,14 +141,17 @@ class SimLoop:
         obs_delay: observation age per tick (None: fresh), ns.
         drops: lost commands (None: none).
         clock: the simulated clock (one per loop, shared with e.g. a Guard). Episodes follow
-            each other on it; it never goes backwards.
+            each other on it; it never goes backwards. A controller with its own
+            ``inference`` (a :class:`SimulatedInference`, e.g.
+            :class:`~firmware_sim.guarded.GuardedController`) brings its clock and release
+            model; the loop uses both (``clock`` must then be None or that clock).
         max_segment_substeps: split physics into segments of at most this many substeps
             (None: only where a command changes). Rewards stay consistent; for tests.
     """
 
     def __init__(
         self,
-        task: MujocoTask,
+        task: Task,
         controller: Controller,
         *,
         latency: Profile | None = None,
@@ -159,8 +167,16 @@ class SimLoop:
         self.dt = dt
         self.obs_delay = obs_delay
         self.drops = drops if drops is not None and drops.enabled else None
-        self.clock = clock if clock is not None else SimClock()
-        self.inference = SimulatedInference(self.clock)
+        own = getattr(controller, "inference", None)
+        if isinstance(own, SimulatedInference):
+            # The controller models its own inference time (e.g. a guard in deadline mode).
+            if clock is not None and clock is not own.clock:
+                raise ValueError("the controller's inference runs on another clock than the loop's")
+            self.clock = own.clock
+            self.inference = own
+        else:
+            self.clock = clock if clock is not None else SimClock()
+            self.inference = SimulatedInference(self.clock)
         self.horizon_ns = task.max_episode_steps * task.period_ns
         if max_segment_substeps is not None and max_segment_substeps < 1:
             raise ValueError(f"max_segment_substeps must be >= 1, got {max_segment_substeps}")
@@ -192,6 +208,8 @@ class SimLoop:
         task, clock, inference = self.task, self.clock, self.inference
         self._reseed(seed)
         self.controller.reset()
+        # A controller may offer a cheaper per-tick callable (fetched after reset).
+        decide = getattr(self.controller, "decide", self.controller)
         obs = task.reset(seed)
         start_ns = clock()
         sub_ns = task.substep_ns
@@ -200,6 +218,12 @@ class SimLoop:
         latency, dt_prof, drops = self.latency, self.dt, self.drops
         obs_prof = self.obs_delay
         fine = self.max_segment_substeps
+        # Bound once: a method lookup per tick is measurable at ~100k physics steps/s.
+        observe, run = task.observe, task.run
+        arm, settle, clock_set = inference.arm, inference.settle, clock.set
+        action_dtype = task.action_dtype
+        next_latency = latency.next_ns if latency is not None else None
+        next_dt = dt_prof.next_ns if dt_prof is not None else None
 
         # Observation history (relative time, obs), only with an observation delay.
         history: deque[tuple[int, np.ndarray]] = deque()
@@ -232,6 +256,7 @@ class SimLoop:
 
         ticks: list[int] = []
         lat_list: list[int] = []
+        sampled: list[int] = []
         age_list: list[int] = []
         drop_flags: list[bool] = []
         applied_at: list[int] = []
@@ -255,7 +280,7 @@ class SimLoop:
                 if fine is not None:
                     n = min(n, fine)
                 seg_start_ns = phys_ns
-                ret += task.run(command, n, recorder)
+                ret += run(command, n, recorder)
                 phys_ns += n * sub_ns
             # 2. termination (the env checks after each step), then the horizon.
             if k > 0 and task.terminated():
@@ -264,7 +289,7 @@ class SimLoop:
             if tick_ns >= horizon_ns:
                 break
             # 3. observe and decide, on the simulated clock.
-            clock.set(start_ns + tick_ns)
+            clock_set(start_ns + tick_ns)
             if obs_prof is not None:
                 # Sampled at tick - delay (never before the previous observation); the
                 # state is the one at the first substep boundary at or after that time.
@@ -275,37 +300,39 @@ class SimLoop:
                 obs = history[0][1]
                 last_obs_ns = obs_ns
             else:
-                obs = task.observe()
+                obs = observe()
                 obs_ns = tick_ns
-            lat_ns = latency.next_ns() if latency is not None else 0
-            inference.arm(lat_ns)
-            action = self.controller(obs, start_ns + obs_ns)
-            release_ns = inference.settle() - start_ns
+            lat_ns = next_latency() if next_latency is not None else 0
+            arm(lat_ns)
+            action = decide(obs, start_ns + obs_ns)
+            release_ns = settle() - start_ns
             # 4. the command travels to the firmware unless the frame is dropped.
             dropped = drops.next_drop() if drops is not None else False
             if dropped:
                 n_drops += 1
             else:
-                pending = np.array(action, dtype=task.action_dtype, copy=True)
+                pending = np.array(action, dtype=action_dtype, copy=True)
                 pending_at_ns = -(-release_ns // sub_ns) * sub_ns
                 pending_tick = k
             ticks.append(tick_ns)
             lat_list.append(release_ns - tick_ns)
             age_list.append(tick_ns - obs_ns)
             if trace:
+                sampled.append(lat_ns)
                 drop_flags.append(dropped)
                 applied_at.append(-1)
                 actions.append(np.array(action, copy=True))
-            # 5. next tick: after dt, but not before this tick's inference ended.
-            step_ns = dt_prof.next_ns() if dt_prof is not None else period_ns
-            tick_ns = max(tick_ns + step_ns, release_ns)
+            # 5. next tick: after dt, but not before this tick's inference ended (nor before
+            # the clock: a deadline miss leaves it 1 ns past the release time).
+            step_ns = next_dt() if next_dt is not None else period_ns
+            tick_ns = max(tick_ns + step_ns, release_ns, clock() - start_ns)
             k += 1
 
         clock.set(max(clock(), start_ns + phys_ns))
         return self._result(
             seed, ret, k, terminated, phys_ns, ticks, lat_list, age_list, n_drops,
             applied_cmds, drop_flags, applied_at, actions, ctrl_times, ctrl_log,
-            trace, substep_ctrl,
+            trace, substep_ctrl, sampled,
         )  # fmt: skip
 
     def _result(
@@ -327,6 +354,7 @@ class SimLoop:
         ctrl_log: list[np.ndarray],
         trace: bool,
         substep_ctrl: bool,
+        sampled: list[int],
     ) -> EpisodeResult:
         cmds = np.asarray(applied_cmds, np.float64).reshape(len(applied_cmds), self.task.nu)
         d1 = np.abs(np.diff(cmds, axis=0))
@@ -345,6 +373,7 @@ class SimLoop:
                 ctrl=np.asarray(ctrl_log, np.float64).reshape(len(ctrl_log), self.task.nu)
                 if substep_ctrl
                 else None,
+                sampled_latency_ns=np.asarray(sampled, np.int64),
             )
         return EpisodeResult(
             seed=seed,

@@ -2,13 +2,17 @@
 
 Episode ``i`` resets the environment with seed ``seed + i`` (reproducible with plain
 gymnasium) and seeds its timing streams from the same number.
+
+Environments: a gymnasium MuJoCo id (``Hopper-v5`` ...) or ``mjcf:NAME_OR_PATH`` for a raw
+MJCF robot under PD firmware (see ``firmware_sim.pd_robot``). Guarded replay runs the runtime
+``Guard`` on the loop's simulated clock (see ``firmware_sim.guarded``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,9 +20,23 @@ from firmware_sim.controllers import Controller
 from firmware_sim.loop import EpisodeResult, SimLoop
 from firmware_sim.profile_spec import parse_profile
 from firmware_sim.profiles import DropSampler
-from firmware_sim.tasks import MujocoTask, import_mujoco
+from firmware_sim.tasks import MujocoTask, Task, import_mujoco
+from guard.errors import EnvelopeError, TailguardError
 
-__all__ = ["TimingSpec", "build_loop", "make_task", "run_episodes", "summarize"]
+if TYPE_CHECKING:
+    from firmware_sim.guarded import GuardedController
+
+__all__ = [
+    "GuardSpec",
+    "TimingSpec",
+    "build_guarded",
+    "build_loop",
+    "make_task",
+    "run_episodes",
+    "summarize",
+]
+
+MJCF_PREFIX = "mjcf:"
 
 
 @dataclass(frozen=True)
@@ -50,13 +68,103 @@ class TimingSpec:
         }
 
 
-def make_task(env_id: str) -> MujocoTask:
-    """Make the gymnasium env ``env_id`` and wrap it for substep stepping."""
+@dataclass(frozen=True)
+class GuardSpec:
+    """How the guard runs in a replay.
+
+    Attributes:
+        envelope: envelope JSON path, or None for the policy's starter envelope
+            (``guard.starter_envelope``: placeholder thresholds, not audited).
+        fallback: ``"hold"``, ``"zero"`` or the path of a second (timing-robust) ONNX policy.
+        deadline_ns: deadline mode in simulated time, ns, or None.
+    """
+
+    envelope: str | None = None
+    fallback: str = "hold"
+    deadline_ns: int | None = None
+
+
+def make_task(env_id: str) -> Task:
+    """Make the task ``env_id``: a gymnasium MuJoCo id, or ``mjcf:NAME_OR_PATH``.
+
+    Raises:
+        TailguardError: unknown env, unreadable model.
+    """
+    if env_id.startswith(MJCF_PREFIX):
+        from firmware_sim.pd_robot import PdRobotTask
+
+        return PdRobotTask.from_name(env_id[len(MJCF_PREFIX) :])
     _, gym = import_mujoco()
-    return MujocoTask(gym.make(env_id))
+    try:
+        env = gym.make(env_id)
+    except Exception as exc:  # gymnasium raises its own error types for unknown ids
+        raise TailguardError(f"cannot make env '{env_id}': {exc}") from None
+    return MujocoTask(env)
 
 
-def build_loop(task: MujocoTask, controller: Controller, timing: TimingSpec) -> SimLoop:
+def build_guarded(
+    task: Task, policy_path: str, spec: GuardSpec
+) -> tuple[GuardedController, dict[str, Any]]:
+    """A :class:`GuardedController` for ``policy_path`` on ``task``, and its JSON description.
+
+    Raises:
+        PolicyLoadError: the policy or fallback policy cannot be loaded.
+        EnvelopeError, HashMismatchError: the envelope does not fit the policy or the task.
+        TailguardError: an unknown fallback.
+    """
+    from firmware_sim.guarded import GuardedController
+    from guard.envelope import load_envelope, starter_envelope
+    from guard.policy import OnnxPolicy
+
+    policy = OnnxPolicy(policy_path)
+    info: dict[str, Any] = {"enabled": True}
+    if spec.envelope is None:
+        envelope = starter_envelope(
+            obs_size=policy.obs_size,
+            action_size=policy.action_size,
+            period_ns=task.period_ns,
+            sha256=policy.sha256,
+            action_low=[float(v) for v in task.action_low],
+            action_high=[float(v) for v in task.action_high],
+        )
+        info["envelope"] = {
+            "source": "starter",
+            "note": "no --envelope given: the policy's starter envelope (guard.starter_envelope"
+            "), PLACEHOLDER thresholds from the control period, not audited",
+        }
+    else:
+        envelope = load_envelope(spec.envelope)
+        info["envelope"] = {"source": "file", "path": spec.envelope}
+        if envelope.timing.period_ns != task.period_ns:
+            raise EnvelopeError(
+                f"the envelope's period_ns {envelope.timing.period_ns} differs from the env's "
+                f"control period {task.period_ns} ns; use an envelope written for this env",
+                spec.envelope,
+            )
+    fallback: Any
+    if spec.fallback in ("hold", "zero"):
+        fallback = spec.fallback
+        info["fallback"] = spec.fallback
+    elif spec.fallback.endswith(".onnx"):
+        fallback = OnnxPolicy(spec.fallback)
+        info["fallback"] = {"policy": spec.fallback, "sha256": fallback.sha256}
+    else:
+        raise TailguardError(
+            f"unknown fallback '{spec.fallback}'; valid choices are ['hold', 'zero'] or the "
+            "path of a .onnx policy"
+        )
+    info["deadline_ns"] = spec.deadline_ns
+    info["deadline_mode"] = "inline (simulated time)" if spec.deadline_ns else None
+    try:
+        controller = GuardedController(
+            policy, envelope, fallback=fallback, deadline_ns=spec.deadline_ns
+        )
+    except ValueError as exc:
+        raise TailguardError(str(exc)) from None
+    return controller, info
+
+
+def build_loop(task: Task, controller: Controller, timing: TimingSpec) -> SimLoop:
     """A :class:`SimLoop` with the profiles of ``timing`` (nominal ones cost nothing).
 
     Raises:
@@ -111,4 +219,21 @@ def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
         "max_abs_daction": max(r.max_abs_daction for r in results),
         "max_abs_d2action": max(r.max_abs_d2action for r in results),
         "drops": sum(r.drops for r in results),
+        **_guard_summary(results),
+    }
+
+
+def _guard_summary(results: list[EpisodeResult]) -> dict[str, Any]:
+    """Guard totals over the episodes (empty without a guard)."""
+    stats = [r.guard for r in results if r.guard is not None]
+    if not stats:
+        return {}
+    violations: dict[str, int] = {}
+    for s in stats:
+        for kind, n in s["violations"].items():
+            violations[kind] = violations.get(kind, 0) + n
+    return {
+        "guard_interventions": sum(s["interventions"] for s in stats),
+        "guard_deadline_misses": sum(s["deadline_misses"] for s in stats),
+        "guard_violations": dict(sorted(violations.items())),
     }

@@ -42,12 +42,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from guard.demo import format_results, run_demo
 
     results = run_demo(args.seconds, args.seed)
-    print(
-        "tailguard demo: an inverted pendulum balanced at 50 Hz by a linear controller exported "
-        "to ONNX\n(a stand-in for a trained policy), in simulated time, under random pushes. "
-        "Inference latency:\nlognormal ~2 ms plus GC-pause-like bursts (3 ticks of 60-90 ms "
-        "every 3-5 s).\nGuarded: deadline 5 ms, fallback = an in-process PD law.\n"
-    )
     print(format_results(results))
     if args.json:
         payload = [

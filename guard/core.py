@@ -465,10 +465,10 @@ class Guard:
             elif bad == _DEADLINE:
                 viols.append(Violation.DEADLINE_MISS)
             else:
-                action_viols = self._classify_action(cur)
+                action_viols, clip_needed = self._classify_action(cur)
                 viols.extend(action_viols)
                 policy_valid = Violation.ACTION_NONFINITE not in action_viols
-                clip_needed = bool(action_viols) and policy_valid
+                clip_needed = clip_needed and policy_valid
 
         # -- window percentiles (evaluated every check_every_ticks by _window_due) --
         if tick >= self._next_check:
@@ -565,18 +565,27 @@ class Guard:
             return _POLICY_ERROR
         return 0
 
-    def _classify_action(self, slot: int) -> list[Violation]:
-        """Reference check of the policy's action in ``slot`` (the fast path's min(slack))."""
-        a = self.policy._act[slot]
+    def _classify_action(self, slot: int) -> tuple[list[Violation], bool]:
+        """Reference check of the action in ``slot``: (violations, clipping needed).
+
+        Any excursion beyond a limit is clipped, so the output is always within bounds and
+        rate; excursions within float32 rounding of the limit (a few ulps, e.g. a Tanh
+        head that returns 1.0000001) are clipped without counting as a violation.
+        """
+        a = self.policy._act[slot].astype(np.float64)
         if not np.isfinite(a).all():
-            return [Violation.ACTION_NONFINITE]
+            return [Violation.ACTION_NONFINITE], False
+        low, high, rate = self._low, self._high, self._rate
+        prev = self.policy._act[1 - slot].astype(np.float64)
+        step = np.abs(a - prev)
+        over_bounds = np.maximum(low - a, a - high)
+        over_rate = step - rate
         out = []
-        if (a < self._low).any() or (a > self._high).any():
+        if (over_bounds > _ulps(np.maximum(np.abs(low), np.abs(high)))).any():
             out.append(Violation.ACTION_BOUNDS)
-        prev = self.policy._act[1 - slot]
-        if (np.abs(a.astype(np.float64) - prev) > self._rate).any():
+        if (over_rate > _ulps(np.abs(a) + np.abs(prev) + rate)).any():
             out.append(Violation.ACTION_RATE)
-        return out
+        return out, bool((over_bounds > 0).any() or (over_rate > 0).any())
 
     def _window_due(self, tick: int) -> bool:
         """Evaluate the window percentiles; True when a window violation is active.
@@ -828,6 +837,11 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ulps(magnitude: np.ndarray) -> np.ndarray:
+    """A few float32 units in the last place at ``magnitude`` (rounding, not a violation)."""
+    return 4.0 * np.finfo(np.float32).eps * np.maximum(magnitude, 1.0)
 
 
 def _summary(h: LogLinearHistogram) -> dict[str, int]:

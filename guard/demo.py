@@ -1,29 +1,39 @@
-"""`tailguard demo`: a guarded loop on a small built-in plant with injected latency spikes.
+"""`tailguard demo`: a shipped Hopper-v5 policy replayed in MuJoCo under a latency long tail.
 
-The plant is an inverted pendulum (unstable: it falls in about half a second without
-control) balanced at 50 Hz by a linear state-feedback controller exported to ONNX, which
-stands in for a trained policy here (the MuJoCo demo with trained policies replaces it once
-firmware_sim lands). Everything runs in simulated time on an injected clock, so the run is
-deterministic for a seed and takes well under a second.
+With the ``sim`` extra (mujoco, gymnasium) and the policies shipped in ``examples/policies``
+(``hopper_nominal.onnx``, trained with plain timing, and ``hopper_robust.onnx``, trained with
+randomized timing; see that folder's README), the demo replays Hopper-v5 in simulated time
+with ``firmware_sim`` (2 ms physics substeps, 8 ms control period, the previous command held
+until a late one arrives) and the runtime ``Guard`` on the simulated clock. Paired episodes
+(reset seeds ``seed, seed + 1, ...``; one episode per 8 s of ``seconds``) in four scenarios:
 
-Inference latency follows a long-tail profile: lognormal around 2 ms, plus GC-pause-like
-bursts (every ~4 s, 3 consecutive inferences of 60-90 ms). The control loop is a single
-thread, as on most robots: a slow inference delays the action *and* the next tick, and the
-actuator keeps the previous command meanwhile.
+* nominal timing -- the nominal policy, zero latency (a monitor-only guard measures: it
+  records violations but never acts, so every column comes from the same code);
+* long tail, unguarded -- the same policy, inference latency lognormal (median 4.8 ms,
+  sigma 1.0, cap 40 ms), monitor-only guard;
+* long tail, guarded -- the same latency; the guard (starter envelope: placeholder
+  thresholds from the 8 ms period, not audited) holds on a late tick and switches to the
+  timing-robust policy as fallback when the latency window degrades;
+* long tail, robust only -- the timing-robust policy alone under the same latency, so the
+  table shows honestly whether the guard adds anything over always running the robust policy.
 
-The same scenario runs three times with the same seed (same disturbance torques):
+Actions are clipped to [-1, 1] after the guard (as in training). The fallback's own inference
+time is not simulated (only the main policy's is). Angles are the torso pitch (rad). Without
+the extra or the policy files, the demo falls back to the built-in inverted pendulum below
+(its output says which one ran).
 
-* nominal timing -- no bursts, unguarded: shows the controller itself is adequate;
-* spikes, unguarded -- the policy's actions are applied whenever they arrive (a Guard with every
-  response set to "log" still measures, so both columns come from the same code);
-* spikes, guarded -- deadline mode (5 ms): a late inference is abandoned at the deadline, the
-  fallback answers (a PD law evaluated in-process, no inference latency), and the loop
-  keeps its period. While an abandoned inference is still running, later ticks miss too.
+The pendulum demo: an inverted pendulum (unstable: it falls in about half a second without
+control) balanced at 50 Hz by a linear state-feedback controller exported to ONNX, with a
+long-tail inference latency (lognormal around 2 ms plus GC-pause-like bursts of 3
+inferences of 60-90 ms every ~4 s); nominal / spikes unguarded / spikes guarded (deadline
+mode, 5 ms, fallback = an in-process PD law). Everything runs in simulated time on an
+injected clock, so every run is deterministic for a seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import tempfile
 from pathlib import Path
@@ -37,7 +47,7 @@ from guard.onnx_build import linear_bytes
 from guard.policy import OnnxPolicy
 from guard.state import DEFAULT_RESPONSES, Response, Violation
 
-__all__ = ["run_demo", "DemoResult"]
+__all__ = ["run_demo", "DemoResult", "format_results", "POLICY_DIR"]
 
 MS = 1_000_000
 PERIOD_NS = 20 * MS
@@ -52,15 +62,44 @@ GAIN = np.array([[-200.0], [-25.0]], dtype=np.float32)
 FALLBACK_GAIN = np.array([160.0, 20.0])
 
 
+#: where the shipped policies live (a source checkout; not part of an installed wheel)
+POLICY_DIR = Path(__file__).resolve().parents[1] / "examples" / "policies"
+HOPPER_LONG_TAIL = "lognormal:median_ms=4.8,sigma=1.0,cap_ms=40"
+HOPPER_EPISODE_S = 8.0  # 1000 ticks of 8 ms
+
+
 @dataclasses.dataclass
 class DemoResult:
-    """One scenario's outcome: guard statistics plus what happened to the plant."""
+    """One scenario's outcome: guard statistics plus what happened to the robot.
+
+    Attributes:
+        label: the scenario.
+        stats: guard statistics (summed over the episodes): ``ticks``, ``violations``,
+            ``state_time_ns``, ``interventions``, ``dt_ns`` / ``latency_ns``
+            ``{"lifetime": percentiles}``.
+        fell_at_s: simulated time of the fall, s (pendulum); mean time to fall over the
+            episodes that fell (Hopper); None if nothing fell.
+        max_angle_rad, rms_angle_rad: max and RMS |angle| (pendulum angle, Hopper torso
+            pitch), rad.
+        plant: "hopper" or "pendulum".
+        episodes, falls: episodes run and how many ended in a fall (1 for the pendulum).
+        returns: per-episode return (Hopper; empty for the pendulum).
+    """
 
     label: str
     stats: dict[str, Any]
     fell_at_s: float | None
     max_angle_rad: float
     rms_angle_rad: float
+    plant: str = "pendulum"
+    episodes: int = 1
+    falls: int = 0
+    returns: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def return_mean(self) -> float | None:
+        """Mean episode return, or None without returns."""
+        return float(np.mean(self.returns)) if self.returns else None
 
 
 class _LatencyModel:
@@ -197,6 +236,7 @@ def _run(
         fell_at_s=fell_at,
         max_angle_rad=float(arr.max()),
         rms_angle_rad=float(np.sqrt(np.mean(arr**2))),
+        falls=int(fell_at is not None),
     )
 
 
@@ -231,6 +271,19 @@ def _integrate(
 
 
 def run_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
+    """Run the Hopper scenarios (or the pendulum ones without the sim extra or the shipped
+    policies) with the same seed.
+
+    Args:
+        seconds: simulated time per scenario (Hopper: one episode per 8 s, at least one).
+        seed: the first reset seed (Hopper) / latency and disturbance seed (pendulum).
+    """
+    if hopper_available():
+        return run_hopper_demo(seconds, seed)
+    return run_pendulum_demo(seconds, seed)
+
+
+def run_pendulum_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
     """Run nominal timing, then latency spikes unguarded and guarded, with the same seed."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pendulum_policy.onnx"
@@ -242,22 +295,182 @@ def run_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
         ]
 
 
+def hopper_available() -> bool:
+    """True when mujoco, gymnasium and the shipped Hopper policies are all present."""
+    files = ("hopper_nominal.onnx", "hopper_robust.onnx")
+    if not all((POLICY_DIR / f).is_file() for f in files):
+        return False
+    return all(importlib.util.find_spec(m) is not None for m in ("mujoco", "gymnasium"))
+
+
+def run_hopper_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
+    """The four Hopper scenarios (see the module docstring), paired by reset seed."""
+    episodes = max(1, math.ceil(seconds / HOPPER_EPISODE_S))
+    tail = HOPPER_LONG_TAIL
+    return [
+        _run_hopper("nominal timing", "nominal", None, False, None, episodes, seed),
+        _run_hopper("long tail, unguarded", "nominal", tail, False, None, episodes, seed),
+        _run_hopper("long tail, guarded", "nominal", tail, True, "robust", episodes, seed),
+        _run_hopper("long tail, robust only", "robust", tail, False, None, episodes, seed),
+    ]
+
+
+class _ClippedProbe:
+    """Controller around a GuardedController: records the torso pitch, clips the action."""
+
+    def __init__(self, inner: Any, angle_index: int) -> None:
+        self.inner = inner
+        self.inference = inner.inference
+        self.angle_index = angle_index
+        self.angles: list[float] = []
+
+    def __call__(self, obs: np.ndarray, obs_time_ns: int) -> np.ndarray:
+        self.angles.append(float(obs[self.angle_index]))
+        return np.clip(self.inner.guard.step(obs, obs_time_ns), -1.0, 1.0)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats()  # type: ignore[no-any-return]
+
+
+def _run_hopper(
+    label: str,
+    policy_name: str,
+    profile: str | None,
+    guarded: bool,
+    fallback_name: str | None,
+    episodes: int,
+    seed: int,
+) -> DemoResult:
+    # Heavy and offline-only: imported here so `import guard.demo` stays light.
+    from firmware_sim.guarded import GuardedController
+    from firmware_sim.loop import SimLoop
+    from firmware_sim.profile_spec import parse_profile
+    from firmware_sim.replay import make_task
+    from guard.envelope import starter_envelope
+
+    task = make_task("Hopper-v5")
+    policy = OnnxPolicy(POLICY_DIR / f"hopper_{policy_name}.onnx")
+    envelope = starter_envelope(
+        obs_size=policy.obs_size,
+        action_size=policy.action_size,
+        period_ns=task.period_ns,
+        sha256=policy.sha256,
+    )
+    if not guarded:
+        envelope = dataclasses.replace(envelope, responses=_monitor_only())
+    fallback: Any = "hold"
+    if fallback_name is not None:
+        fallback = OnnxPolicy(POLICY_DIR / f"hopper_{fallback_name}.onnx")
+    probe = _ClippedProbe(GuardedController(policy, envelope, fallback=fallback), 1)
+    loop = SimLoop(task, probe, latency=None if profile is None else parse_profile(profile))
+    totals: dict[str, Any] = {
+        "ticks": 0,
+        "violations": {v.value: 0 for v in Violation},
+        "state_time_ns": {"nominal": 0, "hold": 0, "fallback": 0, "latched": 0},
+        "interventions": 0,
+    }
+    hists: dict[str, Any] = {}
+    returns, fall_times = [], []
+    for i in range(episodes):
+        r = loop.run_episode(seed + i)
+        returns.append(r.ret)
+        if r.terminated:
+            fall_times.append(r.sim_time_ns / 1e9)
+        g = r.guard or {}
+        totals["ticks"] += g.get("ticks", 0)
+        totals["interventions"] += g.get("interventions", 0)
+        for kind, n in g.get("violations", {}).items():
+            totals["violations"][kind] += n
+        for state, ns in g.get("state_time_ns", {}).items():
+            totals["state_time_ns"][state] += ns
+        for name, h in probe.inner.guard.histograms().items():
+            if name in hists:
+                hists[name].merge(h)
+            else:
+                hists[name] = h
+    for name, h in hists.items():
+        totals[name] = {"lifetime": _percentiles(h)}
+    angles = np.abs(np.asarray(probe.angles or [0.0]))
+    return DemoResult(
+        label=label,
+        stats=totals,
+        fell_at_s=float(np.mean(fall_times)) if fall_times else None,
+        max_angle_rad=float(angles.max()),
+        rms_angle_rad=float(np.sqrt(np.mean(angles**2))),
+        plant="hopper",
+        episodes=episodes,
+        falls=len(fall_times),
+        returns=[float(x) for x in returns],
+    )
+
+
+def _monitor_only() -> dict[Violation, Response]:
+    """Every response LOG where the state table allows it: the guard measures, never acts."""
+    return {
+        v: (Response.LOG if Response.LOG in _allowed(v) else r)
+        for v, r in DEFAULT_RESPONSES.items()
+    }
+
+
+def _percentiles(h: Any) -> dict[str, int]:
+    n = h.total_count
+    if n == 0:
+        return {"count": 0}
+    return {
+        "count": n,
+        "p50": h.value_at_percentile(50.0),
+        "p99": h.value_at_percentile(99.0),
+        "max": h.max_value,
+    }
+
+
+def describe(results: list[DemoResult]) -> str:
+    """One paragraph saying what ran (printed above the table)."""
+    if results and results[0].plant == "hopper":
+        return (
+            f"tailguard demo: shipped Hopper-v5 policies (examples/policies) replayed in MuJoCo "
+            f"in simulated time, {results[0].episodes} paired episode(s) per column.\n"
+            f"Long tail: inference latency {HOPPER_LONG_TAIL} (8 ms control period). Guarded:"
+            " starter envelope (placeholder thresholds, not audited), hold on a late tick,\n"
+            "fallback = the timing-robust policy (its own inference time not simulated). "
+            "Actions clipped to [-1, 1]."
+        )
+    return (
+        "tailguard demo: (the sim extra or the shipped Hopper policies are missing) an inverted "
+        "pendulum balanced at 50 Hz by a linear ONNX controller, latency bursts, deadline 5 ms."
+    )
+
+
 def format_results(results: list[DemoResult]) -> str:
-    """The before/after table printed by `tailguard demo`."""
+    """The before/after table printed by `tailguard demo` (with a line saying what ran)."""
     from guard.cli_table import render_table
 
     rows: list[list[str]] = []
+    hopper = bool(results) and results[0].plant == "hopper"
 
     def row(name: str, fn: Any) -> None:
         rows.append([name, *[fn(r) for r in results]])
 
     row("ticks", lambda r: str(r.stats["ticks"]))
-    row("outcome", lambda r: f"FELL at {r.fell_at_s:.2f} s" if r.fell_at_s else "balanced")
-    row("max |angle| (deg)", lambda r: f"{math.degrees(r.max_angle_rad):.1f}")
-    row("rms angle (deg)", lambda r: f"{math.degrees(r.rms_angle_rad):.2f}")
+    if hopper:
+        base = results[0].return_mean or 0.0
+        row("episodes / falls", lambda r: f"{r.episodes} / {r.falls}")
+        row("mean return", lambda r: f"{r.return_mean:.1f}")
+        row("return vs nominal", lambda r: f"{(r.return_mean or 0.0) / base:.2f}" if base else "-")
+        row("mean time to fall (s)", lambda r: f"{r.fell_at_s:.2f}" if r.fell_at_s else "-")
+        angle = "torso pitch"
+    else:
+        row("outcome", lambda r: f"FELL at {r.fell_at_s:.2f} s" if r.fell_at_s else "balanced")
+        angle = "angle"
+    row(f"max |{angle}| (deg)", lambda r: f"{math.degrees(r.max_angle_rad):.1f}")
+    row(f"rms {angle} (deg)", lambda r: f"{math.degrees(r.rms_angle_rad):.2f}")
     kinds = sorted({k for r in results for k, n in r.stats["violations"].items() if n})
     for k in kinds:
         row(f"violations: {k}", lambda r, k=k: str(r.stats["violations"][k]))
+    row("interventions", lambda r: str(r.stats["interventions"]))
     for s in ("nominal", "hold", "fallback", "latched"):
         row(
             f"time in {s} (s)",
@@ -269,4 +482,5 @@ def format_results(results: list[DemoResult]) -> str:
                 f"{metric[:-3]} {p} (ms)",
                 lambda r, m=metric, p=p: f"{r.stats[m]['lifetime'].get(p, 0) / 1e6:.2f}",
             )
-    return render_table(["", *[r.label for r in results]], rows)
+    table = render_table(["", *[r.label for r in results]], rows)
+    return describe(results) + "\n\n" + table

@@ -44,10 +44,76 @@ def test_replay_writes_reproducible_json(hopper_onnx: Path, tmp_path: Path) -> N
     assert a == b
 
 
+def test_guarded_replay_json_is_reproducible_and_says_starter(
+    hopper_onnx: Path, tmp_path: Path
+) -> None:
+    """Guarded replay (default) is identical outside `run` for the same inputs, has per-episode
+    guard stats, and says it used the starter envelope when none was given."""
+    docs = []
+    for name in ("a.json", "b.json"):
+        code, text = _run([
+            "replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5", "--episodes", "2",
+            "--seed", "3", "--profile", "mix:0.9*nominal+0.1*fixed:ms=30", "--deadline-ms", "5",
+            "--fallback", "zero", "--json", str(tmp_path / name),
+        ])  # fmt: skip
+        assert code == 0 and "interv." in text
+        docs.append(json.loads((tmp_path / name).read_text()))
+    a, b = docs
+    assert a["guard"]["envelope"]["source"] == "starter"
+    assert "not audited" in a["guard"]["envelope"]["note"]
+    assert a["guard"]["fallback"] == "zero" and a["guard"]["deadline_ns"] == 5_000_000
+    for e in a["episodes"]:
+        assert {"violations", "state_time_ns", "interventions"} <= set(e["guard"])
+    assert a["summary"]["guard_deadline_misses"] > 0
+    a.pop("run"), b.pop("run")
+    assert a == b
+
+
+def test_guarded_replay_with_envelope_file_and_fallback_policy(
+    hopper_onnx: Path, tmp_path: Path
+) -> None:
+    """An envelope file and a second ONNX policy as fallback are accepted and recorded."""
+    from fsim_helpers import write_linear_onnx
+
+    from guard import OnnxPolicy, save_envelope, starter_envelope
+
+    env_path = tmp_path / "env.json"
+    sha = OnnxPolicy(hopper_onnx).sha256
+    save_envelope(starter_envelope(obs_size=11, action_size=3, period_ns=8_000_000,
+                                   sha256=sha), env_path)  # fmt: skip
+    robust = write_linear_onnx(tmp_path / "robust.onnx", 11, 3, seed=5)
+    code, _ = _run([
+        "replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5", "--episodes", "1",
+        "--envelope", str(env_path), "--fallback", str(robust), "--quiet",
+        "--json", str(tmp_path / "out.json"),
+    ])  # fmt: skip
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert code == 0 and doc["guard"]["envelope"] == {"source": "file", "path": str(env_path)}
+    assert doc["guard"]["fallback"]["policy"] == str(robust)
+
+
+def test_replay_envelope_for_another_period_exits_2(
+    hopper_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An envelope written for another control period is rejected (exit 2, names both)."""
+    from guard import save_envelope, starter_envelope
+
+    env_path = tmp_path / "env.json"
+    save_envelope(starter_envelope(obs_size=11, action_size=3, period_ns=20_000_000), env_path)
+    code, _ = _run(["replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5",
+                    "--envelope", str(env_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "20000000" in err and "8000000" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--envelope", "e.json"], "not wired yet"),
+        (["--no-guard", "--envelope", "e.json"], "cannot be combined with --envelope"),
+        (["--envelope", "missing.json"], "missing.json"),
+        (["--fallback", "bogus"], "valid choices are ['hold', 'zero']"),
+        (["--deadline-ms", "-1"], "--deadline-ms must be > 0"),
+        (["--no-guard", "--env", "mjcf:nosuchrobot"], "valid names are ['ant', 'hopper']"),
         (["--no-guard", "--profile", "lognormx"], "did you mean 'lognormal'"),
         (["--no-guard", "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
         (["--no-guard", "--episodes", "0"], "--episodes"),

@@ -633,3 +633,14 @@ def test_guard_from_files(tmp_path: Path) -> None:
     )
     g = Guard.from_files(path, tmp_path / "e.json")
     assert np.all(np.isfinite(g.step(np.zeros(17))))
+
+
+def test_rounding_overshoot_is_clipped_but_not_counted(clock: FakeClock) -> None:
+    """An action 1 ulp past a bound is clipped into bounds without counting a violation."""
+    g, s = scripted_guard(clock)
+    s.action = np.array([np.nextafter(np.float32(1.0), np.float32(2.0)), 0.0], np.float32)
+    out = run(g, clock, 1)
+    assert out[0][0] == np.float32(1.0) and g.stats()["violations"]["action_bounds"] == 0
+    s.action = np.array([1.01, 0.0], np.float32)
+    run(g, clock, 1)
+    assert g.stats()["violations"]["action_bounds"] == 1

@@ -1,0 +1,417 @@
+"""Stable-Baselines3 models (PPO, A2C, SAC, TD3) → self-contained ONNX, without running pickles.
+
+An SB3 ``.zip`` holds ``policy.pth`` (a plain state dict, read with ``weights_only=True``) and
+``data`` (JSON; spaces and classes are stored both pickled and as readable fields: only the
+readable fields are used). The exported graph computes what ``model.predict(obs,
+deterministic=True)`` returns for a flat ``Box`` observation:
+
+* PPO / A2C: the Gaussian mean, clipped to the action bounds;
+* SAC: ``tanh`` of the mean, rescaled from [-1, 1] to the action bounds;
+* TD3 (and DDPG): the actor output (already ``tanh``), rescaled to the action bounds.
+
+An optional ``VecNormalize`` statistics file is folded in front. That file is a pickle: it is
+read with a restricted unpickler that only rebuilds numpy arrays and stand-in objects for SB3
+and gymnasium classes, so no code from the file runs. Discrete or dict spaces, image
+feature extractors and gSDE-squashed policies are refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters._torch import require_torch
+from adapters.export import DEFAULT_TOLERANCE, METADATA_PREFIX, ExportResult, export_module
+from guard.errors import CheckpointError
+
+__all__ = ["Sb3Policy", "export_sb3", "load_sb3", "read_vecnormalize"]
+
+_SB3_ACTIVATIONS = {
+    "Tanh": "tanh",
+    "ReLU": "relu",
+    "ELU": "elu",
+    "LeakyReLU": "lrelu",
+    "SELU": "selu",
+    "GELU": "gelu",
+    "SiLU": "swish",
+    "Mish": "mish",
+    "Sigmoid": "sigmoid",
+    "Softplus": "softplus",
+}
+
+
+@dataclass(frozen=True)
+class Sb3Policy:
+    """What was read from an SB3 zip.
+
+    Attributes:
+        algorithm: ``"ppo"``, ``"a2c"``, ``"sac"`` or ``"td3"``.
+        obs_dim: flat observation size.
+        action_low: action lower bounds ``[action_dim]`` float32.
+        action_high: action upper bounds ``[action_dim]`` float32.
+        activation: activation of the actor MLP.
+        hidden_sizes: actor hidden sizes.
+        sha256: sha256 of the zip file.
+        module: the torch module computing the deterministic action (eval mode).
+    """
+
+    algorithm: str
+    obs_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+    activation: str
+    hidden_sizes: tuple[int, ...]
+    sha256: str
+    module: Any
+
+
+def _parse_array(text: Any, what: str, path: Path) -> np.ndarray:
+    if not isinstance(text, str):
+        raise CheckpointError(f"the action space '{what}' is not stored readably", path)
+    body = text.replace("[", " ").replace("]", " ").replace(",", " ").split()
+    try:
+        return np.array([float(v) for v in body], dtype=np.float32)
+    except ValueError:
+        raise CheckpointError(f"cannot parse the action space '{what}': {text!r}", path) from None
+
+
+def _space_type(space: Any) -> str:
+    text = space.get(":type:", "") if isinstance(space, Mapping) else ""
+    match = re.search(r"'([\w.]+)'", text)
+    return match.group(1).rsplit(".", 1)[-1] if match else "unknown"
+
+
+def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    torch = require_torch("Reading Stable-Baselines3 models")
+    if not path.is_file():
+        raise CheckpointError("SB3 model file not found; check the path", path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "data" not in names or "policy.pth" not in names:
+                raise CheckpointError(
+                    f"not a Stable-Baselines3 model zip: expected 'data' and 'policy.pth', "
+                    f"found {sorted(names)}",
+                    path,
+                )
+            data = json.loads(archive.read("data"))
+            policy_bytes = archive.read("policy.pth")
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, EOFError) as exc:
+        raise CheckpointError(
+            f"cannot read the SB3 zip (truncated or corrupt?): {exc}", path
+        ) from None
+    try:
+        state = torch.load(io.BytesIO(policy_bytes), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            "refused to load policy.pth: it holds pickled objects beyond tensors", path
+        ) from None
+    except (RuntimeError, EOFError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read policy.pth: {exc}", path) from None
+    if not isinstance(data, dict) or not isinstance(state, Mapping):
+        raise CheckpointError("unexpected SB3 zip content", path)
+    return data, dict(state)
+
+
+def _layers(state: Mapping[str, Any], prefix: str) -> list[tuple[Any, Any]]:
+    indices = sorted(
+        {
+            int(m.group(1))
+            for k in state
+            if (m := re.match(re.escape(prefix) + r"(\d+)\.weight$", k))
+        }
+    )
+    return [(state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]) for i in indices]
+
+
+def _activation(data: Mapping[str, Any], default: str, override: str | None) -> str:
+    if override:
+        return override.lower()
+    kwargs = data.get("policy_kwargs")
+    text = kwargs.get("activation_fn") if isinstance(kwargs, Mapping) else None
+    if text is None:
+        return default
+    match = re.search(r"\.(\w+)'", str(text))
+    name = match.group(1) if match else str(text)
+    if name not in _SB3_ACTIVATIONS:
+        raise CheckpointError(
+            f"unsupported activation_fn {text}; pass activation= one of "
+            f"{sorted(_SB3_ACTIVATIONS.values())}"
+        )
+    return _SB3_ACTIVATIONS[name]
+
+
+def load_sb3(
+    path: str | os.PathLike[str],
+    *,
+    activation: str | None = None,
+    vecnormalize: str | os.PathLike[str] | None = None,
+    hidden_sizes: Sequence[int] | None = None,
+) -> Sb3Policy:
+    """Read an SB3 model zip (and optional VecNormalize file) into a deterministic module.
+
+    Args:
+        path: the ``.zip`` written by ``model.save``.
+        activation: override the actor activation (default: from ``policy_kwargs``, else
+            SB3's default: tanh for PPO/A2C, relu for SAC/TD3).
+        vecnormalize: a ``VecNormalize.save`` file whose observation statistics are folded in.
+        hidden_sizes: if given, the actor hidden sizes the model must have.
+
+    Raises:
+        CheckpointError: unreadable file, unsupported algorithm, space or architecture, or a
+            ``hidden_sizes`` mismatch.
+    """
+    torch = require_torch("Reading Stable-Baselines3 models")
+    from adapters import torch_modules as tm
+
+    path = Path(path)
+    data, state = _read_zip(path)
+    obs_space: dict[str, Any] = data.get("observation_space") or {}
+    act_space: dict[str, Any] = data.get("action_space") or {}
+    if _space_type(act_space) != "Box":
+        raise CheckpointError(
+            f"action space {_space_type(act_space)} is not supported: only continuous Box "
+            "action spaces export to a guarded policy (discrete policies need an argmax the "
+            "guard cannot bound)",
+            path,
+        )
+    if _space_type(obs_space) != "Box":
+        raise CheckpointError(
+            f"observation space {_space_type(obs_space)} is not supported; expected a flat Box",
+            path,
+        )
+    shape = json.loads(str(obs_space.get("_shape", "[]")).replace("(", "[").replace(")", "]"))
+    if not isinstance(shape, list) or len(shape) != 1:
+        raise CheckpointError(f"observation shape {shape} is not flat (1-D)", path)
+    obs_dim = int(shape[0])
+    low = _parse_array(act_space.get("low"), "low", path)
+    high = _parse_array(act_space.get("high"), "high", path)
+    module_name = str(data.get("policy_class", {}).get("__module__", ""))
+    unknown_extractor = [k for k in state if "features_extractor." in k]
+    if unknown_extractor:
+        raise CheckpointError(
+            f"feature extractors with parameters are not supported: {unknown_extractor[:4]}",
+            path,
+        )
+    low_t, high_t = torch.from_numpy(low), torch.from_numpy(high)
+    raw_kwargs = data.get("policy_kwargs")
+    kwargs: Mapping[str, Any] = raw_kwargs if isinstance(raw_kwargs, Mapping) else {}
+    if "action_net.weight" in state and any(k.startswith("mlp_extractor.") for k in state):
+        algorithm = "ppo" if "clip_range" in data else "a2c"
+        if any(k.startswith("mlp_extractor.shared_net.") for k in state):
+            raise CheckpointError("shared mlp_extractor layers (SB3 < 1.8) are not supported", path)
+        if bool(kwargs.get("squash_output", False)):
+            raise CheckpointError("squash_output=True (gSDE) policies are not supported", path)
+        act = _activation(data, "tanh", activation)
+        layers = _layers(state, "mlp_extractor.policy_net.")
+        layers.append((state["action_net.weight"], state["action_net.bias"]))
+        post: Any = tm.BoundsClip(low_t, high_t)
+    elif "actor.mu.weight" in state and any(k.startswith("actor.latent_pi.") for k in state):
+        algorithm = "sac"
+        act = _activation(data, "relu", activation)
+        layers = _layers(state, "actor.latent_pi.")
+        layers.append((state["actor.mu.weight"], state["actor.mu.bias"]))
+        post = tm.SquashRescale(low_t, high_t, apply_tanh=True)
+    elif any(k.startswith("actor.mu.") for k in state) and "td3" in module_name:
+        algorithm = "td3"
+        act = _activation(data, "relu", activation)
+        layers = _layers(state, "actor.mu.")
+        post = tm.SquashRescale(low_t, high_t, apply_tanh=True)
+    else:
+        raise CheckpointError(
+            "unrecognised SB3 policy: expected PPO/A2C (mlp_extractor.policy_net.*, "
+            "action_net.*), SAC (actor.latent_pi.*, actor.mu.*) or TD3 (actor.mu.N.*); found "
+            f"keys {sorted(state)[:12]}",
+            path,
+        )
+    if not layers or int(layers[0][0].shape[1]) != obs_dim:
+        raise CheckpointError(f"the actor does not take {obs_dim} observations", path)
+    if int(layers[-1][0].shape[0]) != low.shape[0]:
+        raise CheckpointError(
+            f"the actor outputs {int(layers[-1][0].shape[0])} actions but the action space "
+            f"has {low.shape[0]}",
+            path,
+        )
+    found_sizes = tuple(int(w.shape[0]) for w, _ in layers[:-1])
+    if hidden_sizes is not None and tuple(int(h) for h in hidden_sizes) != found_sizes:
+        raise CheckpointError(
+            f"hidden sizes {list(hidden_sizes)} were requested but the actor has "
+            f"{list(found_sizes)}",
+            path,
+        )
+    pre = None
+    if vecnormalize is not None:
+        pre = read_vecnormalize(vecnormalize, obs_dim)
+    mlp = tm.build_mlp(layers, act)
+    module = tm.MlpActor(mlp, pre=pre, post=post).eval()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Sb3Policy(
+        algorithm=algorithm,
+        obs_dim=obs_dim,
+        action_low=low,
+        action_high=high,
+        activation=act,
+        hidden_sizes=found_sizes,
+        sha256=digest,
+        module=module,
+    )
+
+
+class _Stub:
+    """Stand-in for SB3 / gymnasium objects inside a VecNormalize pickle (holds state only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = state[1] if state[0] is None else {**state[0], **state[1]}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+_NUMPY_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+_STUB_PREFIXES = ("stable_baselines3.", "gymnasium.", "gym.", "numpy.random.")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_ALLOWED:
+            return super().find_class(module, name)
+        if module.startswith("numpy.dtypes"):
+            return super().find_class(module, name)
+        if module.startswith(_STUB_PREFIXES):
+            return _Stub
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+
+def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
+    """Read a ``VecNormalize.save`` file into a frozen normalization module, safely.
+
+    Args:
+        path: the pickle written by ``VecNormalize.save``.
+        obs_dim: the policy's observation size (checked).
+
+    Returns:
+        A ``VecNormalizeObs`` module, or ``None`` if the file has ``norm_obs=False``.
+
+    Raises:
+        CheckpointError: unreadable file, disallowed pickled objects, or wrong sizes.
+    """
+    torch = require_torch("Reading VecNormalize statistics")
+    from adapters import torch_modules as tm
+
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            obj = _RestrictedUnpickler(handle).load()
+    except FileNotFoundError:
+        raise CheckpointError("VecNormalize file not found; check the path", path) from None
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load the VecNormalize file: {exc} (only numpy arrays and SB3 / "
+            "gymnasium state are read; nothing from the file is executed)",
+            path,
+        ) from None
+    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"cannot read the VecNormalize file: {exc}", path) from None
+    state = getattr(obj, "__dict__", {})
+    if not state.get("norm_obs", True):
+        return None
+    rms = state.get("obs_rms")
+    mean = getattr(rms, "mean", None)
+    var = getattr(rms, "var", None)
+    if not isinstance(mean, np.ndarray) or not isinstance(var, np.ndarray):
+        raise CheckpointError(
+            "no observation statistics (obs_rms.mean / obs_rms.var) found; dict observation "
+            "spaces are not supported",
+            path,
+        )
+    if mean.shape != (obs_dim,) or var.shape != (obs_dim,):
+        raise CheckpointError(
+            f"VecNormalize statistics have shape {list(mean.shape)}; the policy takes "
+            f"{obs_dim} observations",
+            path,
+        )
+    return tm.VecNormalizeObs(
+        torch.from_numpy(mean.astype(np.float64)),
+        torch.from_numpy(var.astype(np.float64)),
+        float(state.get("epsilon", 1e-8)),
+        float(state.get("clip_obs", 10.0)),
+    )
+
+
+def export_sb3(
+    model_zip: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    vecnormalize: str | os.PathLike[str] | None = None,
+    activation: str | None = None,
+    hidden_sizes: Sequence[int] | None = None,
+    observations: np.ndarray | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    exporter: str = "auto",
+) -> ExportResult:
+    """Export an SB3 model's deterministic policy to a self-contained ONNX file, with parity.
+
+    Args:
+        model_zip: the SB3 ``.zip``.
+        output: the ``.onnx`` file to write.
+        vecnormalize: optional ``VecNormalize`` statistics file to fold in.
+        activation: override the actor activation.
+        hidden_sizes: expected actor hidden sizes (checked if given).
+        observations: recorded (raw, unnormalized) observations for the parity check.
+        tolerance: parity tolerance (max absolute difference).
+        exporter: ``"auto"``, ``"dynamo"`` or ``"legacy"`` (see ``export_module``).
+
+    Raises:
+        CheckpointError: see :func:`load_sb3`.
+        ExportError: the export failed.
+        ParityError: parity above ``tolerance``.
+    """
+    policy = load_sb3(
+        model_zip, activation=activation, vecnormalize=vecnormalize, hidden_sizes=hidden_sizes
+    )
+    p = METADATA_PREFIX
+    metadata = {
+        f"{p}source_format": "sb3",
+        f"{p}source_version": policy.algorithm,
+        f"{p}source_file": Path(model_zip).name,
+        f"{p}source_sha256": policy.sha256,
+        f"{p}obs_dim": str(policy.obs_dim),
+        f"{p}action_dim": str(policy.action_low.shape[0]),
+        f"{p}activation": policy.activation,
+        f"{p}hidden_sizes": ",".join(str(h) for h in policy.hidden_sizes),
+        f"{p}obs_normalizer": "vecnormalize" if vecnormalize is not None else "none",
+        f"{p}action_low": ",".join(repr(float(v)) for v in policy.action_low),
+        f"{p}action_high": ",".join(repr(float(v)) for v in policy.action_high),
+    }
+    return export_module(
+        policy.module,
+        policy.obs_dim,
+        output,
+        metadata=metadata,
+        observations=observations,
+        tolerance=tolerance,
+        exporter=exporter,
+    )
