@@ -120,35 +120,29 @@ def _report(result: Any) -> int:
     return 0
 
 
+def _shared_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments every exporter takes, from the shared flags."""
+    return {
+        "activation": args.activation,
+        "hidden_sizes": args.hidden_sizes,
+        "observations": _load_observations(args.observations),
+        "tolerance": args.tolerance,
+        "exporter": args.exporter,
+    }
+
+
 def _run_rsl_rl(args: argparse.Namespace) -> int:
     from adapters.rsl_rl_export import export_rsl_rl
 
-    result = export_rsl_rl(
-        args.checkpoint,
-        args.output,
-        activation=args.activation,
-        hidden_sizes=args.hidden_sizes,
-        observations=_load_observations(args.observations),
-        tolerance=args.tolerance,
-        exporter=args.exporter,
-    )
-    return _report(result)
+    return _report(export_rsl_rl(args.checkpoint, args.output, **_shared_kwargs(args)))
 
 
 def _run_sb3(args: argparse.Namespace) -> int:
     from adapters.sb3 import export_sb3
 
-    result = export_sb3(
-        args.model,
-        args.output,
-        vecnormalize=args.vecnormalize,
-        activation=args.activation,
-        hidden_sizes=args.hidden_sizes,
-        observations=_load_observations(args.observations),
-        tolerance=args.tolerance,
-        exporter=args.exporter,
+    return _report(
+        export_sb3(args.model, args.output, vecnormalize=args.vecnormalize, **_shared_kwargs(args))
     )
-    return _report(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
