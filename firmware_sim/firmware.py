@@ -38,7 +38,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import heapq
-import ipaddress
 import math
 import threading
 import time
@@ -46,11 +45,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from firmware_sim import messages as wire
+from guard.endpoints import require_local_endpoint
 from guard.errors import TailguardError
 from guard.histogram import LogLinearHistogram
 from guard.pacer import Pacer
@@ -141,31 +140,14 @@ class FirmwareConfig:
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
     """Refuse a non-loopback TCP endpoint unless ``allow_remote``.
 
-    ``ipc://`` and ``inproc://`` are local by nature. ``tcp://*:PORT`` binds every
-    interface and counts as remote.
+    Delegates to :func:`guard.endpoints.require_local_endpoint` (one rule for every socket
+    tailguard binds). ``ipc://`` and ``inproc://`` are local by nature; ``tcp://*:PORT``
+    binds every interface and counts as remote.
 
     Raises:
         TailguardError: malformed endpoint, or a remote one without ``allow_remote``.
     """
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return
-    if not endpoint.startswith("tcp://"):
-        raise TailguardError(
-            f"endpoint {endpoint!r} must start with tcp://, ipc:// or inproc://, "
-            "e.g. tcp://127.0.0.1:5555"
-        )
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise TailguardError(
-            f"endpoint {endpoint!r} is not a loopback address; anything that can command the "
-            "robot stays on loopback unless you pass --allow-remote (and secure the network)"
-        )
+    require_local_endpoint(endpoint, allow_remote, "firmware endpoint", "--allow-remote")
 
 
 class CommandWatchdog:

@@ -193,7 +193,8 @@ class Guard:
         self._recorder = self._make_recorder(recorder)
         self._telemetry = self._make_telemetry(telemetry, allow_non_loopback)
         self._sinks = tuple(x for x in (self._recorder, self._telemetry) if x is not None)
-        self._pending: tuple[str, str] | None = None  # trip/reset requested by another thread
+        # trip/reset requests from other threads, applied in order at the next tick
+        self._pending: deque[tuple[str, str]] = deque(maxlen=64)
         if hasattr(self._telemetry, "attach"):  # reads tick_ring; may request trip/reset
             self._telemetry.attach(self)
         self._tick_bits = 0
@@ -295,12 +296,12 @@ class Guard:
 
     def request_trip(self, reason: str = "requested") -> None:
         """Latch the guard at its next tick (safe to call from another thread)."""
-        self._pending = ("trip", reason)
+        self._pending.append(("trip", reason))
         self._fast = False
 
     def request_reset(self, reason: str = "requested") -> None:
         """Reset the guard at its next tick (safe to call from another thread)."""
-        self._pending = ("reset", reason)
+        self._pending.append(("reset", reason))
         self._fast = False
 
     @staticmethod
@@ -418,8 +419,8 @@ class Guard:
         self._tick_bits = 0
         if self._state_since_ns is None:
             self._state_since_ns = t0
-        if self._pending is not None:
-            self._apply_command(t0, tick)
+        while self._pending:
+            self._apply_command(t0, tick, *self._pending.popleft())
         first = self._skip_dt  # first tick, or first after reset(): no meaningful dt
         if first:
             self._skip_dt = False
@@ -525,7 +526,7 @@ class Guard:
         if applied is not None:
             self.policy._set_applied(self._cur ^ 1, applied)
         self._fast = (
-            self._state is GuardState.NOMINAL and not self._window_active and self._pending is None
+            self._state is GuardState.NOMINAL and not self._window_active and not self._pending
         )
         if self._telemetry is not None:
             self._ring.flag_events.append((tick, STATE_CODES[self._state] | self._tick_bits))
@@ -533,9 +534,7 @@ class Guard:
             self._flush_ring(tick)
         return self._views[self._cur ^ 1]
 
-    def _apply_command(self, t0: int, tick: int) -> None:
-        kind, reason = self._pending or ("", "")
-        self._pending = None
+    def _apply_command(self, t0: int, tick: int, kind: str, reason: str) -> None:
         self._emit(("note", tick, t0, {"command": kind, "reason": reason}))
         if kind == "reset":
             self.reset()

@@ -23,6 +23,7 @@ __all__ = [
     "ExportError",
     "ParityError",
     "ProfileError",
+    "MonitorConfigError",
 ]
 
 
@@ -121,3 +122,7 @@ class ParityError(ExportError):
 
 class ProfileError(TailguardError):
     """A timing-profile specification could not be parsed or is out of range."""
+
+
+class MonitorConfigError(TailguardError):
+    """The telemetry/monitor command channel is misconfigured (keys, endpoints, options)."""

@@ -36,12 +36,21 @@ Sending never blocks: the socket is an XPUB with ``XPUB_NODROP`` and a send high
 mark, sends use ``NOBLOCK``, and a full queue drops the message and counts it in
 ``send_dropped`` (with several subscribers, one stalled subscriber makes the message drop
 for all of them). Subscriptions are read back from the XPUB socket to count subscribers.
+
+Command channel (off by default; :mod:`guard.monitor.command`): with ``command_endpoint``,
+``server_secret_key_file`` and ``authorized_keys_dir`` the publisher thread also binds a
+CURVE-authenticated ROUTER socket and polls it without blocking on every wake-up. A valid
+``trip``/``reset`` from an authorized monitor becomes ``guard.request_trip``/``request_reset``
+(applied at the guard's next tick, which records a ``note`` event); every refused command or
+connection is counted (``cmd_refused`` in heartbeats) and recorded as a ``fault`` event with
+``source = "command"`` through the guard's event path (telemetry and flight recorder) and
+logged on the ``tailguard.telemetry`` logger, at most 10 per second.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import logging
 import os
 import socket
 import threading
@@ -56,7 +65,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from guard.errors import TailguardError
+from guard.endpoints import is_loopback_endpoint, require_local_endpoint
+from guard.errors import MonitorConfigError, TailguardError
 from guard.histogram import LogLinearHistogram
 from guard.telemetry_ring import TelemetryRing
 
@@ -72,21 +82,7 @@ MESSAGE_TYPES = ("hello", "ticks", "events", "hist", "heartbeat")
 HIST_DIGITS = 2
 HIST_MAX_NS = (1 << 62) - 1  # the guard's own histogram layout, so snapshots merge with it
 _NS_PER_S = 1_000_000_000
-
-
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for ``ipc://``/``inproc://`` and ``tcp://`` on 127.0.0.0/8, ::1 or localhost."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # an interface name or "*": not provably loopback
+_log = logging.getLogger("tailguard.telemetry")
 
 
 def _to_wire(obj: Any) -> Any:
@@ -118,11 +114,18 @@ class TelemetryPublisher:
         max_ticks_per_message: ticks per ``ticks`` message at most (bounds one slice).
         guard_id: identifies this guard on the wire; default ``host-pid-random``.
         clock: monotonic ns clock for ``t_ns`` and the periods.
+        command_endpoint: where to bind the command channel (off when None). Needs both
+            key arguments; loopback only unless ``allow_non_loopback``.
+        server_secret_key_file: the guard's CURVE secret key (``DIR/guard.key_secret`` of
+            ``tailguard keys --dir DIR``).
+        authorized_keys_dir: directory of the public keys of the monitors allowed to send
+            commands (``DIR/authorized``).
 
     Raises:
-        ValueError: a non-loopback endpoint without ``allow_non_loopback``, or an argument
-            out of range.
-        TailguardError: the endpoint cannot be bound (in use, bad address).
+        ValueError: an argument out of range or an endpoint that is not a ZMQ address.
+        TailguardError: a non-loopback endpoint without ``allow_non_loopback``, or an
+            endpoint that cannot be bound (in use, bad address).
+        MonitorConfigError: a command channel configured halfway, or bad keys.
     """
 
     def __init__(
@@ -142,16 +145,24 @@ class TelemetryPublisher:
         max_ticks_per_message: int = 1024,
         guard_id: str | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        command_endpoint: str | None = None,
+        server_secret_key_file: str | os.PathLike[str] | None = None,
+        authorized_keys_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(
                 f"telemetry endpoint must look like 'tcp://127.0.0.1:5555' or 'ipc:///path', "
                 f"got {endpoint!r}"
             )
-        if not allow_non_loopback and not is_loopback_endpoint(endpoint):
-            raise ValueError(
-                f"telemetry endpoint {endpoint!r} is not on loopback; use tcp://127.0.0.1:PORT "
-                "or an ipc:// path, or pass allow_non_loopback=True to expose it on a network"
+        require_local_endpoint(
+            endpoint, allow_non_loopback, "telemetry endpoint", "allow_non_loopback=True"
+        )
+        parts = (command_endpoint, server_secret_key_file, authorized_keys_dir)
+        if any(x is not None for x in parts) and any(x is None for x in parts):
+            raise MonitorConfigError(
+                "the command channel needs command_endpoint, server_secret_key_file and "
+                "authorized_keys_dir together (or none of them: off); create keys with "
+                "'tailguard keys --dir DIR' and pass DIR/guard.key_secret and DIR/authorized"
             )
         for name, value in (
             ("drain_interval_s", drain_interval_s),
@@ -220,6 +231,27 @@ class TelemetryPublisher:
                 "or another ipc path"
             ) from exc
         self._sock = sock
+        self._commands: Any = None
+        if command_endpoint is not None:
+            from guard.monitor.command_server import CommandServer
+
+            try:
+                self._commands = CommandServer(
+                    self._ctx,
+                    command_endpoint,
+                    server_secret_key_file,
+                    authorized_keys_dir,
+                    guard_id=self.guard_id,
+                    on_command=self._on_command,
+                    on_refusal=self._on_refusal,
+                    allow_non_loopback=allow_non_loopback,
+                    clock=clock,
+                )
+            except BaseException:
+                sock.close(0)
+                self._ctx.term()
+                raise
+        self._hello_static.setdefault("command_channel", command_endpoint is not None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tailguard-telemetry", daemon=True)
         self._thread.start()
@@ -240,6 +272,30 @@ class TelemetryPublisher:
         if ring is not None:
             self.ring = ring
 
+    def _on_command(self, cmd: str, reason: str, seq: int, peer: str) -> str:
+        """A valid command from an authenticated monitor (publisher thread); "" = accepted."""
+        guard = self._guard
+        if guard is None:
+            return "no_guard"
+        text = f"monitor {peer[:12]} seq {seq}: {reason}"[:240]
+        if cmd == "trip":
+            guard.request_trip(text)
+        else:
+            guard.request_reset(text)
+        _log.warning("command %s accepted (%s)", cmd, text)
+        return ""
+
+    def _on_refusal(self, fields: dict[str, Any]) -> None:
+        """Record a refused command or connection as a guard event, and log it."""
+        record = ("fault", self.ring.head, self._clock(), {"source": "command", **fields})
+        # The guard's event path reaches the flight recorder as well as this publisher.
+        emit = getattr(self._guard, "_emit", None)
+        if callable(emit):
+            emit(record)
+        else:
+            self.append(record)
+        _log.warning("command refused: %s", fields)
+
     @property
     def events_dropped(self) -> int:
         """Events lost because the queue was full or the publisher was closed."""
@@ -255,6 +311,8 @@ class TelemetryPublisher:
             "encode_errors": self.encode_errors,
             "subscribers": self.subscribers,
             "unobserved": self.unobserved,
+            "cmd_accepted": self._commands.accepted if self._commands else 0,
+            "cmd_refused": self._commands.refused_total if self._commands else 0,
         }
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -265,6 +323,9 @@ class TelemetryPublisher:
         self._stop.set()
         self._thread.join(timeout_s)
         if not self._thread.is_alive():
+            if self._commands is not None:
+                with contextlib.suppress(Exception):
+                    self._commands.close()
             with contextlib.suppress(Exception):
                 self._sock.close(0)
             with contextlib.suppress(Exception):
@@ -285,6 +346,8 @@ class TelemetryPublisher:
         next_hist = now + self._hist_ns
         while not self._stop.wait(self._drain_s):
             try:
+                if self._commands is not None:
+                    self._commands.poll()
                 self._read_subscriptions()
                 self._drain()
                 now = self._clock()
@@ -423,4 +486,7 @@ class TelemetryPublisher:
             heartbeat_ns=self._heartbeat_ns,
             closing=closing,
         )
+        if self._commands is not None:
+            msg["cmd_accepted"] = self._commands.accepted
+            msg["cmd_refused"] = self._commands.refused_total
         self._send(msg)

@@ -3,7 +3,9 @@
 ``tailguard monitor --connect tcp://127.0.0.1:5555`` (see :mod:`guard.monitor.cli`).
 Modules: ``wire`` (decoding untrusted messages), ``stats`` (the guard's view), ``rules``
 (alert rules and presets), ``alerts`` (JSONL / exec), ``recording`` (``--record``),
-``session`` (live loop and ``--once``), ``prometheus``, ``view`` (rich).
+``session`` (live loop and ``--once``), ``prometheus``, ``view`` (rich), and the command
+channel (off by default): ``command`` (protocol, keys), ``command_server`` (guard side, run
+by the telemetry publisher), ``command_client`` (``--send`` and the ``trip`` action).
 """
 
 from guard.monitor.rules import PRESETS, Rule, RuleEngine, load_rules

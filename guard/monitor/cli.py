@@ -3,6 +3,9 @@
 Exit codes of ``monitor`` (live session end and ``--once``): 0 ok; 1 warn (a warn alert,
 message loss, ring drops or malformed input); 2 fail (a fail alert such as heartbeat loss
 or a latched guard, or an input file that cannot be analysed).
+
+With ``--send trip|reset`` (needs ``--command-connect`` and ``--keys-dir``) the monitor
+sends one command and exits: 0 acknowledged, 1 refused or no reply, 2 bad configuration.
 """
 
 from __future__ import annotations
@@ -72,6 +75,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="kernel receive buffer (SO_RCVBUF); default: the OS's",
     )
+    c = p.add_argument_group("command channel (off unless both are given)")
+    c.add_argument(
+        "--command-connect",
+        default=None,
+        metavar="ENDPOINT",
+        help="the guard's command endpoint; enables the 'trip' rule action and --send",
+    )
+    c.add_argument(
+        "--keys-dir",
+        type=Path,
+        default=None,
+        help="'tailguard keys' directory (monitor.key_secret, guard.key)",
+    )
+    c.add_argument(
+        "--send",
+        choices=("trip", "reset"),
+        default=None,
+        help="send one command and exit: 0 acknowledged, 1 refused or no reply",
+    )
+    c.add_argument("--reason", default="manual", help="reason sent with --send")
+    c.add_argument(
+        "--command-timeout-s", type=float, default=3.0, help="wait for the reply of --send, s"
+    )
     p.set_defaults(func=monitor_command)
 
 
@@ -94,19 +120,31 @@ def monitor_command(args: argparse.Namespace) -> int:
     from guard.monitor.view import format_summary
 
     _setup_logging()
+    if (args.command_connect is None) != (args.keys_dir is None):
+        print("error: --command-connect and --keys-dir go together", file=sys.stderr)
+        return EXIT_FAIL
+    if args.send is not None:
+        return _send_command(args)
     if args.heartbeat_misses < 1 or args.window_s <= 0 or args.eval_interval_s <= 0:
         print(
             "error: --heartbeat-misses >= 1, --window-s > 0 and --eval-interval-s > 0 needed",
             file=sys.stderr,
         )
         return EXIT_FAIL
+    trip = None
     try:
-        rules = load_rules(args.rules)
-        sink = AlertSink(args.alerts)
+        if args.command_connect is not None and args.once is None:
+            from guard.monitor.command_client import CommandClient, TripAction
+
+            trip = TripAction(CommandClient(args.command_connect, args.keys_dir))
+        rules = load_rules(args.rules, command_enabled=args.command_connect is not None)
+        sink = AlertSink(args.alerts, trip=trip)
         recorder = None
         if args.record is not None and args.once is None:
             recorder = RecordingWriter(args.record, int(args.record_max_mb * 1024 * 1024))
     except TailguardError as exc:
+        if trip is not None:
+            trip.client.close()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     monitor = Monitor(
@@ -127,7 +165,7 @@ def monitor_command(args: argparse.Namespace) -> int:
                 return EXIT_FAIL
             end_ns = monitor.state.last_rx_ns or 0
         else:
-            exporter, refresh = _live_outputs(args, monitor)
+            exporter, refresh = _live_outputs(args, monitor, trip)
             try:
                 run_live(
                     args.connect,
@@ -154,9 +192,36 @@ def monitor_command(args: argparse.Namespace) -> int:
             recorder.close()
         if exporter is not None:
             exporter.close()
+        if trip is not None:
+            trip.poll()
+            trip.client.close()
 
 
-def _live_outputs(args: argparse.Namespace, monitor: Any) -> tuple[Any, Any]:
+def _send_command(args: argparse.Namespace) -> int:
+    """``--send``: one command, exit 0 on ack, 1 on refusal or timeout, 2 on bad setup."""
+    from guard.monitor.command_client import CommandClient
+
+    if args.command_connect is None:
+        print("error: --send needs --command-connect and --keys-dir", file=sys.stderr)
+        return 2
+    if not 0 < args.command_timeout_s <= 3600:
+        print("error: --command-timeout-s must be in (0, 3600]", file=sys.stderr)
+        return 2
+    try:
+        client = CommandClient(args.command_connect, args.keys_dir)
+    except TailguardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with client:
+        result = client.send(args.send, args.reason, args.command_timeout_s)
+    if result.ok:
+        print(f"{args.send}: acknowledged by guard {result.reply and result.reply.get('gid')}")
+        return 0
+    print(f"{args.send}: {result.error}", file=sys.stderr)
+    return 1
+
+
+def _live_outputs(args: argparse.Namespace, monitor: Any, trip: Any = None) -> tuple[Any, Any]:
     """The Prometheus exporter (or None) and the refresh callback of the live loop."""
     exporter = None
     if args.prometheus is not None:
@@ -178,6 +243,8 @@ def _live_outputs(args: argparse.Namespace, monitor: Any) -> tuple[Any, Any]:
     class Refresh:
         def __call__(self, now_ns: int) -> None:
             state = monitor.state
+            if trip is not None:
+                trip.poll()
             if exporter is not None:
                 from guard.monitor.prometheus import render_metrics
 
@@ -199,8 +266,16 @@ def _live_outputs(args: argparse.Namespace, monitor: Any) -> tuple[Any, Any]:
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    """Write CURVE key pairs ``guard.key(_secret)`` and ``monitor.key(_secret)`` to --dir."""
+    """Write the command channel's CURVE keys to --dir (layout: :mod:`guard.monitor.command`).
+
+    ``guard.key(_secret)`` (the guard's pair), ``monitor.key(_secret)`` (the monitor's) and
+    ``authorized/monitor.key`` (the public keys the guard accepts). Never overwrites.
+    """
+    import shutil
+
     import zmq.auth
+
+    from guard.monitor.command import AUTHORIZED_DIR
 
     args.dir.mkdir(parents=True, exist_ok=True)
     for name in ("guard", "monitor"):
@@ -214,4 +289,14 @@ def keys_command(args: argparse.Namespace) -> int:
         public, secret = zmq.auth.create_certificates(str(args.dir), name)
         Path(secret).chmod(0o600)
         print(f"wrote {public} and {secret}")
+    authorized = args.dir / AUTHORIZED_DIR
+    authorized.mkdir(exist_ok=True)
+    shutil.copyfile(args.dir / "monitor.key", authorized / "monitor.key")
+    print(
+        f"wrote {authorized / 'monitor.key'}\n"
+        f"guard:   TelemetryPublisher(..., command_endpoint=EP, "
+        f"server_secret_key_file='{args.dir / 'guard.key_secret'}', "
+        f"authorized_keys_dir='{authorized}')\n"
+        f"monitor: tailguard monitor --command-connect EP --keys-dir {args.dir}"
+    )
     return 0

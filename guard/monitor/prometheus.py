@@ -19,6 +19,7 @@ _COUNTERS = (
     "violations_total",
     "ticks_total",
     "ring_lost_ticks_total",
+    "commands_refused_total",
 )
 _BUCKETS_S = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 1.0)
 

@@ -190,7 +190,7 @@ def _check(rule: Rule, command_enabled: bool) -> list[str]:
         if a not in _ACTIONS:
             p.append(f"unknown action {a!r}; valid choices are {list(_ACTIONS)}")
     if "trip" in rule.actions and not command_enabled:
-        p.append("action 'trip' needs the command channel (--command-endpoint and CURVE keys)")
+        p.append("action 'trip' needs the command channel (--command-connect and --keys-dir)")
     if "exec" in rule.actions and (not rule.exec or not all(isinstance(x, str) for x in rule.exec)):
         p.append("action 'exec' needs 'exec' = [\"program\", \"arg\", ...]")
     return p

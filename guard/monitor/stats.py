@@ -141,6 +141,8 @@ class MonitorState:
             "subscribers",
             "unobserved",
             "last_gap_ns",
+            "cmd_accepted",
+            "cmd_refused",
         )
         self.publisher = {k: msg[k] for k in keys if isinstance(msg.get(k), int)}
         if self._fresh:  # first heartbeat since joining: did the guard miss a monitor?
@@ -289,6 +291,7 @@ class MonitorState:
         m["ring_lost_ticks_total"] = self.ticks_lost_ring
         m["send_dropped_total"] = self.publisher.get("send_dropped", 0)
         m["events_dropped_total"] = self.publisher.get("events_dropped", 0)
+        m["commands_refused_total"] = self.publisher.get("cmd_refused", 0)
         m["silence_s"] = None if self.last_rx_ns is None else (now_ns - self.last_rx_ns) / 1e9
         m["ticks_total"] = self.ticks_seen
         return m

@@ -92,6 +92,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"ring overflow {pub.get('ring_overflow', 0)}  send dropped {pub.get('send_dropped', 0)}"
         f"  events dropped {pub.get('events_dropped', 0)}",
     ]
+    if "cmd_refused" in pub:  # the guard runs the command channel
+        lines.append(
+            f"commands accepted {pub.get('cmd_accepted', 0)}  refused {pub['cmd_refused']}"
+        )
     for name, key in (("dt", "dt_ns"), ("latency", "latency_ns")):
         lf = life.get(key, {})
         lines.append(

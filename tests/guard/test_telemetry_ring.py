@@ -97,3 +97,19 @@ def test_request_trip_and_reset_from_another_thread() -> None:
     out = run(g, clock, 2)
     assert g.state is GuardState.NOMINAL and np.allclose(out[-1], [0.2, 0.2])
     assert g.stats()["violations"]["dt_max"] == 0  # the reset tick's dt is a real period
+
+
+def test_commands_within_one_tick_apply_in_order() -> None:
+    """A trip then a reset requested within one tick both happen, in order (none is lost)."""
+    clock = FakeClock()
+    pub = FakePublisher()
+    g = Guard(CallablePolicy(lambda o: [0.2, 0.2], 4, 2), make_env(), clock=clock, telemetry=pub)
+    run(g, clock, 3)
+    g.request_trip("operator")
+    g.request_reset("operator")
+    run(g, clock, 1)
+    assert g.state is GuardState.NOMINAL
+    states = [e[3]["to"] for e in pub.events if e[0] == "state"]
+    assert states == ["latched", "nominal"]
+    notes = [e[3]["command"] for e in pub.events if e[0] == "note"]
+    assert notes == ["trip", "reset"]

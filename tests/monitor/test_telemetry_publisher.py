@@ -36,17 +36,18 @@ def test_loopback_detection(endpoint: str, loopback: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "kwargs", "fragment"),
+    ("endpoint", "kwargs", "error", "fragment"),
     [
-        ("tcp://0.0.0.0:5555", {}, "not on loopback"),
-        ("127.0.0.1:5555", {}, "must look like"),
-        ("tcp://127.0.0.1:5555", {"drain_interval_s": 0}, "drain_interval_s"),
-        ("tcp://127.0.0.1:5555", {"send_hwm": 0}, "send_hwm"),
+        ("tcp://0.0.0.0:5555", {}, TailguardError, "not a loopback address"),
+        ("tcp://*:5555", {}, TailguardError, "allow_non_loopback=True"),
+        ("127.0.0.1:5555", {}, ValueError, "must look like"),
+        ("tcp://127.0.0.1:5555", {"drain_interval_s": 0}, ValueError, "drain_interval_s"),
+        ("tcp://127.0.0.1:5555", {"send_hwm": 0}, ValueError, "send_hwm"),
     ],
 )
-def test_bad_arguments_refused(endpoint: str, kwargs: dict, fragment: str) -> None:
-    """Non-loopback endpoints (without the flag) and out-of-range settings raise ValueError."""
-    with pytest.raises(ValueError, match=fragment):
+def test_bad_arguments_refused(endpoint: str, kwargs: dict, error: type, fragment: str) -> None:
+    """Non-loopback endpoints (without the flag) and out-of-range settings are refused."""
+    with pytest.raises(error, match=fragment):
         TelemetryPublisher(endpoint, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """A guarded control loop publishing telemetry, for the monitor's process tests and bench.
 
 Usage: python tg_monitor_guard.py ENDPOINT --rate-hz R --seconds S --out STATS.json
-       [--send-hwm N] [--send-buffer-bytes B] [--own-publisher]
+       [--send-hwm N] [--send-buffer-bytes B] [--command-endpoint EP --keys-dir DIR]
 
 Runs ``Guard`` with a CallablePolicy (every 500th action out of bounds, so there are
 violation events) paced by ``Pacer``; writes the guard's stats and the publisher's counters
@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from guard import CallablePolicy, Guard, Pacer, starter_envelope
+from guard.monitor.command import server_key_paths
 from guard.telemetry import TelemetryPublisher
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--send-hwm", type=int, default=None)
     p.add_argument("--send-buffer-bytes", type=int, default=None)
+    p.add_argument("--command-endpoint", default=None)
+    p.add_argument("--keys-dir", default=None)
     args = p.parse_args(argv)
     pacer = Pacer(args.rate_hz, spin_ns=50_000)
     env = starter_envelope(
@@ -44,12 +47,21 @@ def main(argv: list[str]) -> int:
         return [2.0, 0.0] if count[0] % 500 == 0 else [0.1, -0.1]
 
     telemetry: object = args.endpoint
-    if args.send_hwm is not None or args.send_buffer_bytes is not None:
+    if args.send_hwm is not None or args.send_buffer_bytes is not None or args.keys_dir:
+        command: dict[str, object] = {}
+        if args.keys_dir:
+            secret, authorized = server_key_paths(args.keys_dir)
+            command = {
+                "command_endpoint": args.command_endpoint,
+                "server_secret_key_file": secret,
+                "authorized_keys_dir": authorized,
+            }
         telemetry = TelemetryPublisher(
             args.endpoint,
             hello={"policy": "callable", "period_ns": pacer.period_ns},
             send_hwm=args.send_hwm or 1000,
             send_buffer_bytes=args.send_buffer_bytes,
+            **command,  # type: ignore[arg-type]
         )
     guard = Guard(CallablePolicy(policy, 4, 2), env, telemetry=telemetry)
     obs = np.zeros(4, np.float32)
@@ -64,6 +76,8 @@ def main(argv: list[str]) -> int:
     guard.close()
     out = {
         "ticks": stats["ticks"],
+        "state": stats["state"],
+        "state_ticks": stats["state_ticks"],
         "dt_ns": stats["dt_ns"],
         "violations": stats["violations"],
         "missed_cycles": pacer.missed_cycles,
