@@ -51,10 +51,11 @@ __all__ = ["Guard", "Fallback"]
 
 Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
-_NEVER = 1 << 62  # a threshold that disables a check (compares false for any real ns)
+_NEVER = (1 << 62) - 1  # disables a check; also the histograms' top, so passing values fit
 _HIST_MAX = (1 << 62) - 1
 _RING = 8192  # tick ring slots (also what a telemetry reader may lag behind)
-_FLUSH_MASK = 255  # fold the ring into the histograms every 256 ticks
+_FLUSH_MASK = 1023  # fold the ring into the histograms every 1024 ticks (~20 us)
+_INTERVAL = 8 * 1024  # ticks per histogram interval ("window" in stats(); rolls on a flush)
 
 # Fast-path outcome codes (0 = clean).
 _OBS_SHAPE, _OBS_NONFINITE, _POLICY_ERROR, _DEADLINE, _ACTION = 1, 2, 3, 4, 5
@@ -176,7 +177,7 @@ class Guard:
         self._h_lat_life = LogLinearHistogram(2, _HIST_MAX)
         self._h_dt_last = LogLinearHistogram(2, _HIST_MAX)
         self._h_lat_last = LogLinearHistogram(2, _HIST_MAX)
-        # Every tick stores raw dt/latency in the tick ring (two array stores); every 256
+        # Every tick stores raw dt/latency in the tick ring (two array stores); every 1024
         # ticks _flush_ring() folds them into the interval histograms in one numpy pass.
         # A telemetry publisher reads the same ring, so telemetry costs a tick nothing.
         self._ring = ring = TelemetryRing(_RING)
@@ -207,7 +208,7 @@ class Guard:
         self._tick = 0
         self._last_t0 = 0
         self._next_check = self._check_every
-        self._next_roll = self._window_ticks
+        self._next_roll = _INTERVAL
         self._overruns = 0
         self._hold_streak = 0
         self._clean_streak = 0
@@ -394,10 +395,20 @@ class Guard:
         first = max(self._flushed + 1, last - self._ring.capacity + 1)
         if last < first:
             return
-        dt, lat = self._ring.slice(first, last)
-        self._h_lat.record_many(lat[lat >= 0])  # < 0: no measurement (see TelemetryRing)
-        self._h_dt.record_many(dt[dt >= 0])
         self._flushed = last
+        dt, lat = self._ring.slice(first, last)
+        # < 0 marks "no measurement" (see TelemetryRing); nothing exceeds _HIST_MAX: the
+        # fast path only passes values <= its caps (<= _NEVER) and _resolve clamps.
+        try:
+            for hist, values in ((self._h_lat, lat), (self._h_dt, dt)):
+                if values.min() < 0:
+                    values = values[values >= 0]
+                if values.size:
+                    hist.record_valid(values)
+            if last >= self._next_roll:
+                self._roll_interval(last)
+        except Exception:  # statistics must never take the control loop down
+            self._faults["histogram_errors"] = self._faults.get("histogram_errors", 0) + 1
 
     def _completed_ticks(self) -> int:
         """Ticks whose ring record is complete (read by the telemetry thread)."""
@@ -433,8 +444,8 @@ class Guard:
         if lat < 0 or (dt < 0 and not first):
             self._faults["clock_backwards"] += 1
         j = tick & self._ring_mask
-        self._ring_lat[j] = lat if lat >= 0 else -1
-        self._ring_dt[j] = dt if dt >= 0 and not first else -1
+        self._ring_lat[j] = min(lat, _HIST_MAX) if lat >= 0 else -1
+        self._ring_dt[j] = min(dt, _HIST_MAX) if dt >= 0 and not first else -1
         if not first and dt > self._dt_max:
             viols.append(Violation.DT_MAX)
         if lat > self._lat_max:
@@ -592,8 +603,6 @@ class Guard:
         Cheap when the window holds no sample above any threshold (the common case).
         """
         self._next_check = tick + self._check_every
-        if tick >= self._next_roll:
-            self._roll_interval()
         if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active):
             return False
         active: set[Violation] = set()
@@ -608,18 +617,18 @@ class Guard:
         self._counted_window &= active  # a kind that cleared counts again next time
         return bool(active)
 
-    def _roll_interval(self) -> None:
-        """Close the current histogram interval: merge into lifetime, keep it as 'last'."""
-        self._next_roll = self._tick + self._window_ticks
-        self._flush_ring(self._tick - 1)  # called before this tick's record is written
-        for cur, life, last in (
-            (self._h_dt, self._h_dt_life, self._h_dt_last),
-            (self._h_lat, self._h_lat_life, self._h_lat_last),
-        ):
-            life.merge(cur)
-            last.reset()
-            last.merge(cur)
-            cur.reset()
+    def _roll_interval(self, last: int) -> None:
+        """Close the histogram interval ending at tick ``last``: merge it into lifetime and
+        keep it as 'last' (called by _flush_ring right after folding the interval's ticks)."""
+        self._next_roll = last + _INTERVAL
+        # Swap instead of copying: the closed interval becomes 'last', the old 'last' is
+        # zeroed and reused (nothing on the hot path holds these objects).
+        self._h_dt_life.merge(self._h_dt)
+        self._h_lat_life.merge(self._h_lat)
+        self._h_dt, self._h_dt_last = self._h_dt_last, self._h_dt
+        self._h_lat, self._h_lat_last = self._h_lat_last, self._h_lat
+        self._h_dt.reset()
+        self._h_lat.reset()
 
     def _count(self, viols: list[Violation], tick: int, t0: int, dt: int, lat: int) -> None:
         """Count and record violations; a window violation counts once per episode."""
@@ -764,8 +773,8 @@ class Guard:
             ``state_time_ns`` and ``state_ticks`` per state, ``interventions`` (ticks whose
             action was not the policy's own), ``transitions``, ``overruns``, ``faults``,
             and ``dt_ns`` / ``latency_ns`` percentile summaries, each ``{"lifetime": ...,
-            "window": ...}`` (window = the last complete interval of window.ticks ticks
-            plus the current one).
+            "window": ...}`` (window = the last complete histogram interval of 8192 ticks
+            plus the current one; the envelope's window checks are exact and separate).
         """
         self._flush_ring()
         now = self._last_t0

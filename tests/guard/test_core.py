@@ -644,3 +644,18 @@ def test_rounding_overshoot_is_clipped_but_not_counted(clock: FakeClock) -> None
     s.action = np.array([1.01, 0.0], np.float32)
     run(g, clock, 1)
     assert g.stats()["violations"]["action_bounds"] == 1
+
+
+def test_huge_and_backwards_clock_values_never_raise() -> None:
+    """A clock that jumps by 2**62 ns or goes backwards is counted, never raised."""
+    clock = FakeClock()
+    g = Guard(
+        CallablePolicy(lambda o: [0.0, 0.0], 4, 2),
+        make_env(lat=Thresholds(), dt=Thresholds()),
+        clock=clock,
+    )
+    for jump in (PERIOD, 2**62, -(2**61), PERIOD, 2**62 - 1) * 400:
+        clock.now_ns = max(0, clock.now_ns + jump)
+        assert np.all(np.isfinite(g.step(np.zeros(4))))
+    st_ = g.stats()
+    assert st_["ticks"] == 2000 and st_["faults"].get("histogram_errors", 0) == 0
