@@ -160,13 +160,42 @@ def _paced(guard: Guard, pacer: Pacer, ticks: int, hist: LogLinearHistogram) -> 
         guard.step(obs)
 
 
+_DRAIN_SCRIPT = """
+import sys, zmq
+ctx = zmq.Context(); sock = ctx.socket(zmq.SUB); sock.setsockopt(zmq.LINGER, 0)
+sock.setsockopt(zmq.SUBSCRIBE, b""); sock.connect(sys.argv[1])
+while True:
+    if sock.poll(1000):
+        sock.recv()
+"""
+
+
+class _SubscriberProcess:
+    """A draining subscriber in its own process, as a monitor runs (no shared GIL)."""
+
+    def __init__(self, ep: str) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _DRAIN_SCRIPT, ep],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
 @pytest.mark.benchmark(group="telemetry")
 def bench_telemetry_paced_loop_dt(benchmark: Any, request: pytest.FixtureRequest) -> None:
-    """A 1 kHz paced loop: dt tails with telemetry off vs on (a draining subscriber)."""
+    """A 1 kHz paced loop: dt tails with telemetry off vs on (subscriber in another process)."""
     blocks, per_block = (2, 200) if is_smoke(request.config) else (10, 2000)
     off = Guard(_NullPolicy(17, 6), _envelope(10**6))
     pub = TelemetryPublisher(_ep())
-    sub = _Subscriber(pub.endpoint, True)
+    sub = _SubscriberProcess(pub.endpoint)
     on = Guard(_NullPolicy(17, 6), _envelope(10**6), telemetry=pub)
     try:
         _wait_subscribed(pub)

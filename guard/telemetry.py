@@ -344,19 +344,27 @@ class TelemetryPublisher:
         next_hello = now
         next_heartbeat = now + self._heartbeat_ns
         next_hist = now + self._hist_ns
+        # time.sleep(0) between stages hands the GIL back: a control loop waking from its
+        # pacer sleep would otherwise wait for the whole slice (CPython only forces a
+        # switch after sys.getswitchinterval(), 5 ms by default).
+        yield_gil = time.sleep
         while not self._stop.wait(self._drain_s):
             try:
                 if self._commands is not None:
                     self._commands.poll()
+                    yield_gil(0)
                 self._read_subscriptions()
+                yield_gil(0)
                 self._drain()
                 now = self._clock()
                 if now >= next_hello:
                     next_hello = now + self._hello_ns
                     self._send_hello()
+                    yield_gil(0)
                 if now >= next_hist:
                     next_hist = now + self._hist_ns
                     self._send_hist()
+                    yield_gil(0)
                 if now >= next_heartbeat:
                     next_heartbeat = now + self._heartbeat_ns
                     self._send_heartbeat(closing=False)
@@ -436,6 +444,7 @@ class TelemetryPublisher:
             msg["flags"] = batch.flags.astype("<i8", copy=False).tobytes()
             msg["lost"] = batch.lost
             self._send(msg)
+            time.sleep(0)  # hand the GIL back between batches (see _run)
         events = self._events
         if events:
             out = []
