@@ -366,10 +366,8 @@ def empirical_profile(
 
 def _hist_points(hist: LogLinearHistogram) -> tuple[np.ndarray, np.ndarray]:
     """Bucket midpoints (us) and counts of the non-empty buckets."""
-    counts = np.frombuffer(hist.counts, dtype=np.int64)
-    idx = np.flatnonzero(counts)
-    lowest, width = hist.bucket_bounds(idx)
-    return (lowest + width / 2.0) / 1000.0, counts[idx].astype(np.float64)
+    lowest, width, counts = hist.occupied_buckets()
+    return (lowest + width / 2.0) / 1000.0, counts.astype(np.float64)
 
 
 def write_plot(

@@ -373,12 +373,19 @@ class LogLinearHistogram:
         lowest, width = self._bucket_at(occupied[1])
         return lowest + width - 1
 
-    def _medians_and_counts(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Per non-empty bucket: HdrHistogram's median-equivalent value and the count."""
+    def occupied_buckets(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(lowest value, width, count) of every non-empty bucket, in value order."""
         nonzero = np.flatnonzero(self._view)
         lowest, width = self._bounds_of_indices(nonzero)
+        return lowest, width, self._view[nonzero].copy()
+
+    def _medians_and_counts(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per non-empty bucket: HdrHistogram's median-equivalent value and the count."""
+        lowest, width, counts = self.occupied_buckets()
         medians = (lowest + (width >> 1)).astype(np.float64)
-        return medians, self._view[nonzero].astype(np.float64)
+        return medians, counts.astype(np.float64)
 
     @property
     def mean(self) -> float:

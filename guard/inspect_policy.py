@@ -50,11 +50,9 @@ def inspect_policy(path: str | Path, ticks: int = 2000) -> dict[str, Any]:
 
 def _log_buckets(hist: LogLinearHistogram) -> list[tuple[int, int]]:
     """(upper bound ns, count) of the power-of-two buckets that hold samples."""
-    counts = np.frombuffer(hist.counts, dtype=np.int64)
-    occupied = np.flatnonzero(counts)
-    lowest, _ = hist._bounds_of_indices(occupied)
+    lowest, _, counts = hist.occupied_buckets()
     octaves: dict[int, int] = {}
-    for value, n in zip(lowest.tolist(), counts[occupied].tolist(), strict=True):
+    for value, n in zip(lowest.tolist(), counts.tolist(), strict=True):
         octave = int(value).bit_length()
         octaves[octave] = octaves.get(octave, 0) + n
     return [(1 << k, n) for k, n in sorted(octaves.items())]

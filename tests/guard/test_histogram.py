@@ -663,3 +663,16 @@ def test_bad_sparse_input_raises(data: object, fragment: str) -> None:
     """Malformed sparse snapshots raise ValueError with the offending key."""
     with pytest.raises(ValueError, match=fragment):
         LogLinearHistogram.from_sparse(data)  # type: ignore[arg-type]
+
+
+def test_occupied_buckets_cover_exactly_what_was_recorded() -> None:
+    """occupied_buckets() lists each non-empty bucket once, with its values and counts."""
+    h = LogLinearHistogram(2, 2**40)
+    values = [0, 1, 255, 256, 257, 1000, 1000, 10**6, 10**9]
+    for v in values:
+        h.record(v)
+    lowest, width, counts = h.occupied_buckets()
+    assert counts.sum() == len(values) and (np.diff(lowest) > 0).all()
+    for v in values:
+        (i,) = np.flatnonzero((lowest <= v) & (v < lowest + width))
+        assert counts[i] >= 1
