@@ -31,11 +31,13 @@ from guard.envelope import Envelope, load_envelope
 from guard.errors import EnvelopeError, HashMismatchError
 from guard.histogram import LogLinearHistogram
 from guard.policy import (
-    OBS_OK_BYTES,
-    SLACK_OK_BYTES,
+    OBS_FLAGS,
+    SLACK_FLAGS,
+    TOP_BYTES,
     CallablePolicy,
     OnnxPolicy,
     _CheckedPolicy,
+    all_pass,
 )
 from guard.state import Event as _Event
 from guard.state import (
@@ -53,8 +55,9 @@ Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
 _NEVER = (1 << 62) - 1  # disables a check; also the histograms' top, so passing values fit
 _HIST_MAX = (1 << 62) - 1
+_NO_SAMPLE = -(1 << 62)  # ring value for "nothing measured" (a first tick's dt)
 _RING = 8192  # tick ring slots (also what a telemetry reader may lag behind)
-_FLUSH_MASK = 1023  # fold the ring into the histograms every 1024 ticks (~20 us)
+_FLUSH_EVERY = 1024  # fold the ring into the histograms every 1024 ticks (~20 us)
 _INTERVAL = 8 * 1024  # ticks per histogram interval ("window" in stats(); rolls on a flush)
 
 # Fast-path outcome codes (0 = clean).
@@ -129,11 +132,11 @@ class Guard:
 
         # -- buffers of the hot path (allocated once) --
         self._obs_flat = policy._obs
-        self._obs_top = policy._obs_top
+        self._obs_bytes = policy._obs_bytes
         self._obs_size = policy.obs_size
         self._run = policy._run_fn
         self._run_args = policy._run_args
-        self._slack_top = policy._slack_top
+        self._slack_bytes = policy._slack_bytes
         views = []
         for slot in (0, 1):
             v = policy._act[slot].view()
@@ -152,13 +155,17 @@ class Guard:
         self._period_ns = timing.period_ns
         self._lat_max = _ns(timing.latency.max_ns)
         self._dt_max = _ns(timing.dt.max_ns)
-        self._fast_lat = min(self._lat_max, self._period_ns)  # above: slow path (overrun)
+        self._ok_lat = min(self._lat_max, self._period_ns)  # above: a violation or overrun
         self._age_max = _ns(timing.obs_age_max_ns)
         self._max_overruns = timing.max_consecutive_overruns
         lat_t = [_ns(getattr(timing.latency, f"p{q}_ns")) for q in (50, 95, 99)]
         dt_t = [_ns(getattr(timing.dt, f"p{q}_ns")) for q in (50, 95, 99)]
         self._lat_thr, self._dt_thr = lat_t, dt_t
         self._lat_p50, self._dt_p50 = min(lat_t), min(dt_t)  # cheapest "anything to note"
+        # step()'s plain path takes ticks at or below these (nothing to check or note);
+        # the rest go through _resolve, which may still find them clean.
+        self._fast_lat = min(self._ok_lat, self._lat_p50)
+        self._fast_dt = min(self._dt_max, self._dt_p50)
         w = env.window
         self._window_ticks, self._check_every = w.ticks, w.check_every_ticks
         self._allowed = [w.ticks - math.ceil(q * w.ticks) for q in _QUANTILES]
@@ -202,12 +209,14 @@ class Guard:
 
         # -- state and counters --
         self._state = GuardState.NOMINAL
-        self._fast = False  # the first tick has no dt: it goes through _resolve
+        self._set_fast(False)  # the first tick has no dt: it goes through _resolve
         self._skip_dt = True
         self._policy_on = True  # False while LATCHED: the policy is not run
         self._tick = 0
         self._last_t0 = 0
-        self._next_check = self._check_every
+        self._next_check = self._check_every  # window percentiles due (_window_due)
+        self._next_flush = _FLUSH_EVERY  # ring -> histograms due (_flush_ring)
+        self._next_due = min(self._next_check, self._next_flush)  # either of them
         self._next_roll = _INTERVAL
         self._overruns = 0
         self._hold_streak = 0
@@ -298,12 +307,12 @@ class Guard:
     def request_trip(self, reason: str = "requested") -> None:
         """Latch the guard at its next tick (safe to call from another thread)."""
         self._pending.append(("trip", reason))
-        self._fast = False
+        self._set_fast(False)  # after the append: see the end of _resolve_inner
 
     def request_reset(self, reason: str = "requested") -> None:
         """Reset the guard at its next tick (safe to call from another thread)."""
         self._pending.append(("reset", reason))
-        self._fast = False
+        self._set_fast(False)
 
     @staticmethod
     def _make_recorder(recorder: Any) -> Any:
@@ -326,68 +335,96 @@ class Guard:
             float32 [action_size], finite and within the envelope's bounds. Read-only; it
             stays valid until the next call (copy it to keep it).
         """
-        clock = self._clock
-        t0 = clock()
-        dt = t0 - self._last_t0
-        self._last_t0 = t0
+        t0 = self._clock()
+        if self._general:  # not nominal, deadline mode, a command or window check pending
+            return self._step_general(t0, obs, obs_timestamp_ns)
         tick = self._tick + 1
         self._tick = tick
+        dt = t0 - self._last_t0
+        self._last_t0 = t0
         cur = self._cur
         bad = 0
-        if self._policy_on:
-            try:
-                if obs.size == self._obs_size:
-                    self._obs_flat[:] = obs
-                else:
-                    bad = _OBS_SHAPE
-            except Exception:
+        try:
+            if obs.size == self._obs_size:
+                self._obs_flat[...] = obs
+            else:
                 bad = _OBS_SHAPE
-            if not bad:
-                if self._obs_top.tobytes().translate(None, OBS_OK_BYTES):
-                    bad = _OBS_NONFINITE  # NaN, inf or |x| >= 2**127 somewhere
+        except Exception:
+            bad = _OBS_SHAPE
+        if not bad:
+            if not self._obs_bytes.tobytes()[TOP_BYTES].translate(OBS_FLAGS).isascii():
+                bad = _OBS_NONFINITE  # NaN, inf or |x| >= 2**127 somewhere
+            else:
+                try:
+                    self._run(self._run_args[cur])
+                except Exception:
+                    bad = _POLICY_ERROR
                 else:
-                    try:
-                        if self._deadline is None:
-                            self._run(self._run_args[cur])
-                        elif not self._deadline.run(self._run_args[cur], t0 + self._deadline_ns):
-                            bad = _DEADLINE
-                    except Exception:
-                        bad = _POLICY_ERROR
-                    else:
-                        if not bad and self._slack_top[cur].tobytes().translate(
-                            None, SLACK_OK_BYTES
-                        ):
-                            bad = _ACTION  # some check failed: _resolve finds which
-        lat = clock() - t0
-        if bad == _DEADLINE and lat > self._deadline_ns:
-            lat = self._deadline_ns  # the guard answered at the deadline (inline mode: modeled)
-        if lat > self._lat_p50:
-            self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
-        if dt > self._dt_p50:
-            self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
+                    if (
+                        not self._slack_bytes[cur]
+                        .tobytes()[TOP_BYTES]
+                        .translate(SLACK_FLAGS)
+                        .isascii()
+                    ):
+                        bad = _ACTION  # some check failed: _resolve finds which
+        lat = self._clock() - t0
         if (
-            self._fast
-            and not bad
-            and 0 <= lat <= self._fast_lat
-            and 0 <= dt <= self._dt_max
-            and (tick != self._next_check or not self._window_due(tick))
+            not bad
+            and lat <= self._fast_lat
+            and dt <= self._fast_dt
+            and tick < self._next_due
             and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
         ):
             j = tick & self._ring_mask
             self._ring_lat[j] = lat
             self._ring_dt[j] = dt
-            if not j & _FLUSH_MASK:
-                self._flush_ring(tick)
             self._cur = cur ^ 1
             return self._views[cur]
         return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
 
     # ------------------------------------------------------------ off the hot path --
+    def _step_general(self, t0: int, obs: Any, obs_timestamp_ns: int | None) -> np.ndarray:
+        """``step`` outside the plain nominal case: the policy may be off (LATCHED) or run
+        against a deadline; everything else is decided by :meth:`_resolve`."""
+        tick = self._tick + 1
+        self._tick = tick
+        dt = t0 - self._last_t0
+        self._last_t0 = t0
+        cur = self._cur
+        bad = 0
+        if self._policy_on:
+            try:
+                if obs.size == self._obs_size:
+                    self._obs_flat[...] = obs
+                else:
+                    bad = _OBS_SHAPE
+            except Exception:
+                bad = _OBS_SHAPE
+            if not bad:
+                if not all_pass(self._obs_bytes, OBS_FLAGS):
+                    bad = _OBS_NONFINITE
+                else:
+                    bad = self._run_checked(cur, t0)
+                    if not bad and not all_pass(self._slack_bytes[cur], SLACK_FLAGS):
+                        bad = _ACTION
+        lat = self._clock() - t0
+        if bad == _DEADLINE and lat > self._deadline_ns:
+            lat = self._deadline_ns  # the guard answered at the deadline (inline mode: modeled)
+        return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
+
+    def _set_fast(self, fast: bool) -> None:
+        """Whether the next tick may take the plain nominal path of :meth:`step`."""
+        self._fast = fast
+        self._general = not fast or self._deadline is not None
+
     @staticmethod
     def _note_exceed(queues: list[deque[int]], thresholds: list[int], tick: int, v: int) -> None:
         for q, threshold in zip(queues, thresholds, strict=True):
             if v > threshold:
                 q.append(tick)
+
+    def _reschedule(self) -> None:
+        self._next_due = min(self._next_check, self._next_flush)
 
     def _flush_ring(self, upto: int | None = None) -> None:
         """Fold ticks not yet counted (up to ``upto``, default all) into the histograms."""
@@ -396,10 +433,17 @@ class Guard:
         if last < first:
             return
         self._flushed = last
+        self._next_flush = last + _FLUSH_EVERY
+        self._reschedule()
         dt, lat = self._ring.slice(first, last)
-        # < 0 marks "no measurement" (see TelemetryRing); nothing exceeds _HIST_MAX: the
-        # fast path only passes values <= its caps (<= _NEVER) and _resolve clamps.
+        # < 0 marks "no measurement" (see TelemetryRing): _NO_SAMPLE where there was none,
+        # anything else a clock that went backwards (step() stores what it measured).
+        # Nothing exceeds _HIST_MAX: the fast path only passes values <= its caps (<=
+        # _NEVER) and _resolve clamps.
         try:
+            if min(lat.min(), dt.min()) < 0:
+                backwards = ((lat < 0) | ((dt < 0) & (dt != _NO_SAMPLE))).sum()
+                self._faults["clock_backwards"] += int(backwards)
             for hist, values in ((self._h_lat, lat), (self._h_dt, dt)):
                 if values.min() < 0:
                     values = values[values >= 0]
@@ -419,6 +463,29 @@ class Guard:
     ) -> np.ndarray:
         """Everything the fast path does not handle. Never raises (last resort: latch)."""
         try:
+            tick = self._tick
+            skip_dt = self._skip_dt  # first tick, or first after reset(): no meaningful dt
+            if lat > self._lat_p50:
+                self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
+            if dt > self._dt_p50 and not skip_dt:
+                self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
+            if (
+                self._fast
+                and not bad
+                and 0 <= lat <= self._ok_lat
+                and 0 <= dt <= self._dt_max
+                and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
+                and (tick < self._next_check or not self._window_due(tick))
+            ):
+                # A clean tick that only crossed a percentile threshold or a periodic duty.
+                j = tick & self._ring_mask
+                self._ring_lat[j] = lat
+                self._ring_dt[j] = dt
+                cur = self._cur
+                self._cur = cur ^ 1
+                if tick >= self._next_flush:
+                    self._flush_ring(tick)
+                return self._views[cur]
             return self._resolve_inner(t0, dt, lat, bad, obs, obs_timestamp_ns)
         except Exception as exc:  # a bug of ours must not crash the robot's loop
             return self._emergency_latch(t0, exc)
@@ -432,20 +499,15 @@ class Guard:
             self._state_since_ns = t0
         while self._pending:
             self._apply_command(t0, tick, *self._pending.popleft())
-        first = self._skip_dt  # first tick, or first after reset(): no meaningful dt
-        if first:
-            self._skip_dt = False
-            for q in self._dt_exceed:  # step() may have noted the bogus dt already
-                if q and q[-1] == tick:
-                    q.pop()
+        first = self._skip_dt
+        self._skip_dt = False
         viols: list[Violation] = []
 
         # -- timing of this tick (into the ring; < 0 marks "no measurement") --
-        if lat < 0 or (dt < 0 and not first):
-            self._faults["clock_backwards"] += 1
+        # A clock that went backwards is counted when the ring is flushed (_flush_ring).
         j = tick & self._ring_mask
-        self._ring_lat[j] = min(lat, _HIST_MAX) if lat >= 0 else -1
-        self._ring_dt[j] = min(dt, _HIST_MAX) if dt >= 0 and not first else -1
+        self._ring_lat[j] = min(lat, _HIST_MAX)
+        self._ring_dt[j] = _NO_SAMPLE if first else min(dt, _HIST_MAX)
         if not first and dt > self._dt_max:
             viols.append(Violation.DT_MAX)
         if lat > self._lat_max:
@@ -536,12 +598,12 @@ class Guard:
             self._cur = cur ^ 1
         if applied is not None:
             self.policy._set_applied(self._cur ^ 1, applied)
-        self._fast = (
-            self._state is GuardState.NOMINAL and not self._window_active and not self._pending
-        )
+        self._set_fast(self._state is GuardState.NOMINAL and not self._window_active)
+        if self._pending:  # a request that raced the line above: handle it next tick
+            self._set_fast(False)
         if self._telemetry is not None:
             self._ring.flag_events.append((tick, STATE_CODES[self._state] | self._tick_bits))
-        if not j & _FLUSH_MASK:
+        if tick >= self._next_flush:
             self._flush_ring(tick)
         return self._views[self._cur ^ 1]
 
@@ -603,6 +665,7 @@ class Guard:
         Cheap when the window holds no sample above any threshold (the common case).
         """
         self._next_check = tick + self._check_every
+        self._reschedule()
         if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active):
             return False
         active: set[Violation] = set()
@@ -707,7 +770,7 @@ class Guard:
             self._emit(("fault", self._tick, t0, {"internal_error": repr(exc)}))
             self._state = GuardState.LATCHED
             self._policy_on = False
-            self._fast = False
+            self._set_fast(False)
         except Exception:
             pass
         return self._views[self._cur ^ 1]
@@ -741,7 +804,7 @@ class Guard:
         self._window_active = set()
         self._counted_window = set()
         self._policy_on = True
-        self._fast = False  # the next tick has no meaningful dt: resolve it
+        self._set_fast(False)  # the next tick has no meaningful dt: resolve it
         self._skip_dt = True
 
     def warm_up(self, obs: Any, ticks: int = 200, freeze_gc: bool = True) -> None:

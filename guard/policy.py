@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,21 +34,41 @@ import numpy as np
 from guard import _onnx_proto as proto
 from guard.errors import PolicyLoadError
 
-__all__ = ["OnnxPolicy", "CallablePolicy", "TensorInfo", "session_options"]
+__all__ = [
+    "OnnxPolicy",
+    "CallablePolicy",
+    "TensorInfo",
+    "session_options",
+    "all_pass",
+    "OBS_FLAGS",
+    "SLACK_FLAGS",
+]
 
 RECURRENT_PAIRS = (("h_in", "h_out"), ("c_in", "c_out"))
 
 #: "No limit" as a large finite value rather than inf, so every valid slack entry stays
 #: below 2**127 and the byte test below holds; actions beyond it count as out of bounds.
 UNLIMITED = 1e30
-#: Bytes a slack entry's most significant byte may take when the entry is valid: float32
-#: x is >= +0, finite and < 2**127 exactly when its top byte (sign + 7 exponent bits) is
-#: below 0x7F. Deleting these from the top bytes leaves nothing iff every entry is valid;
-#: that is one C call (bytes.translate) instead of boxing every float for min().
-SLACK_OK_BYTES = bytes(range(0x7F))
-#: The same for observations, which may be negative: only exponents 0xFE/0xFF are bad
-#: (|x| >= 2**127, inf, NaN), i.e. top bytes 0x7F and 0xFF.
-OBS_OK_BYTES = bytes(b for b in range(256) if b & 0x7F != 0x7F)
+#: Where each float32's most significant byte (sign + 7 exponent bits) sits in memory.
+TOP_BYTES = slice(3 if sys.byteorder == "little" else 0, None, 4)
+#: ``bytes.translate`` tables over those top bytes: a top byte maps to 0x80 when its entry
+#: fails the test and to 0 otherwise, so ``.isascii()`` of the result is True exactly when
+#: every entry passes. Four C calls on a contiguous copy, no float is ever boxed (see
+#: :func:`all_pass`). A slack entry passes when it is >= +0, finite and < 2**127 (top byte
+#: below 0x7F); an observation when it is finite and |x| < 2**127 (top byte neither 0x7F
+#: nor 0xFF).
+SLACK_FLAGS = bytes(0x80 if b >= 0x7F else 0 for b in range(256))
+OBS_FLAGS = bytes(0x80 if b & 0x7F == 0x7F else 0 for b in range(256))
+
+
+def all_pass(buffer: memoryview, flags: bytes) -> bool:
+    """True when every float32 in ``buffer`` (bytes, contiguous) passes ``flags``' test.
+
+    The guard's hot path inlines exactly this expression.
+    """
+    return buffer.tobytes()[TOP_BYTES].translate(flags).isascii()
+
+
 _CHECK_IN, _CHECK_OUT, _CHECK_MATRIX = "tailguard_check_bias", "tailguard_check", "tailguard_MN"
 
 
@@ -79,8 +100,8 @@ class _CheckedPolicy:
 
     Guard-facing ("friend") attributes, stable for the hot path:
         _obs: float32 [O] input buffer; _act: float32 [2, A]; _chk: float32 [2, 3n]
-        ([slack | next_bias | const] per slot); _slack_top: per slot, a strided byte view of
-        the most significant byte of each slack entry (see ``SLACK_OK_BYTES``);
+        ([slack | next_bias | const] per slot); _slack_bytes: per slot, a byte view of the
+        slack entries; _obs_bytes: the same of _obs (see :func:`all_pass`);
         _run_fn(_run_args[slot]) runs one inference into slot ``slot``.
     """
 
@@ -100,8 +121,8 @@ class _CheckedPolicy:
         self._act = np.zeros((2, a), dtype=np.float32)
         self._chk = np.zeros((2, 3 * n), dtype=np.float32)
         self._mn = _check_matrix(a)
-        self._slack_top = tuple(self._chk[s, :n].data.cast("B")[3::4] for s in (0, 1))
-        self._obs_top = self._obs.data.cast("B")[3::4]
+        self._slack_bytes = tuple(self._chk[s, :n].data.cast("B") for s in (0, 1))
+        self._obs_bytes = self._obs.data.cast("B")
         self._low = np.full(a, -UNLIMITED, dtype=np.float32)
         self._high = np.full(a, UNLIMITED, dtype=np.float32)
         self._rate = np.full(a, UNLIMITED, dtype=np.float32)

@@ -51,7 +51,7 @@ class TelemetryRing:
     """The guard's per-tick ring: raw dt/latency of every tick, read by up to two readers.
 
     The guard (single writer) stores tick ``t`` at slot ``t & mask`` on every tick. Its
-    own histogram flush reads the ring every 256 ticks; a telemetry publisher thread may
+    own histogram flush reads the ring every 1024 ticks; a telemetry publisher thread may
     read it too (:meth:`read`). Ticks up to ``head`` are complete: ``head`` comes from the
     guard (its tick counter minus one, so no per-tick store is needed for it). Values < 0
     mark "no measurement" (the first tick's dt; a clock that went backwards). Flags are

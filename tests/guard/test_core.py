@@ -659,3 +659,21 @@ def test_huge_and_backwards_clock_values_never_raise() -> None:
         assert np.all(np.isfinite(g.step(np.zeros(4))))
     st_ = g.stats()
     assert st_["ticks"] == 2000 and st_["faults"].get("histogram_errors", 0) == 0
+    assert st_["faults"]["clock_backwards"] == 400  # every -2**61 jump, nothing else
+
+
+def test_a_clock_going_backwards_inside_a_tick_is_counted_not_recorded() -> None:
+    """Negative latencies from the nominal path are faults, kept out of the histograms."""
+    reads = [10**9]  # the constructor's probe, then (start, end) per tick
+    for k in range(300):
+        start = 10**9 + k * PERIOD
+        reads += [start, start - 1000 if k % 3 == 2 else start + 500]
+    clock = iter(reads).__next__
+
+    g = Guard(CallablePolicy(lambda o: [0.0, 0.0], 4, 2), make_env(), clock=clock)
+    for _ in range(300):
+        g.step(np.zeros(4, np.float32))
+    st_ = g.stats()
+    assert st_["faults"]["clock_backwards"] == 100
+    assert st_["latency_ns"]["lifetime"]["count"] == 200
+    assert sum(st_["violations"].values()) == 0
