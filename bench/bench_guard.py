@@ -81,7 +81,7 @@ def _bare(path: Path) -> tuple[Any, np.ndarray]:
     obs = np.random.default_rng(0).standard_normal(obs_size).astype(np.float32)
 
     def call() -> None:
-        flat[:] = obs
+        flat[...] = obs
         c_run(c_binding, None)
 
     return call, obs

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from guard.histogram import LogLinearHistogram
+from guard.telemetry_ring import TelemetryRing
 
 VALUES_PER_ROUND = 1000
 WINDOW_TICKS = 1000
@@ -66,6 +67,31 @@ def bench_record_hdrhistogram(benchmark: Any) -> None:
     benchmark(_record_all(hdr.record_value, latencies_ns(VALUES_PER_ROUND)))
     _note_per_value(benchmark)
     assert hdr.get_total_count() % VALUES_PER_ROUND == 0 and hdr.get_total_count() > 0
+
+
+@pytest.mark.benchmark(group="record")
+def bench_record_guard_path(benchmark: Any) -> None:
+    """What Guard.step pays per recorded value: one array store into its tick ring (inlined
+    in the hot path), then one ``record_valid`` over the ring slice (``Guard._flush_ring``
+    does it every 1024 ticks; here every 1000 values). The slice copies the dt column
+    too, so this slightly over-counts."""
+    hist = LogLinearHistogram(SIGNIFICANT_DIGITS, HIGHEST_NS)
+    ring = TelemetryRing(VALUES_PER_ROUND)
+    store = ring.latency_ns
+    ticks = [(tick & ring.mask, v) for tick, v in enumerate(latencies_ns(VALUES_PER_ROUND), 1)]
+
+    def run() -> None:
+        for j, value in ticks:
+            store[j] = value
+        hist.record_valid(ring.slice(1, VALUES_PER_ROUND)[1])
+
+    benchmark(run)
+    _note_per_value(benchmark)
+    assert hist.total_count % VALUES_PER_ROUND == 0 and hist.total_count > 0
+    ref = LogLinearHistogram(SIGNIFICANT_DIGITS, HIGHEST_NS)
+    ref.record_many(np.asarray([v for _, v in ticks], dtype=np.int64))
+    rounds = hist.total_count // VALUES_PER_ROUND
+    assert np.array_equal(np.asarray(hist.counts), np.asarray(ref.counts) * rounds)
 
 
 @pytest.mark.benchmark(group="record")

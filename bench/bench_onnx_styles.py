@@ -58,7 +58,7 @@ def _variants(path: Path) -> dict[str, Callable[[], Any]]:
         out_buf[:] = run(["actions"], {"obs": obs.reshape(1, -1)})[0]
 
     def run_prealloc() -> None:
-        in_flat[:] = obs
+        in_flat[...] = obs
         out_buf[:] = run(names, feed)[0]
 
     ort_in = ort.OrtValue.ortvalue_from_numpy(in_buf)
@@ -66,7 +66,7 @@ def _variants(path: Path) -> dict[str, Callable[[], Any]]:
     run_ov = sess.run_with_ort_values
 
     def run_ort_values() -> None:
-        in_flat[:] = obs
+        in_flat[...] = obs
         out_buf[:] = run_ov(names, ort_feed)[0].numpy()
 
     binding = sess.io_binding()
@@ -75,7 +75,7 @@ def _variants(path: Path) -> dict[str, Callable[[], Any]]:
     run_b = sess.run_with_iobinding
 
     def iobinding() -> None:
-        in_flat[:] = obs
+        in_flat[...] = obs
         run_b(binding)
 
     variants: dict[str, Callable[[], Any]] = {
@@ -89,7 +89,7 @@ def _variants(path: Path) -> dict[str, Callable[[], Any]]:
     if c_run is not None and c_binding is not None:
 
         def iobinding_c() -> None:
-            in_flat[:] = obs
+            in_flat[...] = obs
             c_run(c_binding, None)
 
         variants["iobinding_c"] = iobinding_c

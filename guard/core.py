@@ -1,17 +1,20 @@
 """The runtime guard. ``Guard.step`` is THE hot path of tailguard (measured by bench/).
 
 One tick, when everything is in order (the common case), costs: two clock reads, copying
-the observation into the policy's bound input buffer, a finiteness sum over it, the
-inference (with the action check folded into the ONNX graph, see ``guard/policy.py``), one
-``min()`` over the check vector, a handful of integer compares and two histogram counter
-increments. Nothing is allocated that the GC tracks, nothing is logged, nothing blocks.
+the observation into the policy's bound input buffer, a byte-level finiteness test over
+it, the inference (with the action check folded into the ONNX graph, see
+``guard/policy.py``), the same byte-level test over the check vector, a handful of integer
+compares and two stores into the tick ring. Nothing is allocated that the GC tracks,
+nothing is logged, nothing blocks. The ring is folded into the histograms every 1024
+ticks.
 
-Anything unusual -- a violation, a non-nominal state, the first tick, a window check that
-is due -- leaves the fast path for :meth:`Guard._resolve`, which re-checks with the plain
-numpy reference, applies the one transition table (``guard/state.py``) and picks the
-action. Percentile checks over the sliding window are exact and O(1) per tick: the guard
-keeps the tick numbers of samples above each threshold and compares their count with
-what the percentile allows (p_q <= T over n samples <=> at most n - ceil(q*n) samples > T).
+Anything unusual -- a violation, a non-nominal state, deadline mode, the first tick, a
+latency or period above the smallest percentile threshold, a window check that is due --
+leaves the plain path for :meth:`Guard._resolve`, which re-checks with the plain numpy
+reference, applies the one transition table (``guard/state.py``) and picks the action.
+Percentile checks over the sliding window are exact and O(1) per tick: the guard keeps the
+tick numbers of samples above each threshold and compares their count with what the
+percentile allows (p_q <= T over n samples <=> at most n - ceil(q*n) samples > T).
 """
 
 from __future__ import annotations
