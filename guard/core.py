@@ -206,6 +206,7 @@ class Guard:
         self._sinks = tuple(x for x in (self._recorder, self._telemetry) if x is not None)
         # trip/reset requests from other threads, applied in order at the next tick
         self._pending: deque[tuple[str, str]] = deque(maxlen=64)
+        self._posted_events: deque[tuple] = deque(maxlen=256)  # from request_event
         if hasattr(self._telemetry, "attach"):  # reads tick_ring; may request trip/reset
             self._telemetry.attach(self)
         self._tick_bits = 0
@@ -309,13 +310,23 @@ class Guard:
 
     def request_trip(self, reason: str = "requested") -> None:
         """Latch the guard at its next tick (safe to call from another thread)."""
-        self._pending.append(("trip", reason))
-        self._set_fast(False)  # after the append: see the end of _resolve_inner
+        self._post(self._pending, ("trip", reason), "commands_dropped")
 
     def request_reset(self, reason: str = "requested") -> None:
         """Reset the guard at its next tick (safe to call from another thread)."""
-        self._pending.append(("reset", reason))
-        self._set_fast(False)
+        self._post(self._pending, ("reset", reason), "commands_dropped")
+
+    def request_event(self, record: tuple) -> None:
+        """Emit ``record`` through the guard's event path (flight recorder, telemetry) at
+        its next tick, from the loop's thread: the sinks have one producer. Safe to call
+        from another thread (e.g. the telemetry thread reporting a refused command)."""
+        self._post(self._posted_events, record, "events_dropped")
+
+    def _post(self, queue: deque, item: tuple, drop_counter: str) -> None:
+        if len(queue) == queue.maxlen:  # full: the oldest entry goes, and is counted
+            self._faults[drop_counter] = self._faults.get(drop_counter, 0) + 1
+        queue.append(item)
+        self._set_fast(False)  # after the append: see the end of _resolve_inner
 
     @staticmethod
     def _make_recorder(recorder: Any) -> Any:
@@ -500,6 +511,8 @@ class Guard:
         self._tick_bits = 0
         if self._state_since_ns is None:
             self._state_since_ns = t0
+        while self._posted_events:
+            self._emit(self._posted_events.popleft())
         while self._pending:
             self._apply_command(t0, tick, *self._pending.popleft())
         first = self._skip_dt
@@ -602,7 +615,7 @@ class Guard:
         if applied is not None:
             self.policy._set_applied(self._cur ^ 1, applied)
         self._set_fast(self._state is GuardState.NOMINAL and not self._window_active)
-        if self._pending:  # a request that raced the line above: handle it next tick
+        if self._pending or self._posted_events:  # raced the line above: next tick
             self._set_fast(False)
         if self._telemetry is not None:
             self._ring.flag_events.append((tick, STATE_CODES[self._state] | self._tick_bits))

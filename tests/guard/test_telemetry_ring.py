@@ -113,3 +113,48 @@ def test_commands_within_one_tick_apply_in_order() -> None:
     assert states == ["latched", "nominal"]
     notes = [e[3]["command"] for e in pub.events if e[0] == "note"]
     assert notes == ["trip", "reset"]
+
+
+def test_request_event_is_emitted_by_the_loop_thread_and_overflow_is_counted() -> None:
+    """Events posted from another thread reach the sinks at the next tick, from the thread
+    that runs step(); more than the queue holds drops the oldest and counts each drop."""
+    import threading
+
+    clock = FakeClock()
+    seen: list[tuple[str, int]] = []
+
+    class ThreadNoting(FakePublisher):
+        def append(self, record: tuple) -> None:
+            seen.append((threading.current_thread().name, record[1]))
+            super().append(record)
+
+    pub = ThreadNoting()
+    g = Guard(CallablePolicy(lambda o: [0.2, 0.2], 4, 2), make_env(), clock=clock, telemetry=pub)
+    run(g, clock, 3)
+    poster = threading.Thread(
+        target=lambda: [g.request_event(("fault", i, 0, {"i": i})) for i in range(300)],
+        name="poster",
+    )
+    poster.start()
+    poster.join()
+    assert seen == []  # nothing is emitted by the posting thread
+    run(g, clock, 1)
+    faults = [e[3]["i"] for e in pub.events if e[0] == "fault"]
+    assert faults == list(range(300 - 256, 300))  # the newest 256, in order
+    assert {name for name, _ in seen} == {threading.current_thread().name}
+    assert g.stats()["faults"]["events_dropped"] == 300 - 256
+    assert g.state is GuardState.NOMINAL
+    run(g, clock, 2)
+    assert len(pub.events) == 256 and g.stats()["violations"]["dt_max"] == 0
+
+
+def test_a_full_command_queue_counts_what_it_drops() -> None:
+    """More than 64 commands within one tick: the oldest go, each drop is counted."""
+    clock = FakeClock()
+    g = Guard(CallablePolicy(lambda o: [0.2, 0.2], 4, 2), make_env(), clock=clock)
+    run(g, clock, 2)
+    for _ in range(70):
+        g.request_trip("flood")
+    run(g, clock, 1)
+    assert g.state is GuardState.LATCHED
+    assert g.stats()["faults"]["commands_dropped"] == 6
