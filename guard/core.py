@@ -913,6 +913,8 @@ class Guard:
         """Stop the deadline worker and flush/close the flight recorder and telemetry."""
         last = self._tick
         self._ring.head_source = lambda: last  # the last tick is complete: publish it
+        while self._posted_events:  # posted after the last tick: still delivered
+            self._emit(self._posted_events.popleft())
         if self._deadline is not None:
             self._deadline.close()
         for sink in self._sinks:

@@ -3,9 +3,15 @@
 The guard's hot path only writes the :class:`~guard.telemetry_ring.TelemetryRing`
 (``Guard.step``) and, off the fast path, calls :meth:`TelemetryPublisher.append` (one
 deque append). Everything else happens in the publisher thread, which shares the GIL with
-the control loop and therefore works in short slices: every ``drain_interval_s`` it reads
-at most ``max_ticks_per_message`` ticks per message (numpy copies, no per-tick Python
-loop), packs them as raw little-endian int64 bytes, and sends them without blocking.
+the control loop. While it holds the GIL a loop waking from its pacer sleep waits for it
+(CPython only forces a hand-off after ``sys.getswitchinterval()``, 5 ms by default), so the
+thread works in short slices and starts each one just after the loop finished a tick: it
+polls the ring's head every ~0.1 ms until the head moves (at most about one loop period;
+then it goes ahead anyway), which leaves a paced loop's idle time to the slice. Every
+``drain_interval_s`` one slice reads at most ``max_ticks_per_message`` ticks (numpy copies,
+no per-tick Python loop), packs them as raw little-endian int64 bytes and sends them without
+blocking, plus events and a due heartbeat; folding the ticks read into the histograms,
+building a ``hist`` message and a ``hello`` each get a slice of their own.
 
 Wire schema (version :data:`SCHEMA_VERSION`): one ZMQ frame per message, a msgpack map
 with these keys in every message:
@@ -44,7 +50,9 @@ CURVE-authenticated ROUTER socket and polls it without blocking on every wake-up
 (applied at the guard's next tick, which records a ``note`` event); every refused command or
 connection is counted (``cmd_refused`` in heartbeats) and recorded as a ``fault`` event with
 ``source = "command"`` through the guard's event path (telemetry and flight recorder) and
-logged on the ``tailguard.telemetry`` logger, at most 10 per second.
+logged on the ``tailguard.telemetry`` logger, at most 10 per second. The guard's event path
+belongs to the control loop's thread: the publisher thread hands the record over with
+``guard.request_event`` and the guard emits it at its next tick.
 """
 
 from __future__ import annotations
@@ -82,6 +90,12 @@ MESSAGE_TYPES = ("hello", "ticks", "events", "hist", "heartbeat")
 HIST_DIGITS = 2
 HIST_MAX_NS = (1 << 62) - 1  # the guard's own histogram layout, so snapshots merge with it
 _NS_PER_S = 1_000_000_000
+# Waiting for the loop to finish a tick before a slice: poll the ring's head this often, for
+# at most about one loop period (the last tick's dt) clamped to these bounds.
+_POLL_S = 100e-6
+_WAIT_MIN_NS = 500_000
+_WAIT_MAX_NS = 20_000_000
+_FOLD_TICKS = 8192  # ticks read but not yet in the histograms that force a fold slice
 _log = logging.getLogger("tailguard.telemetry")
 
 
@@ -210,6 +224,9 @@ class TelemetryPublisher:
         self._h_lat = LogLinearHistogram(HIST_DIGITS, HIST_MAX_NS)
         self._h_dt_life = LogLinearHistogram(HIST_DIGITS, HIST_MAX_NS)
         self._h_lat_life = LogLinearHistogram(HIST_DIGITS, HIST_MAX_NS)
+        # Ticks sent but not yet folded into _h_dt/_h_lat: (dt_ns, latency_ns) arrays.
+        self._unfolded: list[tuple[np.ndarray, np.ndarray]] = []
+        self._unfolded_ticks = 0
         self._guard: Any = None
 
         self._ctx = zmq.Context()
@@ -286,12 +303,13 @@ class TelemetryPublisher:
         return ""
 
     def _on_refusal(self, fields: dict[str, Any]) -> None:
-        """Record a refused command or connection as a guard event, and log it."""
+        """Record a refused command or connection as a guard event, and log it (publisher
+        thread; CommandServer rate-limits the calls)."""
         record = ("fault", self.ring.head, self._clock(), {"source": "command", **fields})
-        # The guard's event path reaches the flight recorder as well as this publisher.
-        emit = getattr(self._guard, "_emit", None)
-        if callable(emit):
-            emit(record)
+        # The guard's event path reaches the flight recorder as well as this publisher, and
+        # its sinks have one producer, the loop thread: the guard emits it at its next tick.
+        if self._guard is not None:
+            self._guard.request_event(record)
         else:
             self.append(record)
         _log.warning("command refused: %s", fields)
@@ -344,36 +362,61 @@ class TelemetryPublisher:
         next_hello = now
         next_heartbeat = now + self._heartbeat_ns
         next_hist = now + self._hist_ns
-        # time.sleep(0) between stages hands the GIL back: a control loop waking from its
-        # pacer sleep would otherwise wait for the whole slice (CPython only forces a
-        # switch after sys.getswitchinterval(), 5 ms by default).
-        yield_gil = time.sleep
+        after_tick = self._after_tick
         while not self._stop.wait(self._drain_s):
             try:
+                after_tick()
                 if self._commands is not None:
                     self._commands.poll()
-                    yield_gil(0)
-                self._read_subscriptions()
-                yield_gil(0)
+                # ZMQ_EVENTS is cheaper than a recv that raises zmq.Again when nothing came.
+                if int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    self._read_subscriptions()
                 self._drain()
                 now = self._clock()
-                if now >= next_hello:
-                    next_hello = now + self._hello_ns
-                    self._send_hello()
-                    yield_gil(0)
-                if now >= next_hist:
-                    next_hist = now + self._hist_ns
-                    self._send_hist()
-                    yield_gil(0)
                 if now >= next_heartbeat:
                     next_heartbeat = now + self._heartbeat_ns
                     self._send_heartbeat(closing=False)
+                hist_due = now >= next_hist
+                if hist_due or self._unfolded_ticks >= _FOLD_TICKS:
+                    after_tick()
+                    self._fold()
+                if hist_due:
+                    next_hist = now + self._hist_ns
+                    after_tick()
+                    self._send_hist()
+                if now >= next_hello:
+                    next_hello = now + self._hello_ns
+                    after_tick()
+                    self._send_hello()
             except Exception:  # never let the thread die: count it and carry on
                 self.encode_errors += 1
         with contextlib.suppress(Exception):
             self._drain()
+            self._fold()
             self._send_hist()
             self._send_heartbeat(closing=True)
+
+    def _after_tick(self) -> None:
+        """Wait until the control loop has finished a tick, so the next slice runs while the
+        loop is idle; give up after about one loop period (or on close).
+
+        The head moves when the loop starts a tick. A policy that releases the GIL while it
+        runs (onnxruntime does) is waited for too, as long as the last tick's latency.
+        """
+        ring = self.ring
+        head = ring.head
+        wait_ns = ring.dt_ns[head & ring.mask] if head > 0 else 0
+        wait_ns = min(max(wait_ns + (wait_ns >> 2), _WAIT_MIN_NS), _WAIT_MAX_NS)
+        # Real time, not the injected clock: this bounds how long the thread itself waits.
+        clock, stop, sleep = time.monotonic_ns, self._stop, time.sleep
+        end = clock() + wait_ns
+        while ring.head == head:
+            if clock() >= end or stop.is_set():
+                return
+            sleep(_POLL_S)
+        latency_ns = ring.latency_ns[ring.head & ring.mask]
+        if latency_ns > _POLL_S * _NS_PER_S:
+            sleep(min(latency_ns, wait_ns) / _NS_PER_S)
 
     def _read_subscriptions(self) -> None:
         sock = self._sock
@@ -426,16 +469,17 @@ class TelemetryPublisher:
 
     def _drain(self) -> None:
         ring = self.ring
-        for _ in range(8):  # bounded slice; the rest waits for the next wake-up
+        for i in range(8):  # a backlog: at most 8 full batches, the rest waits
+            if i and not self._stop.is_set():
+                self._after_tick()  # one batch per slice
             batch = ring.read(self._max_ticks)
             if batch is None:
                 break
             dt = batch.dt_ns
             n = len(dt)
             if n:
-                # Values < 0 mean "no measurement" (first tick's dt, clock faults).
-                self._h_dt.record_many(dt[dt >= 0])
-                self._h_lat.record_many(batch.latency_ns[batch.latency_ns >= 0])
+                self._unfolded.append((dt, batch.latency_ns))
+                self._unfolded_ticks += n
             msg = self._header("ticks")
             msg["first_tick"] = batch.first_tick
             msg["n"] = n
@@ -444,7 +488,8 @@ class TelemetryPublisher:
             msg["flags"] = batch.flags.astype("<i8", copy=False).tobytes()
             msg["lost"] = batch.lost
             self._send(msg)
-            time.sleep(0)  # hand the GIL back between batches (see _run)
+            if n < self._max_ticks:
+                break  # caught up; what the loop wrote since goes with the next wake-up
         events = self._events
         if events:
             out = []
@@ -467,6 +512,19 @@ class TelemetryPublisher:
             histogram_ns=self._hist_ns,
         )
         self._send(msg)
+
+    def _fold(self) -> None:
+        """Count the ticks read since the last fold in the interval histograms (one numpy
+        pass per histogram instead of one per ``ticks`` message)."""
+        if not self._unfolded:
+            return
+        dt = np.concatenate([d for d, _ in self._unfolded])
+        lat = np.concatenate([x for _, x in self._unfolded])
+        self._unfolded.clear()
+        self._unfolded_ticks = 0
+        # Values < 0 mean "no measurement" (first tick's dt, clock faults).
+        self._h_dt.record_many(dt[dt >= 0])
+        self._h_lat.record_many(lat[lat >= 0])
 
     def _send_hist(self) -> None:
         self._h_dt_life.merge(self._h_dt)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -12,6 +14,7 @@ from tg_monitor_util import free_port
 
 from guard import CallablePolicy, Guard, starter_envelope
 from guard.errors import TailguardError
+from guard.flight_recorder import read_flight_record
 from guard.telemetry import SCHEMA_VERSION, TelemetryPublisher, is_loopback_endpoint
 
 
@@ -145,3 +148,102 @@ def test_guard_with_endpoint_publishes_hello() -> None:
     finally:
         guard.close()
     assert pub._closed
+
+
+def test_refusal_is_emitted_by_the_loop_thread(tmp_path: Path) -> None:
+    """A refusal reported on another thread reaches the sinks only at the guard's next tick,
+    through the guard (flight recorder and telemetry), not from the reporting thread."""
+    pub = TelemetryPublisher(f"tcp://127.0.0.1:{free_port()}", drain_interval_s=3600)
+    record = tmp_path / "flight.tgfr"
+    env = starter_envelope(obs_size=2, action_size=1, period_ns=1_000_000)
+    guard = Guard(CallablePolicy(lambda o: [0.0], 2, 1), env, telemetry=pub, recorder=record)
+    obs = np.zeros(2, np.float32)
+    try:
+        guard.step(obs)
+        before = len(pub._events)
+        fields = {"refused": "malformed", "peer": "p", "detail": "d", "suppressed": 0}
+        reporter = threading.Thread(target=pub._on_refusal, args=(fields,))
+        reporter.start()
+        reporter.join()
+        assert len(pub._events) == before  # nothing emitted from the reporting thread
+        guard.step(obs)
+        faults = [r for r in list(pub._events)[before:] if r[0] == "fault"]
+        assert [f[3]["refused"] for f in faults] == ["malformed"]
+        assert faults[0][3]["source"] == "command"
+    finally:
+        guard.close()
+    recorded = [r["fields"] for r in read_flight_record(record).records if r["kind"] == "fault"]
+    assert [f["refused"] for f in recorded if f.get("source") == "command"] == ["malformed"]
+
+
+class _Head:
+    """A ring head that moves on the n-th read (the loop starting its next tick)."""
+
+    def __init__(self, moves_on_read: int) -> None:
+        self.reads = 0
+        self.moves_on_read = moves_on_read
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return 10 if self.reads < self.moves_on_read else 11
+
+
+def test_slices_wait_for_the_loop_to_start_a_tick() -> None:
+    """Before a slice the thread polls the ring's head until it moves; a head that never
+    moves (no loop running) or a closing publisher ends the wait."""
+    pub = TelemetryPublisher(f"tcp://127.0.0.1:{free_port()}", drain_interval_s=3600)
+    try:
+        ring = pub.ring
+        ring.write(10, 16_000_000, 0)  # the last tick's dt bounds the wait: 20 ms here
+        ring.head_source = head = _Head(moves_on_read=4)
+        pub._after_tick()
+        assert head.reads >= 4  # returned only once the head had moved
+        ring.head_source = still = _Head(moves_on_read=10**9)
+        pub._after_tick()  # gives up after about one period
+        assert 1 < still.reads < 10**9
+        pub._stop.set()
+        ring.head_source = stopped = _Head(moves_on_read=10**9)
+        pub._after_tick()
+        assert stopped.reads <= 2  # the head before the wait, then one check: stop is set
+    finally:
+        pub.close()
+
+
+def test_histograms_fold_ticks_in_bounded_batches() -> None:
+    """With a long histogram interval, ticks read wait for a fold in bounded numbers, and the
+    closing hist still counts every tick published."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = TelemetryPublisher(ep, drain_interval_s=0.005, histogram_interval_s=3600)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(ep)
+    pending = []
+    try:
+        deadline = time.monotonic() + 10
+        while pub.subscribers == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tick = 0
+        received = 0
+        for _ in range(6):  # 24000 ticks: several folds of >= 8192
+            for _ in range(4000):
+                tick += 1
+                pub.ring.write(tick, 1000, 2000)
+            while received < tick and time.monotonic() < deadline + 20:
+                if sub.poll(50):
+                    m = msgpack.unpackb(sub.recv())
+                    if m["type"] == "ticks":
+                        received += m["n"]
+                pending.append(pub._unfolded_ticks)
+        pub.close()
+        msgs = _receive_all(sub, time.monotonic() + 10)
+    finally:
+        sub.close(0)
+        ctx.term()
+    assert received == tick == 24000
+    assert max(pending) < 8192 + 8 * 1024  # at most one wake-up's reads past the threshold
+    hists = [m for m in msgs if m["type"] == "hist"]
+    assert len(hists) == 1  # only the closing one
+    assert sum(hists[0]["lifetime"]["latency_ns"]["counts"]) == 24000
+    assert sum(hists[0]["interval"]["dt_ns"]["counts"]) == 24000
