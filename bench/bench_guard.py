@@ -11,6 +11,9 @@ Variants, timed per call in interleaved blocks (see bench/conftest.py):
   own overhead "excluding the policy";
 * bare -- the fastest plain call style: copy obs into the bound input, C-level
   run_with_iobinding (as the guard calls it);
+* floor -- the work of a nominal guarded tick and nothing else (two clock reads, obs copy,
+  both byte-level checks, the checked inference, one compare, two list stores), every
+  object in a local: what a pure-Python guard could cost at best with these checks;
 * guard -- Guard.step on the same model (check node folded into the graph).
 """
 
@@ -26,7 +29,7 @@ from tg_timing import interleaved, is_smoke, summary_us
 
 from guard import Guard, OnnxPolicy
 from guard.envelope import Envelope, PolicyBinding, Thresholds, Timing
-from guard.policy import _CheckedPolicy
+from guard.policy import OBS_FLAGS, SLACK_FLAGS, TOP_BYTES, _CheckedPolicy
 
 
 def _envelope(obs_size: int, action_size: int) -> Envelope:
@@ -87,6 +90,30 @@ def _bare(path: Path) -> tuple[Any, np.ndarray]:
     return call, obs
 
 
+def _floor(policy: OnnxPolicy, obs: np.ndarray) -> Any:
+    """A nominal guarded tick stripped to its checks (see the module docstring)."""
+    clock, flat = time.perf_counter_ns, policy._obs
+    ob, sb = policy._obs_bytes, policy._slack_bytes[0]
+    run, arg = policy._run_fn, policy._run_args[0]
+    ring_lat, ring_dt, last = [0] * 1024, [0] * 1024, [clock()]
+    view = policy._act[0]
+
+    def call() -> Any:
+        t0 = clock()
+        flat[...] = obs
+        if ob.tobytes()[TOP_BYTES].translate(OBS_FLAGS).isascii():
+            run(arg)
+            if sb.tobytes()[TOP_BYTES].translate(SLACK_FLAGS).isascii():
+                lat = clock() - t0
+                if lat < 10**9:
+                    ring_lat[5] = lat
+                    ring_dt[5] = t0 - last[0]
+                    return view
+        return None
+
+    return call
+
+
 def _sizes(request: pytest.FixtureRequest) -> tuple[int, int]:
     return (20, 200) if is_smoke(request.config) else (40, 2500)
 
@@ -133,15 +160,17 @@ def bench_guard_vs_bare(
     path = model_dir / f"{model}.onnx"
     bare, obs = _bare(path)
     policy = OnnxPolicy(path)
+    floor = _floor(OnnxPolicy(path), obs)
     guard = Guard(policy, _envelope(policy.obs_size, policy.action_size))
     guard.warm_up(obs, freeze_gc=False)
     for _ in range(200):
         guard.step(obs)
         bare()
+        floor()
 
     def run() -> dict[str, Any]:
         hists, gcs = interleaved(
-            {"bare": bare, "guard": lambda: guard.step(obs)}, blocks, per_block
+            {"bare": bare, "floor": floor, "guard": lambda: guard.step(obs)}, blocks, per_block
         )
         s = {k: summary_us(h) for k, h in hists.items()}
         return {
@@ -149,6 +178,7 @@ def bench_guard_vs_bare(
             **s,
             "ratio_p50": s["guard"]["p50"] / s["bare"]["p50"],
             "ratio_p99": s["guard"]["p99"] / s["bare"]["p99"],
+            "floor_ratio_p50": s["floor"]["p50"] / s["bare"]["p50"],
         }
 
     info = benchmark.pedantic(run, rounds=1, iterations=1)
