@@ -220,7 +220,7 @@ class Guard:
         self._last_t0 = 0
         self._next_check = self._check_every  # window percentiles due (_window_due)
         self._next_flush = _FLUSH_EVERY  # ring -> histograms due (_flush_ring)
-        self._next_due = min(self._next_check, self._next_flush)  # either of them
+        self._reschedule()  # _next_due: either of them
         self._next_roll = _INTERVAL
         self._overruns = 0
         self._hold_streak = 0
@@ -458,12 +458,12 @@ class Guard:
         # Nothing exceeds _HIST_MAX: the fast path only passes values <= its caps (<=
         # _NEVER) and _resolve clamps.
         try:
-            if min(lat.min(), dt.min()) < 0:
-                backwards = ((lat < 0) | ((dt < 0) & (dt != _NO_SAMPLE))).sum()
+            lat_ok, dt_ok = lat >= 0, dt >= 0
+            if not (lat_ok.all() and dt_ok.all()):
+                backwards = (~lat_ok | (~dt_ok & (dt != _NO_SAMPLE))).sum()
                 self._faults["clock_backwards"] += int(backwards)
+                lat, dt = lat[lat_ok], dt[dt_ok]
             for hist, values in ((self._h_lat, lat), (self._h_dt, dt)):
-                if values.min() < 0:
-                    values = values[values >= 0]
                 if values.size:
                     hist.record_valid(values)
             if last >= self._next_roll:
