@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters._torch import require_torch
+from adapters._torch import load_weights_only, require_torch
 from guard.errors import CheckpointError
 
 __all__ = [
@@ -145,34 +145,11 @@ def read_torch_checkpoint(path: str | os.PathLike[str]) -> Any:
         CheckpointError: missing, unreadable, truncated, not a torch file, or holding pickled
             objects other than tensors and plain containers (refused, never executed).
     """
-    torch = require_torch("Reading RSL-RL checkpoints")
-    import pickle
-
+    require_torch("Reading RSL-RL checkpoints")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint file not found; check the path", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" not in text:
-            raise CheckpointError(
-                f"cannot read the checkpoint (truncated, corrupt or not a torch file): {exc}",
-                path,
-            ) from None
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        detail = f" (found {match.group(1).rstrip('.')})" if match else ""
-        raise CheckpointError(
-            "refused to load: the checkpoint contains pickled Python objects beyond tensors "
-            f"and plain containers{detail}, which could execute code when loaded; tailguard "
-            "loads with weights_only=True. Re-save only the state dicts (tensors, dicts, "
-            "numbers, strings)",
-            path,
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise CheckpointError(
-            f"cannot read the checkpoint (truncated, corrupt or not a torch file): {exc}", path
-        ) from None
+    return load_weights_only(path, path, "the checkpoint")
 
 
 def load_rsl_rl_checkpoint(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters._torch import require_torch
+from adapters._torch import load_weights_only, require_torch
 from adapters.export import DEFAULT_TOLERANCE, METADATA_PREFIX, ExportResult, export_module
 from guard.errors import CheckpointError
 
@@ -92,8 +92,13 @@ def _space_type(space: Any) -> str:
     return match.group(1).rsplit(".", 1)[-1] if match else "unknown"
 
 
+# What an MLP policy's members can reasonably unpack to; anything larger is refused unread.
+_MEMBER_LIMITS = {"data": 16 << 20, "policy.pth": 512 << 20}
+_VECNORMALIZE_MAX_BYTES = 64 << 20
+
+
 def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    torch = require_torch("Reading Stable-Baselines3 models")
+    require_torch("Reading Stable-Baselines3 models")
     if not path.is_file():
         raise CheckpointError("SB3 model file not found; check the path", path)
     try:
@@ -105,20 +110,21 @@ def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                     f"found {sorted(names)}",
                     path,
                 )
+            for member, limit in _MEMBER_LIMITS.items():
+                size = archive.getinfo(member).file_size
+                if size > limit:
+                    raise CheckpointError(
+                        f"zip member '{member}' unpacks to {size} bytes, more than the "
+                        f"{limit} bytes a policy of this kind can need (a zip bomb?)",
+                        path,
+                    )
             data = json.loads(archive.read("data"))
             policy_bytes = archive.read("policy.pth")
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, EOFError) as exc:
         raise CheckpointError(
             f"cannot read the SB3 zip (truncated or corrupt?): {exc}", path
         ) from None
-    try:
-        state = torch.load(io.BytesIO(policy_bytes), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            "refused to load policy.pth: it holds pickled objects beyond tensors", path
-        ) from None
-    except (RuntimeError, EOFError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot read policy.pth: {exc}", path) from None
+    state = load_weights_only(io.BytesIO(policy_bytes), path, "policy.pth")
     if not isinstance(data, dict) or not isinstance(state, Mapping):
         raise CheckpointError("unexpected SB3 zip content", path)
     return data, dict(state)
@@ -281,26 +287,71 @@ class _Stub:
             self.__dict__.update(state)
 
 
-_NUMPY_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-_STUB_PREFIXES = ("stable_baselines3.", "gymnasium.", "gym.", "numpy.random.")
+# Every global a VecNormalize pickle may name, as exact (module, name) pairs. Nothing else is
+# resolved: no prefixes, no dotted names (protocol 4 would follow ``a.b.c`` attribute chains
+# from an allowed module to anything it reaches, e.g. ``__builtins__``).
+_NUMPY_REBUILT = frozenset(
+    {
+        (core, fn)
+        for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for fn in ("_reconstruct", "scalar")
+    }
+    | {("numpy", "ndarray"), ("numpy", "dtype")}
+    | {
+        ("numpy.dtypes", f"{kind}DType")
+        for kind in (
+            "Bool",
+            "Int8",
+            "Int16",
+            "Int32",
+            "Int64",
+            "UInt8",
+            "UInt16",
+            "UInt32",
+            "UInt64",
+            "Float16",
+            "Float32",
+            "Float64",
+            "LongDouble",
+        )
+    }
+)
+# Objects whose state is kept (as attributes of a ``_Stub``) but whose class never runs.
+_STUBBED = frozenset(
+    {
+        ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
+        ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
+        ("gymnasium.spaces.box", "Box"),
+        ("gymnasium.spaces.dict", "Dict"),
+        ("gym.spaces.box", "Box"),
+        ("gym.spaces.dict", "Dict"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__randomstate_ctor"),
+        ("numpy.random._generator", "Generator"),
+        ("numpy.random.mtrand", "RandomState"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._pcg64", "PCG64DXSM"),
+        ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._philox", "Philox"),
+        ("numpy.random._sfc64", "SFC64"),
+    }
+)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the exact pairs above; everything else is refused before it is looked up."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_ALLOWED:
+        if "." in name:
+            raise pickle.UnpicklingError(f"dotted global name {module}.{name} is not allowed")
+        if (module, name) in _NUMPY_REBUILT:
             return super().find_class(module, name)
-        if module.startswith("numpy.dtypes"):
-            return super().find_class(module, name)
-        if module.startswith(_STUB_PREFIXES):
+        if (module, name) in _STUBBED:
             return _Stub
-        if module == "collections" and name == "OrderedDict":
+        if (module, name) == ("collections", "OrderedDict"):
             return dict
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
 
@@ -323,6 +374,13 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
 
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > _VECNORMALIZE_MAX_BYTES:
+            raise CheckpointError(
+                f"the VecNormalize file has {size} bytes; statistics files are a few KiB "
+                f"(limit {_VECNORMALIZE_MAX_BYTES})",
+                path,
+            )
         with path.open("rb") as handle:
             obj = _RestrictedUnpickler(handle).load()
     except FileNotFoundError:
@@ -333,15 +391,15 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
             "gymnasium state are read; nothing from the file is executed)",
             path,
         ) from None
-    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise CheckpointError(f"cannot read the VecNormalize file: {exc}", path) from None
-    state = getattr(obj, "__dict__", {})
+    state = obj.__dict__ if isinstance(obj, _Stub) else {}
     if not state.get("norm_obs", True):
         return None
     rms = state.get("obs_rms")
     mean = getattr(rms, "mean", None)
     var = getattr(rms, "var", None)
-    if not isinstance(mean, np.ndarray) or not isinstance(var, np.ndarray):
+    if not (_is_real_array(mean) and _is_real_array(var)):
         raise CheckpointError(
             "no observation statistics (obs_rms.mean / obs_rms.var) found; dict observation "
             "spaces are not supported",
@@ -353,11 +411,32 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
             f"{obs_dim} observations",
             path,
         )
+    epsilon, clip_obs = state.get("epsilon", 1e-8), state.get("clip_obs", 10.0)
+    if not all(_is_finite_number(v) for v in (epsilon, clip_obs)) or not (
+        float(epsilon) > 0 and float(clip_obs) > 0
+    ):
+        raise CheckpointError(
+            f"epsilon and clip_obs must be positive finite numbers; found {epsilon!r}, "
+            f"{clip_obs!r}",
+            path,
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
+        raise CheckpointError("VecNormalize mean/var hold non-finite or negative values", path)
     return tm.VecNormalizeObs(
         torch.from_numpy(mean.astype(np.float64)),
         torch.from_numpy(var.astype(np.float64)),
-        float(state.get("epsilon", 1e-8)),
-        float(state.get("clip_obs", 10.0)),
+        float(epsilon),
+        float(clip_obs),
+    )
+
+
+def _is_real_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind in "fiu"
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and bool(
+        np.isfinite(float(value))
     )
 
 
