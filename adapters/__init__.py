@@ -6,6 +6,12 @@ use from its module (torch is needed by the export functions, the ``export`` ext
 
 from __future__ import annotations
 
+if __name__ != "tailguard.adapters":  # e.g. `import adapters` from the repository root
+    raise ImportError(
+        f"the folder 'adapters/' is the package 'tailguard.adapters'; import tailguard.adapters "
+        f"(found it imported as {__name__!r}; install with pip install -e .)"
+    )
+
 import importlib
 from typing import Any
 
@@ -26,26 +32,26 @@ __all__ = [
 ]
 
 _LOCATIONS = {
-    "ExportResult": "adapters.export",
-    "ParityReport": "adapters.export",
-    "RecurrentSpec": "adapters.export",
-    "check_parity": "adapters.export",
-    "export_module": "adapters.export",
-    "GymnasiumVecEnv": "adapters.rsl_rl_vecenv",
-    "RslRlActor": "adapters.rsl_rl_checkpoint",
-    "RslRlActorSpec": "adapters.rsl_rl_checkpoint",
-    "build_actor_module": "adapters.rsl_rl_checkpoint",
-    "load_rsl_rl_checkpoint": "adapters.rsl_rl_checkpoint",
-    "parse_rsl_rl_checkpoint": "adapters.rsl_rl_checkpoint",
-    "export_rsl_rl": "adapters.rsl_rl_export",
-    "export_sb3": "adapters.sb3",
+    "ExportResult": "tailguard.adapters.export",
+    "ParityReport": "tailguard.adapters.export",
+    "RecurrentSpec": "tailguard.adapters.export",
+    "check_parity": "tailguard.adapters.export",
+    "export_module": "tailguard.adapters.export",
+    "GymnasiumVecEnv": "tailguard.adapters.rsl_rl_vecenv",
+    "RslRlActor": "tailguard.adapters.rsl_rl_checkpoint",
+    "RslRlActorSpec": "tailguard.adapters.rsl_rl_checkpoint",
+    "build_actor_module": "tailguard.adapters.rsl_rl_checkpoint",
+    "load_rsl_rl_checkpoint": "tailguard.adapters.rsl_rl_checkpoint",
+    "parse_rsl_rl_checkpoint": "tailguard.adapters.rsl_rl_checkpoint",
+    "export_rsl_rl": "tailguard.adapters.rsl_rl_export",
+    "export_sb3": "tailguard.adapters.sb3",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LOCATIONS.get(name)
     if module is None:
-        raise AttributeError(f"module 'adapters' has no attribute '{name}'")
+        raise AttributeError(f"module 'tailguard.adapters' has no attribute '{name}'")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from guard.errors import CheckpointError, MissingExtraError
+from tailguard.errors import CheckpointError, MissingExtraError
 
 __all__ = ["load_weights_only", "require_onnx", "require_torch"]
 

@@ -7,7 +7,7 @@ Subcommands::
 
 Exit codes (as the ``tailguard`` script): 0 exported and parity passed; 1 input refused
 (unknown or unreadable checkpoint, export failure) or parity failed (nothing is written);
-2 usage error. Also runnable as ``python -m adapters.cli export ...``.
+2 usage error. Also runnable as ``python -m tailguard.adapters.cli export ...``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["main", "register"]
 
@@ -96,7 +96,7 @@ def _load_observations(path: Path | None) -> Any:
         return None
     import numpy as np
 
-    from guard.errors import ExportError
+    from tailguard.errors import ExportError
 
     try:
         return np.load(path, allow_pickle=False)
@@ -132,13 +132,13 @@ def _shared_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_rsl_rl(args: argparse.Namespace) -> int:
-    from adapters.rsl_rl_export import export_rsl_rl
+    from tailguard.adapters.rsl_rl_export import export_rsl_rl
 
     return _report(export_rsl_rl(args.checkpoint, args.output, **_shared_kwargs(args)))
 
 
 def _run_sb3(args: argparse.Namespace) -> int:
-    from adapters.sb3 import export_sb3
+    from tailguard.adapters.sb3 import export_sb3
 
     return _report(
         export_sb3(args.model, args.output, vecnormalize=args.vecnormalize, **_shared_kwargs(args))
@@ -146,8 +146,9 @@ def _run_sb3(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m adapters.cli export ...``); returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m adapters.cli")
+    """Standalone entry point (``python -m tailguard.adapters.cli export ...``); returns the exit
+    code."""
+    parser = argparse.ArgumentParser(prog="python -m tailguard.adapters.cli")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)
     args = parser.parse_args(argv)

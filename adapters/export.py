@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from adapters._torch import require_onnx, require_torch
-from guard.errors import ExportError, MissingExtraError, ParityError
+from tailguard.adapters._torch import require_onnx, require_torch
+from tailguard.errors import ExportError, MissingExtraError, ParityError
 
 __all__ = [
     "DEFAULT_TOLERANCE",

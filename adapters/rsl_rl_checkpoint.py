@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters._torch import load_weights_only, require_torch
-from guard.errors import CheckpointError
+from tailguard.adapters._torch import load_weights_only, require_torch
+from tailguard.errors import CheckpointError
 
 __all__ = [
     "KNOWN_FORMATS",
@@ -481,7 +481,7 @@ def build_actor_module(actor: RslRlActor) -> Any:
         (``forward(obs, h_in) -> (actions, h_out)``), all float32.
     """
     torch = require_torch("Rebuilding an RSL-RL actor")
-    from adapters import torch_modules as tm
+    from tailguard.adapters import torch_modules as tm
 
     spec = actor.spec
     pre = None

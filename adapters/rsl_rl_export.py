@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.export import (
+from tailguard.adapters.export import (
     DEFAULT_TOLERANCE,
     METADATA_PREFIX,
     ExportResult,
     RecurrentSpec,
     export_module,
 )
-from adapters.rsl_rl_checkpoint import build_actor_module, load_rsl_rl_checkpoint
+from tailguard.adapters.rsl_rl_checkpoint import build_actor_module, load_rsl_rl_checkpoint
 
 __all__ = ["export_rsl_rl"]
 

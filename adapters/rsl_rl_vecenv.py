@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.errors import MissingExtraError
+from tailguard.errors import MissingExtraError
 
 __all__ = ["GymnasiumVecEnv"]
 

@@ -31,9 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from adapters._torch import load_weights_only, require_torch
-from adapters.export import DEFAULT_TOLERANCE, METADATA_PREFIX, ExportResult, export_module
-from guard.errors import CheckpointError
+from tailguard.adapters._torch import load_weights_only, require_torch
+from tailguard.adapters.export import (
+    DEFAULT_TOLERANCE,
+    METADATA_PREFIX,
+    ExportResult,
+    export_module,
+)
+from tailguard.errors import CheckpointError
 
 __all__ = ["Sb3Policy", "export_sb3", "load_sb3", "read_vecnormalize"]
 
@@ -179,7 +184,7 @@ def load_sb3(
             ``hidden_sizes`` mismatch.
     """
     torch = require_torch("Reading Stable-Baselines3 models")
-    from adapters import torch_modules as tm
+    from tailguard.adapters import torch_modules as tm
 
     path = Path(path)
     data, state = _read_zip(path)
@@ -370,7 +375,7 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
         CheckpointError: unreadable file, disallowed pickled objects, or wrong sizes.
     """
     torch = require_torch("Reading VecNormalize statistics")
-    from adapters import torch_modules as tm
+    from tailguard.adapters import torch_modules as tm
 
     path = Path(path)
     try:

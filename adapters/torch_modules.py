@@ -3,7 +3,8 @@
 Every module here takes float32 observations ``[batch, obs_dim]`` and returns float32
 actions ``[batch, action_dim]``; recurrent ones also take and return the RSL-RL state
 ``[num_layers, batch, hidden]`` (``h``, and ``c`` for an LSTM). Nothing here knows about
-checkpoint files: the loaders in ``adapters.rsl_rl_checkpoint`` and ``adapters.sb3`` fill them.
+checkpoint files: the loaders in ``tailguard.adapters.rsl_rl_checkpoint`` and
+``tailguard.adapters.sb3`` fill them.
 
 This module imports torch at module level; import it only from code that already needs torch.
 """
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from guard.errors import CheckpointError
+from tailguard.errors import CheckpointError
 
 __all__ = [
     "ACTIVATIONS",

@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium")
 
-from firmware_sim import messages as wire
-from firmware_sim.firmware import Firmware, FirmwareConfig
+from tailguard.firmware_sim import messages as wire
+from tailguard.firmware_sim.firmware import Firmware, FirmwareConfig
 
 FULL_RUN_S = 4.0
 SMOKE_RUN_S = 0.2
@@ -31,7 +31,7 @@ RATE_HZ = 1000.0
 
 
 def _controller(endpoint: str, stop: threading.Event, rate_hz: float) -> None:
-    from firmware_sim.run_client import FirmwareLink
+    from tailguard.firmware_sim.run_client import FirmwareLink
 
     link = FirmwareLink(endpoint, role="controller")
     try:

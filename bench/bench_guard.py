@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from tg_timing import interleaved, is_smoke, summary_us
 
-from guard import Guard, OnnxPolicy
-from guard.envelope import Envelope, PolicyBinding, Thresholds, Timing
-from guard.policy import OBS_FLAGS, SLACK_FLAGS, TOP_BYTES, _CheckedPolicy
+from tailguard import Guard, OnnxPolicy
+from tailguard.envelope.model import Envelope, PolicyBinding, Thresholds, Timing
+from tailguard.runtime.policy import OBS_FLAGS, SLACK_FLAGS, TOP_BYTES, _CheckedPolicy
 
 
 def _envelope(obs_size: int, action_size: int) -> Envelope:
@@ -67,7 +67,7 @@ def _bare(path: Path) -> tuple[Any, np.ndarray]:
     """The bare baseline: a session with one IO binding, obs copied into its input."""
     import onnxruntime as ort
 
-    from guard.policy import session_options
+    from tailguard.runtime.policy import session_options
 
     sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
     obs_size = sess.get_inputs()[0].shape[1]

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard.histogram import LogLinearHistogram
-from guard.telemetry_ring import TelemetryRing
+from tailguard.runtime.tick_ring import TelemetryRing
+from tailguard.stats.histogram import LogLinearHistogram
 
 VALUES_PER_ROUND = 1000
 WINDOW_TICKS = 1000

@@ -4,9 +4,10 @@ Run for real (``python bench/run.py`` collects the summary)::
 
     python -m pytest bench/bench_onnx_styles.py --benchmark-enable -p no:cacheprovider -s
 
-Models (seeded, built by guard.onnx_build; ELU MLPs like RSL-RL's): small 17-64-64-6,
+Models (seeded, built by tailguard.runtime.onnx_build; ELU MLPs like RSL-RL's): small 17-64-64-6,
 large 48-512-256-128-12, wide 376-256-256-17 (humanoid-sized input). One session per model
-(1 intra-op thread, no spinning: ``guard.policy.session_options``); every variant copies the
+(1 intra-op thread, no spinning: ``tailguard.runtime.policy.session_options``); every variant
+copies the
 same observation in and leaves the action in a float32 buffer, and they run interleaved in
 blocks so they share the machine's noise:
 
@@ -32,7 +33,7 @@ import numpy as np
 import pytest
 from tg_timing import interleaved, summary_us
 
-from guard.policy import session_options
+from tailguard.runtime.policy import session_options
 
 
 def _smoke(config: Any) -> bool:

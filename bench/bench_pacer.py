@@ -1,4 +1,4 @@
-"""Pacing lateness of guard.pacer.Pacer: sleep-then-spin against a sleep-only loop.
+"""Pacing lateness of tailguard.runtime.pacer.Pacer: sleep-then-spin against a sleep-only loop.
 
 Each run paces a loop with an empty body for ~2 s at 500 Hz and at 1 kHz and records every
 wake-up's lateness (ns) into a preallocated numpy array. ``sleep_only`` is the same pacer
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard.pacer import Pacer
+from tailguard.runtime.pacer import Pacer
 
 FULL_RUN_S = 2.0
 SMOKE_RUN_S = 0.05  # with --benchmark-disable the file is a smoke test
@@ -85,8 +85,8 @@ def bench_pacer_vs_cyclictest(benchmark: Any, request: pytest.FixtureRequest) ->
     """
     import shutil
 
-    from guard.bench_cli import run_cyclictest
-    from guard.histogram import LogLinearHistogram
+    from tailguard.stats.histogram import LogLinearHistogram
+    from tailguard.tools.bench_cli import run_cyclictest
 
     options = request.config.getoption
     if bool(options("benchmark_disable")) and not options("benchmark_enable"):

@@ -35,12 +35,12 @@ gym = pytest.importorskip("gymnasium")
 mujoco = pytest.importorskip("mujoco")
 pytest.importorskip("onnx")
 
-from firmware_sim.controllers import OnnxController  # noqa: E402
-from firmware_sim.guarded import GuardedController  # noqa: E402
-from firmware_sim.loop import SimLoop  # noqa: E402
-from firmware_sim.profile_spec import parse_profile  # noqa: E402
-from firmware_sim.tasks import MujocoTask  # noqa: E402
-from guard import OnnxPolicy, starter_envelope  # noqa: E402
+from tailguard import OnnxPolicy, starter_envelope  # noqa: E402
+from tailguard.firmware_sim.controllers import OnnxController  # noqa: E402
+from tailguard.firmware_sim.guarded import GuardedController  # noqa: E402
+from tailguard.firmware_sim.loop import SimLoop  # noqa: E402
+from tailguard.firmware_sim.profile_spec import parse_profile  # noqa: E402
+from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5", "Ant-v5"]
 LOGNORMAL = "lognormal:median_ms=2,sigma=0.8,cap_ms=15"

@@ -26,11 +26,11 @@ import pytest
 import zmq
 from tg_timing import interleaved, is_smoke, summary_us
 
-from guard import Guard, Pacer
-from guard.envelope import Envelope, PolicyBinding, Thresholds, Timing
-from guard.histogram import LogLinearHistogram
-from guard.policy import _CheckedPolicy
-from guard.telemetry import TelemetryPublisher
+from tailguard import Guard, Pacer
+from tailguard.envelope.model import Envelope, PolicyBinding, Thresholds, Timing
+from tailguard.runtime.policy import _CheckedPolicy
+from tailguard.sinks.telemetry import TelemetryPublisher
+from tailguard.stats.histogram import LogLinearHistogram
 
 
 class _NullPolicy(_CheckedPolicy):

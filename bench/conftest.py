@@ -10,8 +10,8 @@ from tg_timing import interleaved, is_smoke, summary_us, time_calls  # noqa: F40
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three benchmark policies, built once (seeded) with guard.onnx_build."""
-    from guard.onnx_build import write_mlp
+    """The three benchmark policies, built once (seeded) with tailguard.runtime.onnx_build."""
+    from tailguard.runtime.onnx_build import write_mlp
 
     d = tmp_path_factory.mktemp("bench_models")
     write_mlp(d / "small.onnx", (17, 64, 64, 6), seed=1)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from guard.histogram import LogLinearHistogram
+from tailguard.stats.histogram import LogLinearHistogram
 
 NS_PER_US = 1000.0
 

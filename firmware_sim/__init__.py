@@ -6,12 +6,18 @@ Profiles and the clock need only numpy; the loop, tasks and replay need the ``si
 
 from __future__ import annotations
 
+if __name__ != "tailguard.firmware_sim":  # e.g. `import firmware_sim` from the repository root
+    raise ImportError(
+        "the folder 'firmware_sim/' is the package 'tailguard.firmware_sim'; import "
+        f"tailguard.firmware_sim (found it imported as {__name__!r}; install with pip install -e .)"
+    )
+
 import importlib
 from typing import Any
 
-from firmware_sim.clock import SimClock
-from firmware_sim.profile_spec import parse_profile
-from firmware_sim.profiles import (
+from tailguard.firmware_sim.clock import SimClock
+from tailguard.firmware_sim.profile_spec import parse_profile
+from tailguard.firmware_sim.profiles import (
     DropSampler,
     EmpiricalProfile,
     FixedProfile,
@@ -53,20 +59,20 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CallableController": "firmware_sim.controllers",
-    "Controller": "firmware_sim.controllers",
-    "LinearController": "firmware_sim.controllers",
-    "OnnxController": "firmware_sim.controllers",
-    "SimulatedInference": "firmware_sim.controllers",
-    "EpisodeResult": "firmware_sim.loop",
-    "SimLoop": "firmware_sim.loop",
-    "MujocoTask": "firmware_sim.tasks",
-    "TimingSpec": "firmware_sim.replay",
+    "CallableController": "tailguard.firmware_sim.controllers",
+    "Controller": "tailguard.firmware_sim.controllers",
+    "LinearController": "tailguard.firmware_sim.controllers",
+    "OnnxController": "tailguard.firmware_sim.controllers",
+    "SimulatedInference": "tailguard.firmware_sim.controllers",
+    "EpisodeResult": "tailguard.firmware_sim.loop",
+    "SimLoop": "tailguard.firmware_sim.loop",
+    "MujocoTask": "tailguard.firmware_sim.tasks",
+    "TimingSpec": "tailguard.firmware_sim.replay",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'firmware_sim' has no attribute '{name}'")
+        raise AttributeError(f"module 'tailguard.firmware_sim' has no attribute '{name}'")
     return getattr(importlib.import_module(module), name)

@@ -1,6 +1,6 @@
 """``tailguard replay``: replay an ONNX policy in a MuJoCo env in simulated time.
 
-Timing flags (specs as in ``firmware_sim.profile_spec``):
+Timing flags (specs as in ``tailguard.firmware_sim.profile_spec``):
 
 - ``--profile SPEC``: inference latency per tick (default ``nominal`` = 0);
 - ``--dt-profile SPEC``: control period per tick (default ``nominal`` = the env's period);
@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["register", "run_replay_command"]
 
@@ -132,8 +132,8 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
     started = time.perf_counter()
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        from firmware_sim.controllers import Controller, OnnxController
-        from firmware_sim.replay import (
+        from tailguard.firmware_sim.controllers import Controller, OnnxController
+        from tailguard.firmware_sim.replay import (
             GuardSpec,
             TimingSpec,
             build_guarded,

@@ -4,7 +4,8 @@ The loop calls ``controller(obs, obs_time_ns) -> action`` once per tick and
 ``controller.reset()`` at every episode start (a controller may expose ``decide``, a
 callable with the same signature that the loop fetches after ``reset()`` and calls instead:
 one Python frame less per tick). The tick's own time is the loop's
-:class:`~firmware_sim.clock.SimClock` (inject the same clock into anything that needs time,
+:class:`~tailguard.firmware_sim.clock.SimClock` (inject the same clock into anything that needs
+time,
 e.g. a ``Guard``); ``obs_time_ns`` is when the observation was sampled (older than the tick
 when there is an observation delay), ready to pass as ``obs_timestamp_ns``.
 
@@ -23,8 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from firmware_sim.clock import SimClock
-from guard.errors import PolicyLoadError
+from tailguard.errors import PolicyLoadError
+from tailguard.firmware_sim.clock import SimClock
 
 __all__ = [
     "CallableController",

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.errors import ProfileError
+from tailguard.errors import ProfileError
 
 __all__ = ["RecordedTiming", "decode_hdr_histogram", "load_recorded_timing", "timing_from_json"]
 

@@ -12,7 +12,7 @@ because it needs one endpoint, carries both directions, tells the firmware who i
 never blocks the sender: ROUTER drops a message for a peer whose queue is full or who is
 gone. PAIR was rejected because it does not reconnect reliably over TCP.
 
-Protocol (schema in :mod:`firmware_sim.messages`): a client sends ``hello`` and gets
+Protocol (schema in :mod:`tailguard.firmware_sim.messages`): a client sends ``hello`` and gets
 ``info``; from then on it receives every ``publish_every``-th observation and all status
 events. A peer that sends nothing for ``peer_timeout_ns`` is forgotten (``hello`` again to
 stay subscribed; commands count too). Commands (``cmd``) carry one action.
@@ -22,14 +22,14 @@ switches to damping (zero torque for motors, hold-current-position for position 
 and broadcasts ``watchdog_trip``; the next valid command restores control and broadcasts
 ``watchdog_recover`` with the length of the gap. It starts in damping.
 
-Faults: ``link_latency`` (a :func:`firmware_sim.profile_spec.parse_profile` spec) delays
+Faults: ``link_latency`` (a :func:`tailguard.firmware_sim.profile_spec.parse_profile` spec) delays
 every delivered command, ``drop_prob`` drops commands at random, ``cpu_burn_threads``
 threads compete for the CPU (``cpu_burn_gil``: spinning in Python and holding the GIL, like
 a busy thread of the same process; otherwise hashing, which releases the GIL, like another
 process).
 
 HOT PATH: :meth:`Firmware.run`'s loop. It never raises on input: malformed, oversized or
-unexpected messages are dropped and counted by :class:`~firmware_sim.messages.Reject`
+unexpected messages are dropped and counted by :class:`~tailguard.firmware_sim.messages.Reject`
 reason.
 """
 
@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim import messages as wire
-from guard.endpoints import require_local_endpoint
-from guard.errors import TailguardError
-from guard.histogram import LogLinearHistogram
-from guard.pacer import Pacer
+from tailguard.errors import TailguardError
+from tailguard.firmware_sim import messages as wire
+from tailguard.protocol.endpoints import require_local_endpoint
+from tailguard.runtime.pacer import Pacer
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = [
     "SUMMARY_SCHEMA",
@@ -140,7 +140,8 @@ class FirmwareConfig:
 def check_endpoint(endpoint: str, allow_remote: bool) -> None:
     """Refuse a non-loopback TCP endpoint unless ``allow_remote``.
 
-    Delegates to :func:`guard.endpoints.require_local_endpoint` (one rule for every socket
+    Delegates to :func:`tailguard.protocol.endpoints.require_local_endpoint` (one rule for every
+    socket
     tailguard binds). ``ipc://`` and ``inproc://`` are local by nature; ``tcp://*:PORT``
     binds every interface and counts as remote.
 
@@ -206,7 +207,7 @@ class LinkFaults:
     """
 
     def __init__(self, latency_spec: str, drop_prob: float, seed: int) -> None:
-        from firmware_sim.profile_spec import parse_profile
+        from tailguard.firmware_sim.profile_spec import parse_profile
 
         self.profile = parse_profile(latency_spec, nominal_ns=0, seed=seed)
         self.drop_prob = float(drop_prob)
@@ -273,7 +274,7 @@ class Firmware:
     ) -> None:
         import zmq
 
-        from firmware_sim.tasks import import_mujoco
+        from tailguard.firmware_sim.tasks import import_mujoco
 
         mujoco, gymnasium = import_mujoco()
         self.config = config

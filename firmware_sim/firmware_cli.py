@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["main", "register"]
 
@@ -144,7 +144,7 @@ def _positive_ns(value: float | None, name: str) -> int | None:
 
 def cmd_firmware(args: argparse.Namespace) -> int:
     """Handler of ``tailguard firmware``."""
-    from firmware_sim.firmware import Firmware, FirmwareConfig
+    from tailguard.firmware_sim.firmware import Firmware, FirmwareConfig
 
     if args.command_timeout_ms is None or not args.command_timeout_ms > 0:
         raise TailguardError(f"--command-timeout-ms must be > 0, got {args.command_timeout_ms}")
@@ -207,7 +207,7 @@ def cmd_firmware(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Handler of ``tailguard run``."""
-    from firmware_sim.run_client import run_policy
+    from tailguard.firmware_sim.run_client import run_policy
 
     if not args.rate_hz > 0:
         raise TailguardError(f"--rate-hz must be > 0, got {args.rate_hz}")
@@ -240,7 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m firmware_sim.firmware_cli firmware|run ...``)."""
+    """Stand-alone entry point (``python -m tailguard.firmware_sim.firmware_cli firmware|run
+    ...``)."""
     parser = argparse.ArgumentParser(prog="tailguard")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

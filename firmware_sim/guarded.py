@@ -1,4 +1,5 @@
-"""The runtime ``Guard`` as a :class:`~firmware_sim.loop.SimLoop` controller, in simulated time.
+"""The runtime ``Guard`` as a :class:`~tailguard.firmware_sim.loop.SimLoop` controller, in
+simulated time.
 
 The guard is the unmodified runtime object: it reads the loop's :class:`SimClock` (injected
 as its clock) and calls the policy's inference through ``policy._run_fn``, which this module
@@ -33,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.clock import SimClock
-from firmware_sim.controllers import SimulatedInference
-from guard.core import Fallback, Guard
-from guard.envelope import Envelope
-from guard.policy import _CheckedPolicy
-from guard.state import GuardState
+from tailguard.envelope.model import Envelope
+from tailguard.firmware_sim.clock import SimClock
+from tailguard.firmware_sim.controllers import SimulatedInference
+from tailguard.runtime.guard import Fallback, Guard
+from tailguard.runtime.policy import _CheckedPolicy
+from tailguard.runtime.state import GuardState
 
 __all__ = ["GuardedController", "GuardedInference"]
 

@@ -8,8 +8,9 @@ One tick, in simulated time, on the loop's :class:`SimClock` (the single source 
 3. the controller sees the observation sampled ``obs_delay`` earlier (never older than the
    previous tick's observation) and returns an action;
 4. the action is released ``latency`` after the tick start (the clock advances by it, see
-   :class:`~firmware_sim.controllers.SimulatedInference`; a guard in deadline mode releases
-   its hold/fallback action at the deadline instead, see ``firmware_sim.guarded``); a
+   :class:`~tailguard.firmware_sim.controllers.SimulatedInference`; a guard in deadline mode
+   releases
+   its hold/fallback action at the deadline instead, see ``tailguard.firmware_sim.guarded``); a
    dropped frame loses it; the previous command holds until the new one is applied
    (zero-order hold, as firmware does);
 5. the next tick starts ``dt`` after this one, or when this tick's inference ends if that
@@ -30,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.clock import SimClock
-from firmware_sim.controllers import Controller, SimulatedInference
-from firmware_sim.profiles import DropSampler, Profile
-from firmware_sim.tasks import Task
+from tailguard.firmware_sim.clock import SimClock
+from tailguard.firmware_sim.controllers import Controller, SimulatedInference
+from tailguard.firmware_sim.profiles import DropSampler, Profile
+from tailguard.firmware_sim.tasks import Task
 
 __all__ = ["EpisodeResult", "EpisodeTrace", "SimLoop", "percentiles_ns"]
 
@@ -135,7 +136,7 @@ class SimLoop:
 
     Args:
         task: the environment, stepped at substep resolution.
-        controller: decides the action each tick (see ``firmware_sim.controllers``).
+        controller: decides the action each tick (see ``tailguard.firmware_sim.controllers``).
         latency: inference latency per tick (None: zero), ns.
         dt: control period per tick (None: the env's period), ns.
         obs_delay: observation age per tick (None: fresh), ns.
@@ -143,7 +144,7 @@ class SimLoop:
         clock: the simulated clock (one per loop, shared with e.g. a Guard). Episodes follow
             each other on it; it never goes backwards. A controller with its own
             ``inference`` (a :class:`SimulatedInference`, e.g.
-            :class:`~firmware_sim.guarded.GuardedController`) brings its clock and release
+            :class:`~tailguard.firmware_sim.guarded.GuardedController`) brings its clock and release
             model; the loop uses both (``clock`` must then be None or that clock).
         max_segment_substeps: split physics into segments of at most this many substeps
             (None: only where a command changes). Rewards stay consistent; for tests.

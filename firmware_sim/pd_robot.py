@@ -1,4 +1,5 @@
-"""Raw-MJCF robots under a PD "firmware" layer, stepped by :class:`~firmware_sim.loop.SimLoop`.
+"""Raw-MJCF robots under a PD "firmware" layer, stepped by
+:class:`~tailguard.firmware_sim.loop.SimLoop`.
 
 On a legged robot the policy does not command torques: it sends joint position targets at
 its own rate (here 50 Hz) and the motor firmware closes a PD loop at a much higher rate
@@ -38,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.tasks import import_mujoco
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
+from tailguard.firmware_sim.tasks import import_mujoco
 
 __all__ = ["PdConfig", "PdRobotTask", "gymnasium_asset"]
 

@@ -36,8 +36,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from firmware_sim.empirical import RecordedTiming, load_recorded_timing, timing_from_json
-from firmware_sim.profiles import (
+from tailguard.errors import ProfileError
+from tailguard.firmware_sim.empirical import RecordedTiming, load_recorded_timing, timing_from_json
+from tailguard.firmware_sim.profiles import (
     EmpiricalProfile,
     FixedProfile,
     GaussianProfile,
@@ -49,7 +50,6 @@ from firmware_sim.profiles import (
     TraceProfile,
     UniformProfile,
 )
-from guard.errors import ProfileError
 
 __all__ = ["KINDS", "parse_profile"]
 

@@ -11,7 +11,8 @@ Every profile also knows its own (stationary) distribution exactly: ``cdf(x_ns)`
 steps d = ceil(latency / period) at p50/p95/p99. Continuous distributions are rounded to the
 nearest ns and clipped at 0; an optional tail cap (``cap_ns``) clips large values.
 
-Build profiles from a text or JSON spec with :func:`firmware_sim.profile_spec.parse_profile`.
+Build profiles from a text or JSON spec with
+:func:`tailguard.firmware_sim.profile_spec.parse_profile`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.errors import ProfileError
+from tailguard.errors import ProfileError
 
 __all__ = [
     "DropSampler",

@@ -4,8 +4,9 @@ Episode ``i`` resets the environment with seed ``seed + i`` (reproducible with p
 gymnasium) and seeds its timing streams from the same number.
 
 Environments: a gymnasium MuJoCo id (``Hopper-v5`` ...) or ``mjcf:NAME_OR_PATH`` for a raw
-MJCF robot under PD firmware (see ``firmware_sim.pd_robot``). Guarded replay runs the runtime
-``Guard`` on the loop's simulated clock (see ``firmware_sim.guarded``).
+MJCF robot under PD firmware (see ``tailguard.firmware_sim.pd_robot``). Guarded replay runs the
+runtime
+``Guard`` on the loop's simulated clock (see ``tailguard.firmware_sim.guarded``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from firmware_sim.controllers import Controller
-from firmware_sim.loop import EpisodeResult, SimLoop
-from firmware_sim.profile_spec import parse_profile
-from firmware_sim.profiles import DropSampler
-from firmware_sim.tasks import MujocoTask, Task, import_mujoco
-from guard.errors import EnvelopeError, TailguardError
+from tailguard.errors import EnvelopeError, TailguardError
+from tailguard.firmware_sim.controllers import Controller
+from tailguard.firmware_sim.loop import EpisodeResult, SimLoop
+from tailguard.firmware_sim.profile_spec import parse_profile
+from tailguard.firmware_sim.profiles import DropSampler
+from tailguard.firmware_sim.tasks import MujocoTask, Task, import_mujoco
 
 if TYPE_CHECKING:
-    from firmware_sim.guarded import GuardedController
+    from tailguard.firmware_sim.guarded import GuardedController
 
 __all__ = [
     "GuardSpec",
@@ -41,7 +42,7 @@ MJCF_PREFIX = "mjcf:"
 
 @dataclass(frozen=True)
 class TimingSpec:
-    """The timing conditions of a replay, as specs (see ``firmware_sim.profile_spec``).
+    """The timing conditions of a replay, as specs (see ``tailguard.firmware_sim.profile_spec``).
 
     Attributes:
         latency: inference latency profile (nominal = 0).
@@ -91,7 +92,7 @@ def make_task(env_id: str) -> Task:
         TailguardError: unknown env, unreadable model.
     """
     if env_id.startswith(MJCF_PREFIX):
-        from firmware_sim.pd_robot import PdRobotTask
+        from tailguard.firmware_sim.pd_robot import PdRobotTask
 
         return PdRobotTask.from_name(env_id[len(MJCF_PREFIX) :])
     _, gym = import_mujoco()
@@ -112,9 +113,9 @@ def build_guarded(
         EnvelopeError, HashMismatchError: the envelope does not fit the policy or the task.
         TailguardError: an unknown fallback.
     """
-    from firmware_sim.guarded import GuardedController
-    from guard.envelope import load_envelope, starter_envelope
-    from guard.policy import OnnxPolicy
+    from tailguard.envelope.model import load_envelope, starter_envelope
+    from tailguard.firmware_sim.guarded import GuardedController
+    from tailguard.runtime.policy import OnnxPolicy
 
     policy = OnnxPolicy(policy_path)
     info: dict[str, Any] = {"enabled": True}

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim import messages as wire
-from firmware_sim.firmware import histogram_summary
-from guard.errors import TailguardError
-from guard.histogram import LogLinearHistogram
+from tailguard.errors import TailguardError
+from tailguard.firmware_sim import messages as wire
+from tailguard.firmware_sim.firmware import histogram_summary
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["FirmwareLink", "run_policy"]
 
@@ -40,7 +40,7 @@ class FirmwareLink:
         clock: monotonic clock, integer ns.
 
     Attributes:
-        info: the firmware's :class:`~firmware_sim.messages.Info` after :meth:`handshake`.
+        info: the firmware's :class:`~tailguard.firmware_sim.messages.Info` after :meth:`handshake`.
         events: status events received, oldest first, as (event, detail) (bounded).
         rejected: incoming messages dropped, per reason.
         observations: observations received (including skipped stale ones).
@@ -204,7 +204,7 @@ def run_policy(
         TailguardError: policy or envelope unusable, sizes differ from the firmware's, or no
             firmware answered.
     """
-    from guard import Guard, OnnxPolicy, Pacer, load_envelope, starter_envelope
+    from tailguard import Guard, OnnxPolicy, Pacer, load_envelope, starter_envelope
 
     clock = time.monotonic_ns
     policy = OnnxPolicy(policy_path)

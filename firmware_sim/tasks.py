@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from guard.errors import MissingExtraError, TailguardError
+from tailguard.errors import MissingExtraError, TailguardError
 
 __all__ = ["SUPPORTED_ENVS", "MujocoTask", "Task", "import_mujoco"]
 
@@ -51,7 +51,8 @@ def _planar_obs_functions() -> dict[str, Any]:
 
 
 class Task(Protocol):
-    """What :class:`~firmware_sim.loop.SimLoop` steps: a MuJoCo model run substep by substep.
+    """What :class:`~tailguard.firmware_sim.loop.SimLoop` steps: a MuJoCo model run substep by
+    substep.
 
     Attributes:
         substep_ns: physics timestep, ns.

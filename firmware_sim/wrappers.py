@@ -21,7 +21,7 @@ from typing import Any, Protocol, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from guard.errors import ProfileError
+from tailguard.errors import ProfileError
 
 __all__ = [
     "ActionLatencyWrapper",

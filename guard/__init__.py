@@ -3,25 +3,49 @@
 The runtime imports only numpy and onnxruntime (plus pyzmq/msgpack for telemetry);
 torch, MuJoCo and gymnasium are imported lazily by the offline parts.
 
-    from guard import Guard, OnnxPolicy, load_envelope
+    from tailguard import Guard, OnnxPolicy, load_envelope
     guard = Guard(OnnxPolicy("policy.onnx"), load_envelope("envelope.json"), fallback="hold")
     action = guard.step(obs)
 """
 
-from guard.core import Guard
-from guard.envelope import Envelope, load_envelope, save_envelope, starter_envelope
-from guard.errors import (
+if __name__ != "tailguard":  # e.g. `import guard` from the repository root
+    raise ImportError(
+        f"the folder 'guard/' is the package 'tailguard'; import tailguard "
+        f"(found it imported as {__name__!r}; install with pip install -e .)"
+    )
+
+from tailguard.envelope.model import Envelope, load_envelope, save_envelope, starter_envelope
+from tailguard.errors import (
     EnvelopeError,
     HashMismatchError,
     PolicyLoadError,
     TailguardError,
 )
-from guard.histogram import LogLinearHistogram
-from guard.pacer import Pacer
-from guard.policy import CallablePolicy, OnnxPolicy
-from guard.state import GuardState, Response, Violation
+from tailguard.runtime.guard import Guard, register_sink_factory
+from tailguard.runtime.pacer import Pacer
+from tailguard.runtime.policy import CallablePolicy, OnnxPolicy
+from tailguard.runtime.state import GuardState, Response, Violation
+from tailguard.stats.histogram import LogLinearHistogram
 
 __version__ = "0.1.0"
+
+
+def _recorder(path: object) -> object:
+    from tailguard.sinks.flight_recorder import FlightRecorder
+
+    return FlightRecorder(path)  # type: ignore[arg-type]
+
+
+def _telemetry(endpoint: str, **kwargs: object) -> object:
+    from tailguard.sinks.telemetry import TelemetryPublisher
+
+    return TelemetryPublisher(endpoint, **kwargs)  # type: ignore[arg-type]
+
+
+# The composition root: the runtime never imports the sinks; paths and endpoints passed to
+# Guard(recorder=..., telemetry=...) become sinks through these (imported on first use).
+register_sink_factory("recorder", _recorder)
+register_sink_factory("telemetry", _telemetry)
 
 __all__ = [
     "CallablePolicy",

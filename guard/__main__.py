@@ -1,7 +1,7 @@
-"""`python -m guard` is the `tailguard` command."""
+"""`python -m tailguard` is the `tailguard` command."""
 
 import sys
 
-from guard.cli import main
+from tailguard.tools.cli import main
 
 sys.exit(main())

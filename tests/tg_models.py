@@ -1,4 +1,4 @@
-"""Tiny ONNX models built with the onnx package (independent of guard.onnx_build), and a
+"""Tiny ONNX models built with the onnx package (independent of tailguard.runtime.onnx_build), and a
 simulated clock. Imported by tests as `tg_models` (a unique name: several test folders have
 their own conftest.py)."""
 

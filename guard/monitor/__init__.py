@@ -1,6 +1,6 @@
 """The ZMQ sidecar monitor: watch a running guard from another process.
 
-``tailguard monitor --connect tcp://127.0.0.1:5555`` (see :mod:`guard.monitor.cli`).
+``tailguard monitor --connect tcp://127.0.0.1:5555`` (see :mod:`tailguard.monitor.cli`).
 Modules: ``wire`` (decoding untrusted messages), ``stats`` (the guard's view), ``rules``
 (alert rules and presets), ``alerts`` (JSONL / exec), ``recording`` (``--record``),
 ``session`` (live loop and ``--once``), ``prometheus``, ``view`` (rich), and the command
@@ -8,10 +8,10 @@ channel (off by default): ``command`` (protocol, keys), ``command_server`` (guar
 by the telemetry publisher), ``command_client`` (``--send`` and the ``trip`` action).
 """
 
-from guard.monitor.rules import PRESETS, Rule, RuleEngine, load_rules
-from guard.monitor.session import Monitor, analyse_file, run_live
-from guard.monitor.stats import MonitorState
-from guard.monitor.wire import decode_message
+from tailguard.monitor.rules import PRESETS, Rule, RuleEngine, load_rules
+from tailguard.monitor.session import Monitor, analyse_file, run_live
+from tailguard.monitor.stats import MonitorState
+from tailguard.protocol.telemetry_wire import decode_message
 
 __all__ = [
     "PRESETS",

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["AlertSink", "wall_iso"]
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["register", "monitor_command", "keys_command"]
 
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         k = sub.add_parser("keys", help="create CURVE keys for the guard/monitor command channel")
         k.add_argument("--dir", type=Path, required=True, help="directory to write the keys to")
         k.set_defaults(func=keys_command)
-    if "monitor" in sub.choices:  # guard.cli's placeholder when another command was asked
+    if "monitor" in sub.choices:  # tailguard.tools.cli's placeholder when another command was asked
         return
     p = sub.add_parser(
         "monitor",
@@ -113,11 +113,11 @@ def _setup_logging() -> None:
 
 def monitor_command(args: argparse.Namespace) -> int:
     """Run a live monitor session or an offline analysis; returns the exit code."""
-    from guard.monitor.alerts import AlertSink
-    from guard.monitor.recording import RecordingWriter
-    from guard.monitor.rules import load_rules
-    from guard.monitor.session import EXIT_FAIL, Monitor, analyse_file, run_live
-    from guard.monitor.view import format_summary
+    from tailguard.monitor.alerts import AlertSink
+    from tailguard.monitor.recording import RecordingWriter
+    from tailguard.monitor.rules import load_rules
+    from tailguard.monitor.session import EXIT_FAIL, Monitor, analyse_file, run_live
+    from tailguard.monitor.view import format_summary
 
     _setup_logging()
     if (args.command_connect is None) != (args.keys_dir is None):
@@ -134,7 +134,7 @@ def monitor_command(args: argparse.Namespace) -> int:
     trip = None
     try:
         if args.command_connect is not None and args.once is None:
-            from guard.monitor.command_client import CommandClient, TripAction
+            from tailguard.monitor.command_client import CommandClient, TripAction
 
             trip = TripAction(CommandClient(args.command_connect, args.keys_dir))
         rules = load_rules(args.rules, command_enabled=args.command_connect is not None)
@@ -199,7 +199,7 @@ def monitor_command(args: argparse.Namespace) -> int:
 
 def _send_command(args: argparse.Namespace) -> int:
     """``--send``: one command, exit 0 on ack, 1 on refusal or timeout, 2 on bad setup."""
-    from guard.monitor.command_client import CommandClient
+    from tailguard.monitor.command_client import CommandClient
 
     if args.command_connect is None:
         print("error: --send needs --command-connect and --keys-dir", file=sys.stderr)
@@ -225,7 +225,7 @@ def _live_outputs(args: argparse.Namespace, monitor: Any, trip: Any = None) -> t
     """The Prometheus exporter (or None) and the refresh callback of the live loop."""
     exporter = None
     if args.prometheus is not None:
-        from guard.monitor.prometheus import PrometheusExporter
+        from tailguard.monitor.prometheus import PrometheusExporter
 
         try:
             exporter = PrometheusExporter(args.prometheus)
@@ -246,7 +246,7 @@ def _live_outputs(args: argparse.Namespace, monitor: Any, trip: Any = None) -> t
             if trip is not None:
                 trip.poll()
             if exporter is not None:
-                from guard.monitor.prometheus import render_metrics
+                from tailguard.monitor.prometheus import render_metrics
 
                 exporter.publish(
                     render_metrics(
@@ -254,7 +254,7 @@ def _live_outputs(args: argparse.Namespace, monitor: Any, trip: Any = None) -> t
                     )
                 )
             if live is not None:
-                from guard.monitor.view import render_live
+                from tailguard.monitor.view import render_live
 
                 live.update(render_live(monitor.summary(now_ns), state.lifetime()["latency_ns"]))
 
@@ -266,7 +266,7 @@ def _live_outputs(args: argparse.Namespace, monitor: Any, trip: Any = None) -> t
 
 
 def keys_command(args: argparse.Namespace) -> int:
-    """Write the command channel's CURVE keys to --dir (layout: :mod:`guard.monitor.command`).
+    """Write the command channel's CURVE keys to --dir (layout: :mod:`tailguard.protocol.command`).
 
     ``guard.key(_secret)`` (the guard's pair), ``monitor.key(_secret)`` (the monitor's) and
     ``authorized/monitor.key`` (the public keys the guard accepts). Never overwrites.
@@ -275,7 +275,7 @@ def keys_command(args: argparse.Namespace) -> int:
 
     import zmq.auth
 
-    from guard.monitor.command import AUTHORIZED_DIR
+    from tailguard.protocol.command import AUTHORIZED_DIR
 
     args.dir.mkdir(parents=True, exist_ok=True)
     for name in ("guard", "monitor"):

@@ -19,8 +19,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from guard.errors import MonitorConfigError
-from guard.monitor.command import (
+from tailguard.errors import MonitorConfigError
+from tailguard.protocol.command import (
     COMMANDS,
     MAX_COMMAND_BYTES,
     MAX_REASON_CHARS,
@@ -191,7 +191,7 @@ class TripAction:
         self.refused = 0
 
     def __call__(self, alert: dict[str, Any]) -> None:
-        """Send ``trip`` for an alert (called by :class:`~guard.monitor.alerts.AlertSink`)."""
+        """Send ``trip`` for an alert (called by :class:`~tailguard.monitor.alerts.AlertSink`)."""
         reason = f"rule {alert.get('rule')}: {alert.get('metric')}={alert.get('value')}"
         self.client.request("trip", reason)
         self.sent += 1

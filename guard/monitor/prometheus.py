@@ -6,7 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from guard.histogram import LogLinearHistogram
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["PrometheusExporter", "render_metrics"]
 

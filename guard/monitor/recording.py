@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["MAGIC", "RecordingWriter", "iter_recording"]
 

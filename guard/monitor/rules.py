@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["Rule", "RuleEngine", "PRESETS", "load_rules", "parse_rules"]
 

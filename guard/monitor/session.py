@@ -16,12 +16,12 @@ from typing import Any
 
 import zmq
 
-from guard.errors import RecorderError, TailguardError
-from guard.monitor.alerts import AlertSink, wall_iso
-from guard.monitor.recording import RecordingWriter, is_recording, iter_recording
-from guard.monitor.rules import Rule, RuleEngine
-from guard.monitor.stats import MonitorState
-from guard.monitor.wire import MAX_MESSAGE_BYTES
+from tailguard.errors import RecorderError, TailguardError
+from tailguard.monitor.alerts import AlertSink, wall_iso
+from tailguard.monitor.recording import RecordingWriter, is_recording, iter_recording
+from tailguard.monitor.rules import Rule, RuleEngine
+from tailguard.monitor.stats import MonitorState
+from tailguard.protocol.telemetry_wire import MAX_MESSAGE_BYTES
 
 __all__ = ["Monitor", "analyse_file", "run_live", "EXIT_OK", "EXIT_WARN", "EXIT_FAIL"]
 
@@ -168,7 +168,7 @@ def analyse_file(path: str | Path, monitor: Monitor) -> None:
         for mono_ns, wall_ns, payload in iter_recording(p):
             monitor.on_message(payload, mono_ns, wall_ns)
         return
-    from guard.flight_recorder import read_flight_record
+    from tailguard.protocol.flight_record import read_flight_record
 
     try:
         log = read_flight_record(p)

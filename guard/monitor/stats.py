@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from guard.histogram import LogLinearHistogram
-from guard.monitor.wire import decode_message
-from guard.state import GuardState
-from guard.telemetry import HIST_DIGITS, HIST_MAX_NS
+from tailguard.protocol.telemetry_wire import HIST_DIGITS, HIST_MAX_NS, decode_message
+from tailguard.runtime.state import GuardState
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["MonitorState", "PERCENTILES"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guard.histogram import LogLinearHistogram
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["render_live", "format_summary"]
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from ckpt_factory import OBS_DIM, Case, build  # noqa: E402
 
-from adapters import cli  # noqa: E402
+from tailguard.adapters import cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,14 +27,15 @@ def _ckpt(tmp_path: Path, case: Case) -> Path:
 
 
 def test_subprocess_export_succeeds(tmp_path: Path) -> None:
-    """`python -m adapters.cli export rsl-rl` exits 0, writes one file and prints parity."""
+    """`python -m tailguard.adapters.cli export rsl-rl` exits 0, writes one file and prints
+    parity."""
     source = _ckpt(tmp_path, Case("2", "gru", True, "std"))
     recorded = tmp_path / "obs.npy"
     np.save(recorded, np.random.default_rng(0).normal(size=(12, OBS_DIM)).astype(np.float32))
     out = tmp_path / "policy.onnx"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "adapters.cli", "export", "rsl-rl", str(source)),
+            *(sys.executable, "-m", "tailguard.adapters.cli", "export", "rsl-rl", str(source)),
             *("-o", str(out), "--observations", str(recorded)),
             *("--hidden-sizes", "8", "6", "--exporter", "legacy"),
         ],
@@ -94,8 +95,9 @@ def test_register_adds_export_with_both_sources() -> None:
 
 
 def test_importing_adapters_does_not_import_torch() -> None:
-    """`import adapters, adapters.cli` stays light: torch is imported only when exporting."""
-    code = "import sys, adapters, adapters.cli; print('torch' in sys.modules)"
+    """`import tailguard.adapters.cli` stays light: torch is imported only when
+    exporting."""
+    code = "import sys, tailguard.adapters, tailguard.adapters.cli; print('torch' in sys.modules)"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )

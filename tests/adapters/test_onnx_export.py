@@ -15,9 +15,9 @@ ort = pytest.importorskip("onnxruntime")
 from ckpt_factory import ACTION_DIM, OBS_DIM, RNN_HIDDEN, Case, build, reference_rollout  # noqa: E402
 from onnx.external_data_helper import uses_external_data  # noqa: E402
 
-from adapters.export import RecurrentSpec, export_module  # noqa: E402
-from adapters.rsl_rl_export import export_rsl_rl  # noqa: E402
-from guard.errors import ExportError, ParityError  # noqa: E402
+from tailguard.adapters.export import RecurrentSpec, export_module  # noqa: E402
+from tailguard.adapters.rsl_rl_export import export_rsl_rl  # noqa: E402
+from tailguard.errors import ExportError, ParityError  # noqa: E402
 
 EXPORT_CASES = [
     Case("5", "none", True, "std"),
@@ -189,8 +189,8 @@ def test_exporter_choice_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto picks dynamo with onnxscript and legacy without; unknown names are refused."""
     import importlib.util
 
-    from adapters.export import resolve_exporter
-    from guard.errors import MissingExtraError
+    from tailguard.adapters.export import resolve_exporter
+    from tailguard.errors import MissingExtraError
 
     assert resolve_exporter("legacy") == "legacy"
     with pytest.raises(ExportError, match="valid choices are"):
@@ -209,7 +209,7 @@ def test_exporter_choice_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_external_data_is_folded_into_one_file(tmp_path: Path) -> None:
     """A model whose weights sit in a side .onnx.data file is read back fully self-contained."""
-    from adapters.export import _fold_to_single_file
+    from tailguard.adapters.export import _fold_to_single_file
 
     module = torch.nn.Linear(OBS_DIM, ACTION_DIM)
     path = tmp_path / "split.onnx"
@@ -242,7 +242,7 @@ def test_exported_model_carries_no_build_paths(tmp_path) -> None:
 
     import torch
 
-    from adapters.export import export_module
+    from tailguard.adapters.export import export_module
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ELU(), torch.nn.Linear(8, 2))
     out = tmp_path / "m.onnx"

@@ -22,12 +22,12 @@ from ckpt_factory import (  # noqa: E402
     reference_rollout,
 )
 
-from adapters.rsl_rl_checkpoint import (  # noqa: E402
+from tailguard.adapters.rsl_rl_checkpoint import (  # noqa: E402
     build_actor_module,
     load_rsl_rl_checkpoint,
     parse_rsl_rl_checkpoint,
 )
-from guard.errors import CheckpointError, MissingExtraError  # noqa: E402
+from tailguard.errors import CheckpointError, MissingExtraError  # noqa: E402
 
 CASES = all_cases()
 

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 rsl_rl = pytest.importorskip("rsl_rl")
 tensordict = pytest.importorskip("tensordict")
 
-from adapters.rsl_rl_checkpoint import build_actor_module, load_rsl_rl_checkpoint  # noqa: E402
+from tailguard.adapters.rsl_rl_checkpoint import build_actor_module, load_rsl_rl_checkpoint  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 6, 2
 

@@ -14,9 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adapters.rsl_rl_checkpoint import load_rsl_rl_checkpoint  # noqa: E402
-from adapters.sb3 import load_sb3, read_vecnormalize  # noqa: E402
-from guard.errors import CheckpointError  # noqa: E402
+from tailguard.adapters.rsl_rl_checkpoint import load_rsl_rl_checkpoint  # noqa: E402
+from tailguard.adapters.sb3 import load_sb3, read_vecnormalize  # noqa: E402
+from tailguard.errors import CheckpointError  # noqa: E402
 
 
 def _str(text: str) -> bytes:

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 sb3 = pytest.importorskip("stable_baselines3")
 
-from adapters.sb3 import export_sb3, load_sb3  # noqa: E402
-from guard.errors import CheckpointError  # noqa: E402
+from tailguard.adapters.sb3 import export_sb3, load_sb3  # noqa: E402
+from tailguard.errors import CheckpointError  # noqa: E402
 
 
 def _model(algo: str, activation: Any = None) -> Any:

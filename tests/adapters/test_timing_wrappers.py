@@ -9,7 +9,8 @@ import pytest
 
 gym = pytest.importorskip("gymnasium")
 
-from firmware_sim.wrappers import (  # noqa: E402
+from tailguard.errors import ProfileError  # noqa: E402
+from tailguard.firmware_sim.wrappers import (  # noqa: E402
     ActionLatencyWrapper,
     ControlPeriodJitterWrapper,
     FixedDelay,
@@ -17,7 +18,6 @@ from firmware_sim.wrappers import (  # noqa: E402
     RandomizedDelay,
     UniformDelay,
 )
-from guard.errors import ProfileError  # noqa: E402
 
 
 class RecordingEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -171,7 +171,7 @@ def test_vecenv_adapter_autoresets_and_reports_timeouts() -> None:
     """The rsl-rl VecEnv adapter resets finished envs and flags truncations as time_outs."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("tensordict")
-    from adapters.rsl_rl_vecenv import GymnasiumVecEnv
+    from tailguard.adapters.rsl_rl_vecenv import GymnasiumVecEnv
 
     def make_terminating() -> gym.Env:
         return RecordingEnv(terminate_after=3)

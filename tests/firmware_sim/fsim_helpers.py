@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_sim.controllers import LinearController
+from tailguard.firmware_sim.controllers import LinearController
 
 
 def linear_weights(obs_dim: int, act_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

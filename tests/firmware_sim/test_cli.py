@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from firmware_sim.cli import register
+from tailguard.firmware_sim.cli import register
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -75,7 +75,7 @@ def test_guarded_replay_with_envelope_file_and_fallback_policy(
     """An envelope file and a second ONNX policy as fallback are accepted and recorded."""
     from fsim_helpers import write_linear_onnx
 
-    from guard import OnnxPolicy, save_envelope, starter_envelope
+    from tailguard import OnnxPolicy, save_envelope, starter_envelope
 
     env_path = tmp_path / "env.json"
     sha = OnnxPolicy(hopper_onnx).sha256
@@ -96,7 +96,7 @@ def test_replay_envelope_for_another_period_exits_2(
     hopper_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An envelope written for another control period is rejected (exit 2, names both)."""
-    from guard import save_envelope, starter_envelope
+    from tailguard import save_envelope, starter_envelope
 
     env_path = tmp_path / "env.json"
     save_envelope(starter_envelope(obs_size=11, action_size=3, period_ns=20_000_000), env_path)

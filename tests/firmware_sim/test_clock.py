@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.clock import SimClock
+from tailguard.firmware_sim.clock import SimClock
 
 
 def test_clock_advances_and_sets() -> None:

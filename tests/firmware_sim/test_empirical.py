@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.empirical import decode_hdr_histogram, load_recorded_timing
-from firmware_sim.profile_spec import parse_profile
-from guard.errors import ProfileError
+from tailguard.errors import ProfileError
+from tailguard.firmware_sim.empirical import decode_hdr_histogram, load_recorded_timing
+from tailguard.firmware_sim.profile_spec import parse_profile
 
 
 @pytest.mark.parametrize(("lowest", "digits"), [(1, 3), (1000, 2), (1, 2)])

@@ -1,6 +1,7 @@
 """The wall-clock firmware: watchdog and link logic (injected times), then real processes.
 
-Process tests start ``python -m firmware_sim.firmware_cli`` on 127.0.0.1 with a port chosen
+Process tests start ``python -m tailguard.firmware_sim.firmware_cli`` on 127.0.0.1 with a port
+chosen
 by ZMQ (``tcp://127.0.0.1:*``, reported through ``--ready-file``), bound every wait in time
 and kill their process groups in ``finally``. Timing checks are deliberately loose: the
 machine may be loaded.
@@ -23,9 +24,14 @@ import msgpack
 import numpy as np
 import pytest
 
-from firmware_sim import messages as wire
-from firmware_sim.firmware import CommandWatchdog, FirmwareConfig, LinkFaults, check_endpoint
-from guard.errors import ProfileError, TailguardError
+from tailguard.errors import ProfileError, TailguardError
+from tailguard.firmware_sim import messages as wire
+from tailguard.firmware_sim.firmware import (
+    CommandWatchdog,
+    FirmwareConfig,
+    LinkFaults,
+    check_endpoint,
+)
 
 pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium")
@@ -145,7 +151,7 @@ def _env() -> dict[str, str]:
 
 def _spawn(args: list[str], cwd: Path, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "firmware_sim.firmware_cli", *args],
+        [sys.executable, "-m", "tailguard.firmware_sim.firmware_cli", *args],
         cwd=cwd,
         env=_env(),
         stdout=(cwd / f"{name}.out").open("wb"),
@@ -206,7 +212,7 @@ def _events(link, name: str) -> list[dict]:
 
 @pytest.fixture
 def policy(tmp_path: Path) -> Path:
-    from guard.onnx_build import write_mlp
+    from tailguard.runtime.onnx_build import write_mlp
 
     return write_mlp(tmp_path / "hopper.onnx", (11, 64, 64, 3))
 
@@ -214,7 +220,7 @@ def policy(tmp_path: Path) -> Path:
 @pytest.mark.timeout(120)
 def test_watchdog_trips_when_client_killed_and_recovers(tmp_path: Path, policy: Path) -> None:
     """SIGKILLing the controller trips damping within the timeout; a new client recovers it."""
-    from firmware_sim.run_client import FirmwareLink
+    from tailguard.firmware_sim.run_client import FirmwareLink
 
     timeout_ms = 200
     clients: list[subprocess.Popen] = []
@@ -311,7 +317,7 @@ def test_fuzzed_messages_are_counted_and_firmware_survives(tmp_path: Path) -> No
     """Thousands of malformed messages are each dropped and counted; the loop keeps running."""
     import zmq
 
-    from firmware_sim.run_client import FirmwareLink
+    from tailguard.firmware_sim.run_client import FirmwareLink
 
     corpus = _fuzz_corpus(seed=1)
     with firmware(tmp_path) as (fw, endpoint):
@@ -374,7 +380,7 @@ def test_run_client_against_live_firmware(tmp_path: Path, policy: Path) -> None:
 
 def test_run_refuses_policy_of_wrong_size(tmp_path: Path) -> None:
     """A policy whose sizes differ from the firmware's is refused with both sizes named."""
-    from guard.onnx_build import write_mlp
+    from tailguard.runtime.onnx_build import write_mlp
 
     bad = write_mlp(tmp_path / "bad.onnx", (17, 8, 6))
     with firmware(tmp_path) as (_, endpoint):
@@ -382,7 +388,7 @@ def test_run_refuses_policy_of_wrong_size(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "firmware_sim.firmware_cli",
+                "tailguard.firmware_sim.firmware_cli",
                 "run",
                 "--policy",
                 str(bad),

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import messages as wire
+from tailguard.firmware_sim import messages as wire
 
 VEC3 = np.array([0.5, -1.0, 2.0], dtype=np.float32)
 

@@ -13,14 +13,14 @@ from fsim_helpers import write_linear_onnx
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from firmware_sim.clock import SimClock  # noqa: E402
-from firmware_sim.controllers import OnnxController  # noqa: E402
-from firmware_sim.guarded import GuardedController  # noqa: E402
-from firmware_sim.loop import SimLoop  # noqa: E402
-from firmware_sim.profile_spec import parse_profile  # noqa: E402
-from firmware_sim.tasks import MujocoTask  # noqa: E402
-from guard import CallablePolicy, OnnxPolicy, starter_envelope  # noqa: E402
-from guard.envelope import Envelope  # noqa: E402
+from tailguard import CallablePolicy, OnnxPolicy, starter_envelope  # noqa: E402
+from tailguard.envelope.model import Envelope  # noqa: E402
+from tailguard.firmware_sim.clock import SimClock  # noqa: E402
+from tailguard.firmware_sim.controllers import OnnxController  # noqa: E402
+from tailguard.firmware_sim.guarded import GuardedController  # noqa: E402
+from tailguard.firmware_sim.loop import SimLoop  # noqa: E402
+from tailguard.firmware_sim.profile_spec import parse_profile  # noqa: E402
+from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 
 MS = 1_000_000
 

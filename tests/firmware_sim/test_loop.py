@@ -13,13 +13,13 @@ from fsim_helpers import linear_controller, write_linear_onnx
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from firmware_sim.clock import SimClock  # noqa: E402
-from firmware_sim.controllers import CallableController, OnnxController  # noqa: E402
-from firmware_sim.loop import SimLoop  # noqa: E402
-from firmware_sim.profile_spec import parse_profile  # noqa: E402
-from firmware_sim.profiles import DropSampler, FixedProfile  # noqa: E402
-from firmware_sim.tasks import MujocoTask  # noqa: E402
-from guard.errors import TailguardError  # noqa: E402
+from tailguard.errors import TailguardError  # noqa: E402
+from tailguard.firmware_sim.clock import SimClock  # noqa: E402
+from tailguard.firmware_sim.controllers import CallableController, OnnxController  # noqa: E402
+from tailguard.firmware_sim.loop import SimLoop  # noqa: E402
+from tailguard.firmware_sim.profile_spec import parse_profile  # noqa: E402
+from tailguard.firmware_sim.profiles import DropSampler, FixedProfile  # noqa: E402
+from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 
 ENVS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"]
 MS = 1_000_000

@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from firmware_sim.controllers import CallableController
-from firmware_sim.loop import SimLoop
-from firmware_sim.pd_robot import PdConfig, PdRobotTask
-from firmware_sim.profiles import FixedProfile
-from firmware_sim.replay import make_task
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
+from tailguard.firmware_sim.controllers import CallableController
+from tailguard.firmware_sim.loop import SimLoop
+from tailguard.firmware_sim.pd_robot import PdConfig, PdRobotTask
+from tailguard.firmware_sim.profiles import FixedProfile
+from tailguard.firmware_sim.replay import make_task
 
 MS = 1_000_000
 
@@ -82,7 +82,7 @@ def test_hopper_preset_and_path_load() -> None:
     """The hopper preset loads with gymnasium's observation layout (11) and so does a path."""
     hopper = make_task("mjcf:hopper")
     assert (hopper.nu, hopper.obs_size, hopper.period_ns) == (3, 11, 20 * MS)
-    from firmware_sim.pd_robot import gymnasium_asset
+    from tailguard.firmware_sim.pd_robot import gymnasium_asset
 
     by_path = make_task(f"mjcf:{gymnasium_asset('ant.xml')}")
     assert by_path.nu == 8
@@ -122,7 +122,7 @@ def test_replay_cli_runs_mjcf_robot(tmp_path: Path) -> None:
 
     from fsim_helpers import write_linear_onnx
 
-    from firmware_sim.cli import register
+    from tailguard.firmware_sim.cli import register
 
     policy = write_linear_onnx(tmp_path / "ant.onnx", 27, 8)
     parser = argparse.ArgumentParser()

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.profile_spec import parse_profile
-from firmware_sim.profiles import (
+from tailguard.errors import ProfileError
+from tailguard.firmware_sim.profile_spec import parse_profile
+from tailguard.firmware_sim.profiles import (
     FixedProfile,
     LognormalProfile,
     MixtureProfile,
     SpikeProfile,
     UniformProfile,
 )
-from guard.errors import ProfileError
 
 MS = 1_000_000
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from firmware_sim.profile_spec import parse_profile
-from firmware_sim.profiles import DropSampler, SpikeProfile, TraceProfile
-from guard.errors import ProfileError
+from tailguard.errors import ProfileError
+from tailguard.firmware_sim.profile_spec import parse_profile
+from tailguard.firmware_sim.profiles import DropSampler, SpikeProfile, TraceProfile
 
 MS = 1_000_000
 PERIOD_NS = 8 * MS

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from guard.flight_recorder import FlightRecorder
+from tailguard.sinks.flight_recorder import FlightRecorder
 
 _LIFETIME_S = 30.0
 

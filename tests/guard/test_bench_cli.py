@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard import bench_cli, bench_report
-from guard.cli import main
-from guard.envelope import Envelope, PolicyBinding, Thresholds, Timing, save_envelope
-from guard.histogram import LogLinearHistogram
-from guard.onnx_build import write_mlp
-from guard.policy import CallablePolicy
+from tailguard.envelope.model import Envelope, PolicyBinding, Thresholds, Timing, save_envelope
+from tailguard.runtime.onnx_build import write_mlp
+from tailguard.runtime.policy import CallablePolicy
+from tailguard.stats.histogram import LogLinearHistogram
+from tailguard.tools import bench_cli, bench_report
+from tailguard.tools.cli import main
 
 MS = 1_000_000
 US = 1_000
@@ -119,7 +119,7 @@ def test_empirical_profile_round_trips_through_parse_profile(
     tmp_path: Path, lognormal_hist: LogLinearHistogram
 ) -> None:
     """Sampling empirical:PATH reproduces the recorded quantiles within sampling error."""
-    from firmware_sim.profile_spec import parse_profile
+    from tailguard.firmware_sim.profile_spec import parse_profile
 
     path = tmp_path / "empirical_profile.json"
     data = bench_report.empirical_profile(
@@ -318,7 +318,7 @@ def test_cli_runs_two_seconds_and_writes_everything(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A real 2 s run writes summary, histograms, PNG and a loadable empirical profile."""
-    from firmware_sim.profile_spec import parse_profile
+    from tailguard.firmware_sim.profile_spec import parse_profile
 
     monkeypatch.setattr(bench_cli.shutil, "which", lambda name: None)
     out = tmp_path / "out"

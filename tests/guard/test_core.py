@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tg_models import FakeClock, build_mlp, build_sqrt
 
-from guard import CallablePolicy, Guard, GuardState, HashMismatchError, OnnxPolicy, Violation
-from guard.envelope import (
+from tailguard import CallablePolicy, Guard, GuardState, HashMismatchError, OnnxPolicy, Violation
+from tailguard.envelope.model import (
     ActionLimits,
     Envelope,
     PolicyBinding,
@@ -23,9 +23,9 @@ from guard.envelope import (
     Timing,
     Window,
 )
-from guard.errors import EnvelopeError, IllegalTransitionError
-from guard.flight_recorder import read_flight_record
-from guard.state import TRANSITIONS, Event, Response, next_state
+from tailguard.errors import EnvelopeError, IllegalTransitionError
+from tailguard.runtime.state import TRANSITIONS, Event, Response, next_state
+from tailguard.sinks.flight_recorder import read_flight_record
 
 MS = 1_000_000
 
@@ -56,7 +56,7 @@ def make_env(
 ) -> Envelope:
     kwargs = {}
     if responses is not None:
-        from guard.state import DEFAULT_RESPONSES
+        from tailguard.runtime.state import DEFAULT_RESPONSES
 
         kwargs["responses"] = {**DEFAULT_RESPONSES, **responses}
     return Envelope(
@@ -623,7 +623,7 @@ def test_stats_histograms_export(clock: FakeClock) -> None:
 
 def test_guard_from_files(tmp_path: Path) -> None:
     """Guard.from_files loads a policy and an envelope JSON written by save_envelope."""
-    from guard import save_envelope, starter_envelope
+    from tailguard import save_envelope, starter_envelope
 
     path = build_mlp(tmp_path / "p.onnx")
     p = OnnxPolicy(path)

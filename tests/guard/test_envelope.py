@@ -1,4 +1,4 @@
-"""Tests for guard.envelope: validation, loading, saving, the starter envelope."""
+"""Tests for tailguard.envelope.model: validation, loading, saving, the starter envelope."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.envelope import (
+from tailguard.envelope.model import (
     SCHEMA_VERSION,
     ActionLimits,
     Envelope,
@@ -30,8 +30,8 @@ from guard.envelope import (
     save_envelope,
     starter_envelope,
 )
-from guard.errors import EnvelopeError
-from guard.state import DEFAULT_RESPONSES, Response, Violation
+from tailguard.errors import EnvelopeError
+from tailguard.runtime.state import DEFAULT_RESPONSES, Response, Violation
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "envelopes" / "hopper_50hz.json"
 SHA = "ab" * 32

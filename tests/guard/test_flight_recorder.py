@@ -1,4 +1,5 @@
-"""Tests for guard.flight_recorder: round trip, rotation, loss accounting, crash survival."""
+"""Tests for tailguard.sinks.flight_recorder: round trip, rotation, loss accounting, crash
+survival."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from guard import flight_recorder
-from guard.errors import RecorderError
-from guard.flight_recorder import MAGIC, FlightRecorder, read_flight_record
+from tailguard.errors import RecorderError
+from tailguard.sinks import flight_recorder
+from tailguard.sinks.flight_recorder import MAGIC, FlightRecorder, read_flight_record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("_recorder_child.py")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import main
-from guard.demo import hopper_available, run_demo, run_pendulum_demo
+from tailguard.tools.cli import main
+from tailguard.tools.demo import hopper_available, run_demo, run_pendulum_demo
 
 
 def test_import_guard_does_not_import_heavy_packages() -> None:
     """`import guard` (and its CLI) never pulls in torch, mujoco or gymnasium."""
     code = (
-        "import sys, guard, guard.cli, guard.demo\n"
+        "import sys, tailguard, tailguard.tools.cli, tailguard.tools.demo\n"
         "heavy = [m for m in ('torch', 'mujoco', 'gymnasium', 'onnx') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
@@ -133,8 +133,8 @@ def test_inspect_bad_file_exits_1(tmp_path: Path, capsys) -> None:
 
 
 def test_python_m_guard_runs() -> None:
-    """`python -m guard --version` works (the console script's twin)."""
+    """`python -m tailguard --version` works (the console script's twin)."""
     out = subprocess.run(
-        [sys.executable, "-m", "guard", "--version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tailguard", "--version"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and out.stdout.startswith("tailguard ")

@@ -1,4 +1,4 @@
-"""Tests for guard.histogram: HdrHistogram layout, precision, percentiles, encodings."""
+"""Tests for tailguard.stats.histogram: HdrHistogram layout, precision, percentiles, encodings."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard.histogram import LogLinearHistogram
+from tailguard.stats.histogram import LogLinearHistogram
 
 HIGHEST_NS = 2**40
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Tests for guard.pacer: deadline grid, lateness, missed cycles without catch-up."""
+"""Tests for tailguard.runtime.pacer: deadline grid, lateness, missed cycles without catch-up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guard.pacer import Pacer
+from tailguard.runtime.pacer import Pacer
 
 PERIOD_1KHZ_NS = 1_000_000
 

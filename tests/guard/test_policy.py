@@ -19,9 +19,9 @@ from tg_models import (
     numpy_helper,
 )
 
-from guard import CallablePolicy, OnnxPolicy, PolicyLoadError
-from guard.onnx_build import mlp_bytes
-from guard.policy import OBS_FLAGS, SLACK_FLAGS, all_pass
+from tailguard import CallablePolicy, OnnxPolicy, PolicyLoadError
+from tailguard.runtime.onnx_build import mlp_bytes
+from tailguard.runtime.policy import OBS_FLAGS, SLACK_FLAGS, all_pass
 
 
 def _vi(name, shape, elem=TensorProto.FLOAT):
@@ -224,7 +224,7 @@ def test_bad_models_are_refused_with_clear_messages(tmp_path: Path) -> None:
 
 
 def test_models_built_without_onnx_package_load(tmp_path: Path) -> None:
-    """guard.onnx_build writes models onnxruntime and OnnxPolicy accept."""
+    """tailguard.runtime.onnx_build writes models onnxruntime and OnnxPolicy accept."""
     path = tmp_path / "b.onnx"
     path.write_bytes(mlp_bytes((48, 512, 256, 128, 12)))
     p = OnnxPolicy(path)

@@ -6,12 +6,13 @@ import numpy as np
 from test_core import PERIOD, make_env, run
 from tg_models import FakeClock
 
-from guard import CallablePolicy, Guard, GuardState, Violation
-from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing, decode_flags
+from tailguard import CallablePolicy, Guard, GuardState, Violation
+from tailguard.runtime.tick_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing, decode_flags
 
 
 class FakePublisher:
-    """Stands in for guard.telemetry.TelemetryPublisher: reads the guard's ring, keeps events."""
+    """Stands in for tailguard.sinks.telemetry.TelemetryPublisher: reads the guard's ring, keeps
+    events."""
 
     def __init__(self) -> None:
         self.ring: TelemetryRing | None = None

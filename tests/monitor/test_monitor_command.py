@@ -24,15 +24,15 @@ import zmq
 import zmq.auth
 from tg_monitor_util import free_port
 
-from guard import CallablePolicy, Guard, GuardState, starter_envelope
-from guard.errors import MonitorConfigError, TailguardError
-from guard.flight_recorder import read_flight_record
-from guard.monitor.alerts import AlertSink
-from guard.monitor.cli import keys_command
-from guard.monitor.command import MAX_REASON_CHARS, encode_command
-from guard.monitor.command_client import CommandClient, TripAction
-from guard.monitor.rules import load_rules
-from guard.telemetry import TelemetryPublisher
+from tailguard import CallablePolicy, Guard, GuardState, starter_envelope
+from tailguard.errors import MonitorConfigError, TailguardError
+from tailguard.monitor.alerts import AlertSink
+from tailguard.monitor.cli import keys_command
+from tailguard.monitor.command_client import CommandClient, TripAction
+from tailguard.monitor.rules import load_rules
+from tailguard.protocol.command import MAX_REASON_CHARS, encode_command
+from tailguard.sinks.flight_recorder import read_flight_record
+from tailguard.sinks.telemetry import TelemetryPublisher
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PERIOD_NS = 1_000_000
@@ -347,7 +347,7 @@ def test_keys_command_writes_both_sides_and_never_overwrites(tmp_path: Path) -> 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "guard", "monitor", *args],
+        [sys.executable, "-m", "tailguard", "monitor", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -458,8 +458,8 @@ def test_monitor_reports_refused_commands_from_heartbeats() -> None:
     """The guard's command counters in heartbeats become a metric rules can alert on."""
     from tg_monitor_util import S, heartbeat, hello
 
-    from guard.monitor.prometheus import render_metrics
-    from guard.monitor.stats import MonitorState
+    from tailguard.monitor.prometheus import render_metrics
+    from tailguard.monitor.stats import MonitorState
 
     state = MonitorState(10.0, 3)
     state.ingest(hello(0), 0)

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from tg_monitor_util import MS, S, events, heartbeat, hello, hist, msg, ticks
 
-from guard.errors import TailguardError
-from guard.flight_recorder import FlightRecorder
-from guard.monitor.alerts import AlertSink
-from guard.monitor.cli import monitor_command
-from guard.monitor.prometheus import PrometheusExporter, render_metrics
-from guard.monitor.recording import RecordingWriter
-from guard.monitor.rules import PRESETS, RuleEngine, load_rules, parse_rules
-from guard.monitor.session import Monitor
-from guard.monitor.stats import MonitorState
+from tailguard.errors import TailguardError
+from tailguard.monitor.alerts import AlertSink
+from tailguard.monitor.cli import monitor_command
+from tailguard.monitor.prometheus import PrometheusExporter, render_metrics
+from tailguard.monitor.recording import RecordingWriter
+from tailguard.monitor.rules import PRESETS, RuleEngine, load_rules, parse_rules
+from tailguard.monitor.session import Monitor
+from tailguard.monitor.stats import MonitorState
+from tailguard.sinks.flight_recorder import FlightRecorder
 
 T0 = 10 * S
 
@@ -205,7 +205,7 @@ def _record(path: Path, frames: list[tuple[int, bytes]]) -> None:
 def _once(path: Path, tmp_path: Path, rules: str = "default") -> tuple[int, list[dict], dict]:
     import argparse
 
-    from guard.monitor.cli import register
+    from tailguard.monitor.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -268,7 +268,7 @@ def test_once_garbage_file_fails(tmp_path: Path) -> None:
     bad.write_bytes(b"hello world")
     import argparse
 
-    from guard.monitor.cli import register
+    from tailguard.monitor.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

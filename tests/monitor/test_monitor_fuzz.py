@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tg_monitor_util import MS, S, free_port, heartbeat, hello, msg, ticks
 
-from guard.monitor.alerts import AlertSink
-from guard.monitor.rules import PRESETS
-from guard.monitor.session import Monitor, run_live
-from guard.monitor.stats import MonitorState
+from tailguard.monitor.alerts import AlertSink
+from tailguard.monitor.rules import PRESETS
+from tailguard.monitor.session import Monitor, run_live
+from tailguard.monitor.stats import MonitorState
 
 
 def _malformed(rng: np.random.Generator, i: int) -> bytes:

@@ -57,7 +57,7 @@ def _monitor(ep: str, tmp: Path, name: str, seconds: float, *extra: str) -> subp
         [
             sys.executable,
             "-m",
-            "guard",
+            "tailguard",
             "monitor",
             "--connect",
             ep,

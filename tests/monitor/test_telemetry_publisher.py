@@ -12,10 +12,11 @@ import pytest
 import zmq
 from tg_monitor_util import free_port
 
-from guard import CallablePolicy, Guard, starter_envelope
-from guard.errors import TailguardError
-from guard.flight_recorder import read_flight_record
-from guard.telemetry import SCHEMA_VERSION, TelemetryPublisher, is_loopback_endpoint
+from tailguard import CallablePolicy, Guard, starter_envelope
+from tailguard.errors import TailguardError
+from tailguard.protocol.telemetry_wire import SCHEMA_VERSION
+from tailguard.sinks.flight_recorder import read_flight_record
+from tailguard.sinks.telemetry import TelemetryPublisher, is_loopback_endpoint
 
 
 @pytest.mark.parametrize(

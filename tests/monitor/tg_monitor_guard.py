@@ -16,9 +16,9 @@ import sys
 
 import numpy as np
 
-from guard import CallablePolicy, Guard, Pacer, starter_envelope
-from guard.monitor.command import server_key_paths
-from guard.telemetry import TelemetryPublisher
+from tailguard import CallablePolicy, Guard, Pacer, starter_envelope
+from tailguard.protocol.command import server_key_paths
+from tailguard.sinks.telemetry import TelemetryPublisher
 
 
 def main(argv: list[str]) -> int:

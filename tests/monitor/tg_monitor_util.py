@@ -8,8 +8,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from guard.histogram import LogLinearHistogram
-from guard.telemetry import HIST_DIGITS, HIST_MAX_NS, SCHEMA_VERSION
+from tailguard.protocol.telemetry_wire import HIST_DIGITS, HIST_MAX_NS, SCHEMA_VERSION
+from tailguard.stats.histogram import LogLinearHistogram
 
 MS = 1_000_000
 S = 1_000_000_000

@@ -1,6 +1,6 @@
 """Telemetry publisher: the guard's ring and events, published over ZMQ from a background thread.
 
-The guard's hot path only writes the :class:`~guard.telemetry_ring.TelemetryRing`
+The guard's hot path only writes the :class:`~tailguard.runtime.tick_ring.TelemetryRing`
 (``Guard.step``) and, off the fast path, calls :meth:`TelemetryPublisher.append` (one
 deque append). Everything else happens in the publisher thread, which shares the GIL with
 the control loop. While it holds the GIL a loop waking from its pacer sleep waits for it
@@ -26,7 +26,7 @@ and per type:
   ``ring_capacity``, ``heartbeat_ns``, ``hello_ns``, ``histogram_ns``. Repeated every
   ``hello_interval_s`` so a late subscriber can start.
 - ``ticks``: ``first_tick``, ``n``, ``dt_ns`` / ``latency_ns`` / ``flags`` (bin, ``8 * n``
-  bytes each, ``<i8``; flags as in ``guard.telemetry_ring``), ``lost`` (ticks overwritten in
+  bytes each, ``<i8``; flags as in ``tailguard.runtime.tick_ring``), ``lost`` (ticks overwritten in
   the ring before this read).
 - ``events``: ``events`` = list of ``[kind, tick, t_ns, fields]`` (kind in violation /
   state / fault / note), ``dropped`` (events lost so far because the queue was full).
@@ -43,7 +43,7 @@ mark, sends use ``NOBLOCK``, and a full queue drops the message and counts it in
 ``send_dropped`` (with several subscribers, one stalled subscriber makes the message drop
 for all of them). Subscriptions are read back from the XPUB socket to count subscribers.
 
-Command channel (off by default; :mod:`guard.monitor.command`): with ``command_endpoint``,
+Command channel (off by default; :mod:`tailguard.protocol.command`): with ``command_endpoint``,
 ``server_secret_key_file`` and ``authorized_keys_dir`` the publisher thread also binds a
 CURVE-authenticated ROUTER socket and polls it without blocking on every wake-up. A valid
 ``trip``/``reset`` from an authorized monitor becomes ``guard.request_trip``/``request_reset``
@@ -73,22 +73,21 @@ import msgpack
 import numpy as np
 import zmq
 
-from guard.endpoints import is_loopback_endpoint, require_local_endpoint
-from guard.errors import MonitorConfigError, TailguardError
-from guard.histogram import LogLinearHistogram
-from guard.telemetry_ring import TelemetryRing
+from tailguard.errors import MonitorConfigError, TailguardError
+from tailguard.protocol.endpoints import is_loopback_endpoint, require_local_endpoint
+from tailguard.protocol.telemetry_wire import (
+    HIST_DIGITS,
+    HIST_MAX_NS,
+    SCHEMA_VERSION,
+)
+from tailguard.runtime.tick_ring import TelemetryRing
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "MESSAGE_TYPES",
     "TelemetryPublisher",
     "is_loopback_endpoint",
 ]
 
-SCHEMA_VERSION = 1
-MESSAGE_TYPES = ("hello", "ticks", "events", "hist", "heartbeat")
-HIST_DIGITS = 2
-HIST_MAX_NS = (1 << 62) - 1  # the guard's own histogram layout, so snapshots merge with it
 _NS_PER_S = 1_000_000_000
 # Waiting for the loop to finish a tick before a slice: poll the ring's head this often, for
 # at most about one loop period (the last tick's dt) clamped to these bounds.
@@ -250,7 +249,7 @@ class TelemetryPublisher:
         self._sock = sock
         self._commands: Any = None
         if command_endpoint is not None:
-            from guard.monitor.command_server import CommandServer
+            from tailguard.sinks.command_server import CommandServer
 
             try:
                 self._commands = CommandServer(

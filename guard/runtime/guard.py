@@ -29,11 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from guard.deadline import InlineDeadlineRunner, ThreadDeadlineRunner, make_deadline_runner
-from guard.envelope import Envelope, load_envelope
-from guard.errors import EnvelopeError, HashMismatchError
-from guard.histogram import LogLinearHistogram
-from guard.policy import (
+from tailguard.envelope.model import Envelope, load_envelope
+from tailguard.errors import EnvelopeError, HashMismatchError
+from tailguard.runtime.deadline import (
+    InlineDeadlineRunner,
+    ThreadDeadlineRunner,
+    make_deadline_runner,
+)
+from tailguard.runtime.policy import (
     OBS_FLAGS,
     SLACK_FLAGS,
     TOP_BYTES,
@@ -42,17 +45,47 @@ from guard.policy import (
     _CheckedPolicy,
     all_pass,
 )
-from guard.state import Event as _Event
-from guard.state import (
+from tailguard.runtime.state import Event as _Event
+from tailguard.runtime.state import (
     GuardState,
     Response,
     Violation,
     event_for,
     next_state,
 )
-from guard.telemetry_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing
+from tailguard.runtime.tick_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["Guard", "Fallback"]
+
+# The runtime does no I/O itself: a path given as ``recorder=`` or an endpoint given as
+# ``telemetry=`` is turned into a sink by a factory that the package root registers
+# (``tailguard/__init__.py`` wires in ``tailguard.sinks``), so this layer never imports them.
+_SINK_FACTORIES: dict[str, Callable[..., Any]] = {}
+
+
+def register_sink_factory(kind: str, factory: Callable[..., Any]) -> None:
+    """Make ``Guard(recorder=PATH)`` / ``Guard(telemetry=ENDPOINT)`` build sinks with ``factory``.
+
+    Args:
+        kind: ``"recorder"`` (called with the path) or ``"telemetry"`` (called with the
+            endpoint, ``hello=`` and ``allow_non_loopback=``).
+        factory: returns an object with ``append(record)`` (and ``ring`` for telemetry).
+    """
+    if kind not in ("recorder", "telemetry"):
+        raise ValueError(f"unknown sink kind {kind!r}; valid choices are ['recorder', 'telemetry']")
+    _SINK_FACTORIES[kind] = factory
+
+
+def _sink_factory(kind: str) -> Callable[..., Any]:
+    try:
+        return _SINK_FACTORIES[kind]
+    except KeyError:
+        raise ValueError(
+            f"no {kind} sink is registered: import tailguard (the package root wires them in) "
+            f"or pass a sink object instead of a path/endpoint"
+        ) from None
+
 
 Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
@@ -289,10 +322,8 @@ class Guard:
     def _make_telemetry(self, telemetry: Any, allow_non_loopback: bool) -> Any:
         if telemetry is None or hasattr(telemetry, "ring"):
             return telemetry
-        from guard.telemetry import TelemetryPublisher
-
         env = self.envelope
-        return TelemetryPublisher(
+        return _sink_factory("telemetry")(
             str(telemetry),
             hello={
                 "policy_sha256": self.policy.sha256,
@@ -332,9 +363,7 @@ class Guard:
     def _make_recorder(recorder: Any) -> Any:
         if recorder is None or hasattr(recorder, "append"):
             return recorder
-        from guard.flight_recorder import FlightRecorder
-
-        return FlightRecorder(recorder)
+        return _sink_factory("recorder")(recorder)
 
     # ------------------------------------------------------------------ the hot path --
     def step(self, obs: Any, obs_timestamp_ns: int | None = None) -> np.ndarray:

@@ -4,17 +4,19 @@ Each condition runs 20 episodes with reset seeds 0..19 (paired: the same seeds a
 delay streams for every policy). Actions are the ONNX output clipped to the action bounds, as
 during training. Two simulators of the delay:
 
-* ``wrapper``: ``firmware_sim.wrappers.ActionLatencyWrapper``, whole control steps (an action
+* ``wrapper``: ``tailguard.firmware_sim.wrappers.ActionLatencyWrapper``, whole control steps (an
+  action
   is late by the number of 8 ms deadlines its latency missed); episode ``s`` seeds it with
   ``1000 + s``.
-* ``firmware_sim``: the simulated-time loop (``firmware_sim.replay``), where the latency is
+* ``firmware_sim``: the simulated-time loop (``tailguard.firmware_sim.replay``), where the latency
+  is
   resolved at the physics substep (2 ms): the previous command is held until the new one
   arrives, inside the period.
 
 Usage (from the repository root)::
 
-    python examples/policies/evaluate_hopper.py examples/policies/hopper_nominal.onnx \
-        examples/policies/hopper_robust.onnx --json /tmp/hopper_eval.json
+    python -m tailguard.policies.evaluate_hopper guard/policies/hopper_nominal.onnx \
+        guard/policies/hopper_robust.onnx --json /tmp/hopper_eval.json
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from firmware_sim.wrappers import (
+from tailguard.firmware_sim.wrappers import (
     ActionLatencyWrapper,
     DelayModel,
     FixedDelay,
@@ -57,7 +59,7 @@ class _ClippedOnnx:
     """firmware_sim controller: the ONNX policy with actions clipped to [-1, 1]."""
 
     def __init__(self, path: Path) -> None:
-        from firmware_sim.controllers import OnnxController
+        from tailguard.firmware_sim.controllers import OnnxController
 
         self.inner = OnnxController(path)
 
@@ -70,7 +72,7 @@ class _ClippedOnnx:
 
 def run_firmware_sim(path: Path, profile: str, episodes: int) -> list[float]:
     """Returns of ``episodes`` firmware_sim episodes (reset seeds 0..episodes-1)."""
-    from firmware_sim.replay import TimingSpec, build_loop, make_task, run_episodes
+    from tailguard.firmware_sim.replay import TimingSpec, build_loop, make_task, run_episodes
 
     loop = build_loop(make_task("Hopper-v5"), _ClippedOnnx(path), TimingSpec(latency=profile))
     return [float(r.ret) for r in run_episodes(loop, episodes, seed=0)]

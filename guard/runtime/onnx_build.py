@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import _onnx_proto as proto
+from tailguard.runtime import _onnx_proto as proto
 
 __all__ = ["mlp_bytes", "write_mlp", "linear_bytes"]
 

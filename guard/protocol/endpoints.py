@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["LOCAL_TRANSPORTS", "is_loopback_endpoint", "require_local_endpoint"]
 

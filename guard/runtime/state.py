@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from guard.errors import IllegalTransitionError
+from tailguard.errors import IllegalTransitionError
 
 __all__ = [
     "GuardState",

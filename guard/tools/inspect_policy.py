@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from guard.histogram import LogLinearHistogram
-from guard.policy import OnnxPolicy
+from tailguard.runtime.policy import OnnxPolicy
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["inspect_policy", "format_inspection"]
 

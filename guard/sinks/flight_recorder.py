@@ -6,11 +6,7 @@ records with msgpack and writes them with ``os.write`` on an ``O_APPEND`` descri
 is no user-space buffering, so a ``kill -9`` loses at most the records not yet drained and
 a partially written last frame, which :func:`read_flight_record` reports as a truncated tail.
 
-File format (all integers little-endian)::
-
-    header  MAGIC (8 bytes) | u16 version | u16 reserved (0)
-    frame   u32 payload length | u32 crc32(payload) | payload
-    payload msgpack array [seq, kind, tick, t_ns, fields]
+The file format and the reader are in :mod:`tailguard.protocol.flight_record`.
 
 ``seq`` is assigned by the writer, counts up from 0 in each recorder session and skips no
 number: a gap means frames were lost on disk. Records the producer could not queue are
@@ -31,22 +27,28 @@ import functools
 import math
 import operator
 import os
-import struct
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import msgpack
+from tailguard.errors import RecorderError
+from tailguard.protocol.flight_record import (
+    FORMAT_VERSION,
+    HEADER,
+    HEADER_BYTES,
+    MAGIC,
+    RECORD_KINDS,
+    FlightLog,
+    pack_frame,
+    read_flight_record,
+    rotated_path,
+)
 
-from guard.errors import RecorderError
-
+# Re-exported: the writer's users read back what they wrote from here.
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
@@ -56,43 +58,11 @@ __all__ = [
     "read_flight_record",
 ]
 
-MAGIC = b"TGFLTREC"
-FORMAT_VERSION = 1
-#: Record kinds a guard writes. Other strings are written as they are.
-RECORD_KINDS = ("violation", "state", "fault", "note")
-
-_HEADER = struct.Struct("<8sHH")
-_FRAME_HEAD = struct.Struct("<II")
-_HEADER_BYTES = _HEADER.size
 _MIN_MAX_BYTES = 4096
 # One os.write per this many bytes at most; keeps the writer's buffer small.
 _WRITE_CHUNK_BYTES = 256 * 1024
 # Indirection so tests can make writes fail without patching os for the whole process.
 _write_fd = os.write
-
-
-def _rotated_path(path: Path) -> Path:
-    return path.with_name(path.name + ".1")
-
-
-def _to_msgpack(obj: Any) -> Any:
-    """msgpack fallback: enums by value, numpy scalars and arrays as Python values."""
-    if isinstance(obj, Enum):
-        return obj.value
-    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays, without importing numpy
-    if callable(tolist):
-        try:
-            return tolist()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(obj, set | frozenset):
-        return sorted(obj, key=repr)
-    return repr(obj)
-
-
-def _pack(seq: int, kind: str, tick: int, t_ns: int, fields: dict[str, Any]) -> bytes:
-    payload = msgpack.packb([seq, kind, tick, t_ns, fields], default=_to_msgpack)
-    return _FRAME_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 class FlightRecorder:
@@ -141,14 +111,14 @@ class FlightRecorder:
                 f"flush_interval_s must be a number in (0, 60] s, got {flush_interval_s!r}"
             )
         self.path = Path(path)
-        self.rotated_path = _rotated_path(self.path)
+        self.rotated_path = rotated_path(self.path)
         self.max_bytes = max_bytes
         self.max_queue = max_queue
         self.flush_interval_s = float(flush_interval_s)
         self._clock = clock
         self._file_limit_bytes = max_bytes // 2
         # The largest frame that fits in an empty file; bigger records become a fault record.
-        self._max_frame_bytes = self._file_limit_bytes - _HEADER_BYTES
+        self._max_frame_bytes = self._file_limit_bytes - HEADER_BYTES
 
         # Producer side (the guard's thread): touched by append() only.
         self._queue: deque[tuple[Any, ...]] = deque()
@@ -315,7 +285,7 @@ class FlightRecorder:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self.path, flags, 0o644)
         try:
-            header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0)
+            header = HEADER.pack(MAGIC, FORMAT_VERSION, 0)
             if os.write(fd, header) != len(header):
                 raise OSError("short write of the flight-record header")
         except OSError:
@@ -327,7 +297,7 @@ class FlightRecorder:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = fd
-        self._live_bytes = _HEADER_BYTES
+        self._live_bytes = HEADER_BYTES
         self._rotations += 1
 
     def _run(self) -> None:
@@ -390,9 +360,9 @@ class FlightRecorder:
             self._reported_dropped = dropped
             kind, tick, t_ns, user = "fault", self._last_tick, self._clock(), 0
         try:
-            frame = _pack(self._seq, kind, tick, t_ns, fields)
+            frame = pack_frame(self._seq, kind, tick, t_ns, fields)
         except Exception as exc:  # e.g. a value msgpack cannot represent at all
-            frame = _pack(
+            frame = pack_frame(
                 self._seq,
                 "fault",
                 tick,
@@ -400,7 +370,7 @@ class FlightRecorder:
                 {"reason": "unencodable_record", "kind": kind, "error": repr(exc)[:200]},
             )
         if len(frame) > self._max_frame_bytes:
-            frame = _pack(
+            frame = pack_frame(
                 self._seq,
                 "fault",
                 tick,
@@ -477,107 +447,3 @@ class FlightRecorder:
                 buf_records = 0
         if buf:
             self._write(bytes(buf), buf_records)
-
-
-@dataclass
-class FlightLog:
-    """What :func:`read_flight_record` found.
-
-    Attributes:
-        records: in file order (``PATH.1`` then ``PATH``); each a dict with keys ``seq``,
-            ``kind``, ``tick``, ``t_ns`` (ns) and ``fields``.
-        truncated_tail: a file ended in the middle of a frame (or of its header), as after
-            a crash during a write.
-        corrupt_frames: frames whose checksum or content was wrong; reading of that file
-            stopped there.
-        files: the files read, in order.
-    """
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    truncated_tail: bool = False
-    corrupt_frames: int = 0
-    files: list[str] = field(default_factory=list)
-
-
-def read_flight_record(path: str | os.PathLike[str]) -> FlightLog:
-    """Read a flight record written by :class:`FlightRecorder`, after a crash or not.
-
-    Reads ``PATH.1`` (if present) then ``PATH``. A frame cut short at the end of a file is
-    reported in ``truncated_tail``; a frame with a bad checksum or content is counted in
-    ``corrupt_frames`` and ends the reading of that file.
-
-    Args:
-        path: the live file path the recorder was given.
-
-    Returns:
-        The records and what was wrong with the files.
-
-    Raises:
-        RecorderError: neither file exists or can be read, a file is not a flight record
-            (bad magic), or it has a format version this tailguard cannot read.
-    """
-    live = Path(path)
-    log = FlightLog()
-    candidates = [p for p in (_rotated_path(live), live) if p.exists()]
-    if not candidates:
-        raise RecorderError(
-            "no flight record here (neither this file nor its '.1' rotation exists); "
-            "check the path passed to FlightRecorder",
-            live,
-        )
-    for file_path in candidates:
-        try:
-            data = file_path.read_bytes()
-        except OSError as exc:
-            raise RecorderError(f"cannot read ({exc.strerror or exc})", file_path) from exc
-        log.files.append(str(file_path))
-        _read_file(data, file_path, log)
-    return log
-
-
-def _read_file(data: bytes, file_path: Path, log: FlightLog) -> None:
-    if len(data) < _HEADER_BYTES:
-        if not MAGIC.startswith(data[: len(MAGIC)]):
-            raise RecorderError("not a flight record (bad magic)", file_path)
-        # Empty (created, nothing written yet) or a header cut short by a crash.
-        log.truncated_tail = log.truncated_tail or len(data) > 0
-        return
-    magic, version, _reserved = _HEADER.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise RecorderError(
-            f"not a flight record (bad magic {magic!r}, expected {MAGIC!r})", file_path
-        )
-    if version != FORMAT_VERSION:
-        raise RecorderError(
-            f"flight-record format version {version} is not supported "
-            f"(this tailguard reads version {FORMAT_VERSION}); read it with a matching release",
-            file_path,
-        )
-    pos = _HEADER_BYTES
-    end = len(data)
-    while pos < end:
-        if end - pos < _FRAME_HEAD.size:
-            log.truncated_tail = True
-            return
-        length, crc = _FRAME_HEAD.unpack_from(data, pos)
-        start = pos + _FRAME_HEAD.size
-        if start + length > end:
-            log.truncated_tail = True
-            return
-        payload = data[start : start + length]
-        record = _decode(payload) if zlib.crc32(payload) == crc else None
-        if record is None:
-            log.corrupt_frames += 1
-            return
-        log.records.append(record)
-        pos = start + length
-
-
-def _decode(payload: bytes) -> dict[str, Any] | None:
-    try:
-        seq, kind, tick, t_ns, fields = msgpack.unpackb(payload, raw=False)
-    except (ValueError, TypeError, msgpack.exceptions.UnpackException):
-        return None
-    if not (isinstance(seq, int) and isinstance(kind, str) and isinstance(fields, dict)):
-        return None
-    return {"seq": seq, "kind": kind, "tick": tick, "t_ns": t_ns, "fields": fields}

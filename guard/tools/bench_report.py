@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from guard.envelope import Envelope
-from guard.histogram import LogLinearHistogram
+from tailguard.envelope.model import Envelope
+from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = [
     "PERCENTILES",

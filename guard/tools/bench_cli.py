@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from guard import bench_report as report
-from guard.core import Guard
-from guard.envelope import Envelope, PolicyBinding, Timing, load_envelope
-from guard.histogram import LogLinearHistogram
-from guard.pacer import MAX_RATE_HZ, Pacer
-from guard.policy import OnnxPolicy, _CheckedPolicy
+from tailguard.envelope.model import Envelope, PolicyBinding, Timing, load_envelope
+from tailguard.runtime.guard import Guard
+from tailguard.runtime.pacer import MAX_RATE_HZ, Pacer
+from tailguard.runtime.policy import OnnxPolicy, _CheckedPolicy
+from tailguard.stats.histogram import LogLinearHistogram
+from tailguard.tools import bench_report as report
 
 __all__ = [
     "CHUNK",

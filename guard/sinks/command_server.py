@@ -25,15 +25,15 @@ import zmq
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from guard.endpoints import require_local_endpoint
-from guard.errors import TailguardError
-from guard.monitor.command import (
+from tailguard.errors import TailguardError
+from tailguard.protocol.command import (
     REFUSALS,
     ZAP_DOMAIN,
     decode_command,
     encode_reply,
     load_server_keys,
 )
+from tailguard.protocol.endpoints import require_local_endpoint
 
 __all__ = ["CommandServer"]
 

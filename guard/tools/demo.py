@@ -1,6 +1,7 @@
 """`tailguard demo`: a shipped Hopper-v5 policy replayed in MuJoCo under a latency long tail.
 
-With the ``sim`` extra (mujoco, gymnasium) and the policies shipped in ``examples/policies``
+With the ``sim`` extra (mujoco, gymnasium) and the policies shipped in ``tailguard/policies``
+(package data)
 (``hopper_nominal.onnx``, trained with plain timing, and ``hopper_robust.onnx``, trained with
 randomized timing; see that folder's README), the demo replays Hopper-v5 in simulated time
 with ``firmware_sim`` (2 ms physics substeps, 8 ms control period, the previous command held
@@ -41,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from guard.core import Guard
-from guard.envelope import Envelope, PolicyBinding, Recovery, Thresholds, Timing, Window
-from guard.onnx_build import linear_bytes
-from guard.policy import OnnxPolicy
-from guard.state import DEFAULT_RESPONSES, Response, Violation
+from tailguard.envelope.model import Envelope, PolicyBinding, Recovery, Thresholds, Timing, Window
+from tailguard.runtime.guard import Guard
+from tailguard.runtime.onnx_build import linear_bytes
+from tailguard.runtime.policy import OnnxPolicy
+from tailguard.runtime.state import DEFAULT_RESPONSES, Response, Violation
 
 __all__ = ["run_demo", "DemoResult", "format_results", "POLICY_DIR"]
 
@@ -62,8 +63,8 @@ GAIN = np.array([[-200.0], [-25.0]], dtype=np.float32)
 FALLBACK_GAIN = np.array([160.0, 20.0])
 
 
-#: where the shipped policies live (a source checkout; not part of an installed wheel)
-POLICY_DIR = Path(__file__).resolve().parents[1] / "examples" / "policies"
+#: where the shipped policies live: package data of ``tailguard.policies``, in a wheel too
+POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
 HOPPER_LONG_TAIL = "lognormal:median_ms=4.8,sigma=1.0,cap_ms=40"
 HOPPER_EPISODE_S = 8.0  # 1000 ticks of 8 ms
 
@@ -158,7 +159,7 @@ def _envelope(sha256: str | None, monitor_only: bool) -> Envelope:
 
 
 def _allowed(v: Violation) -> frozenset[Response]:
-    from guard.state import ALLOWED_RESPONSES
+    from tailguard.runtime.state import ALLOWED_RESPONSES
 
     return ALLOWED_RESPONSES[v]
 
@@ -344,12 +345,12 @@ def _run_hopper(
     episodes: int,
     seed: int,
 ) -> DemoResult:
-    # Heavy and offline-only: imported here so `import guard.demo` stays light.
-    from firmware_sim.guarded import GuardedController
-    from firmware_sim.loop import SimLoop
-    from firmware_sim.profile_spec import parse_profile
-    from firmware_sim.replay import make_task
-    from guard.envelope import starter_envelope
+    # Heavy and offline-only: imported here so `import tailguard.tools.demo` stays light.
+    from tailguard.envelope.model import starter_envelope
+    from tailguard.firmware_sim.guarded import GuardedController
+    from tailguard.firmware_sim.loop import SimLoop
+    from tailguard.firmware_sim.profile_spec import parse_profile
+    from tailguard.firmware_sim.replay import make_task
 
     task = make_task("Hopper-v5")
     policy = OnnxPolicy(POLICY_DIR / f"hopper_{policy_name}.onnx")
@@ -431,7 +432,7 @@ def describe(results: list[DemoResult]) -> str:
     """One paragraph saying what ran (printed above the table)."""
     if results and results[0].plant == "hopper":
         return (
-            f"tailguard demo: shipped Hopper-v5 policies (examples/policies) replayed in MuJoCo "
+            f"tailguard demo: shipped Hopper-v5 policies (tailguard.policies) replayed in MuJoCo "
             f"in simulated time, {results[0].episodes} paired episode(s) per column.\n"
             f"Long tail: inference latency {HOPPER_LONG_TAIL} (8 ms control period). Guarded:"
             " starter envelope (placeholder thresholds, not audited), hold on a late tick,\n"
@@ -446,7 +447,7 @@ def describe(results: list[DemoResult]) -> str:
 
 def format_results(results: list[DemoResult]) -> str:
     """The before/after table printed by `tailguard demo` (with a line saying what ran)."""
-    from guard.cli_table import render_table
+    from tailguard.tools.cli_table import render_table
 
     rows: list[list[str]] = []
     hopper = bool(results) and results[0].plant == "hopper"

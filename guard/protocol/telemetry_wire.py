@@ -12,9 +12,20 @@ from typing import Any
 
 import msgpack
 
-from guard.telemetry import HIST_DIGITS, HIST_MAX_NS, MESSAGE_TYPES, SCHEMA_VERSION
+__all__ = [
+    "HIST_DIGITS",
+    "HIST_MAX_NS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_TICKS_PER_MESSAGE",
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "decode_message",
+]
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAX_TICKS_PER_MESSAGE", "decode_message"]
+SCHEMA_VERSION = 1
+MESSAGE_TYPES = ("hello", "ticks", "events", "hist", "heartbeat")
+HIST_DIGITS = 2
+HIST_MAX_NS = (1 << 62) - 1  # the guard's own histogram layout, so snapshots merge with it
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_TICKS_PER_MESSAGE = 65536

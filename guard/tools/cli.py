@@ -1,4 +1,4 @@
-"""The `tailguard` console script (also `python -m guard`).
+"""The `tailguard` console script (also `python -m tailguard`).
 
 Exit codes: 0 success; 1 a check failed or an input was refused (the message says which and
 why); 2 usage error. Subcommands of the offline packages (`export`, `replay`, ...) are
@@ -14,19 +14,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from guard.errors import TailguardError
+from tailguard.errors import TailguardError
 
 __all__ = ["main", "build_parser"]
 
 # command -> module with register(subparsers); imported lazily
 _EXTERNAL = {
-    "export": ("adapters.cli", "export a checkpoint (RSL-RL, SB3, torch) to a checked ONNX file"),
-    "replay": ("firmware_sim.cli", "replay a policy in MuJoCo in simulated time"),
-    "firmware": ("firmware_sim.firmware_cli", "run a wall-clock MuJoCo firmware process over ZMQ"),
-    "run": ("firmware_sim.firmware_cli", "run a guarded ONNX policy against a firmware process"),
-    "monitor": ("guard.monitor.cli", "watch a running guard (ZMQ sidecar)"),
-    "keys": ("guard.monitor.cli", "create CURVE keys for the guard/monitor command channel"),
-    "bench": ("guard.bench_cli", "measure this machine's control-loop latency"),
+    "export": (
+        "tailguard.adapters.cli",
+        "export a checkpoint (RSL-RL, SB3, torch) to a checked ONNX file",
+    ),
+    "replay": ("tailguard.firmware_sim.cli", "replay a policy in MuJoCo in simulated time"),
+    "firmware": (
+        "tailguard.firmware_sim.firmware_cli",
+        "run a wall-clock MuJoCo firmware process over ZMQ",
+    ),
+    "run": (
+        "tailguard.firmware_sim.firmware_cli",
+        "run a guarded ONNX policy against a firmware process",
+    ),
+    "monitor": ("tailguard.monitor.cli", "watch a running guard (ZMQ sidecar)"),
+    "keys": ("tailguard.monitor.cli", "create CURVE keys for the guard/monitor command channel"),
+    "bench": ("tailguard.tools.bench_cli", "measure this machine's control-loop latency"),
 }
 
 
@@ -39,7 +48,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from guard.demo import format_results, run_demo
+    from tailguard.tools.demo import format_results, run_demo
 
     results = run_demo(args.seconds, args.seed)
     print(format_results(results))
@@ -80,9 +89,9 @@ def _add_envelope(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_envelope_init(args: argparse.Namespace) -> int:
-    from guard import __version__
-    from guard.envelope import save_envelope, starter_envelope
-    from guard.policy import OnnxPolicy
+    from tailguard import __version__
+    from tailguard.envelope.model import save_envelope, starter_envelope
+    from tailguard.runtime.policy import OnnxPolicy
 
     if args.output.exists() and not args.force:
         print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
@@ -115,7 +124,7 @@ def _cmd_envelope_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_envelope_check(args: argparse.Namespace) -> int:
-    from guard.envelope import check_envelope_file, load_envelope
+    from tailguard.envelope.model import check_envelope_file, load_envelope
 
     problems = check_envelope_file(args.file)
     for p in problems:
@@ -125,8 +134,8 @@ def _cmd_envelope_check(args: argparse.Namespace) -> int:
         return 1
     env = load_envelope(args.file)
     if args.policy is not None:
-        from guard.core import Guard
-        from guard.policy import OnnxPolicy
+        from tailguard.runtime.guard import Guard
+        from tailguard.runtime.policy import OnnxPolicy
 
         Guard._check_binding(OnnxPolicy(args.policy), env, allow_mismatch=False)
     prov = env.provenance
@@ -144,7 +153,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from guard.inspect_policy import format_inspection, inspect_policy
+    from tailguard.tools.inspect_policy import format_inspection, inspect_policy
 
     report = inspect_policy(args.policy, ticks=max(10, args.ticks))
     print(json.dumps(report, indent=2) if args.json else format_inspection(report))
@@ -188,7 +197,7 @@ def _available(module: str) -> bool:
 
 
 def _version() -> str:
-    from guard import __version__
+    from tailguard import __version__
 
     return f"tailguard {__version__}"
 

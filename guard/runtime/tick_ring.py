@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.state import GuardState, Violation
+from tailguard.runtime.state import GuardState, Violation
 
 __all__ = ["TelemetryRing", "TickBatch", "STATE_CODES", "VIOLATION_BITS", "decode_flags"]
 

@@ -6,12 +6,12 @@ fallback):
 * ``nominal``: plain timing (every action applied at once, fixed control period).
 * ``robust``: timing-randomized: each episode draws an action-delay model (none, uniform
   0..2 steps, or a lognormal long tail) and every step draws the control period (3..5 physics
-  substeps instead of 4), through ``firmware_sim.wrappers``.
+  substeps instead of 4), through ``tailguard.firmware_sim.wrappers``.
 
 Usage (from the repository root)::
 
-    nice -n 19 python examples/policies/train_hopper.py --variant nominal \
-        --iterations 600 --out examples/policies/hopper_nominal.pt
+    nice -n 19 python -m tailguard.policies.train_hopper --variant nominal \
+        --iterations 600 --out guard/policies/hopper_nominal.pt
 
 The script writes the rsl-rl 5.x checkpoint (``runner.save``) and a log line every 10
 iterations to stdout.
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from adapters.rsl_rl_vecenv import GymnasiumVecEnv
-from firmware_sim.wrappers import (
+from tailguard.adapters.rsl_rl_vecenv import GymnasiumVecEnv
+from tailguard.firmware_sim.wrappers import (
     ActionLatencyWrapper,
     ControlPeriodJitterWrapper,
     FixedDelay,

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from guard import _onnx_proto as proto
-from guard.errors import PolicyLoadError
+from tailguard.errors import PolicyLoadError
+from tailguard.runtime import _onnx_proto as proto
 
 __all__ = [
     "OnnxPolicy",

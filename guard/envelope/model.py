@@ -46,8 +46,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from guard.errors import EnvelopeError, EnvelopeProblem
-from guard.state import ALLOWED_RESPONSES, DEFAULT_RESPONSES, Response, Violation
+from tailguard.errors import EnvelopeError, EnvelopeProblem
+from tailguard.runtime.state import ALLOWED_RESPONSES, DEFAULT_RESPONSES, Response, Violation
 
 __all__ = [
     "MAX_WINDOW_TICKS",

@@ -1,8 +1,8 @@
 """The command channel's protocol and keys: what a monitor may send a guard, and who may.
 
 Off by default. When on, the guard's publisher binds a CURVE-server ROUTER socket
-(:class:`guard.monitor.command_server.CommandServer`) and a monitor connects a DEALER
-(:class:`guard.monitor.command_client.CommandClient`). Only clients whose public key is in
+(:class:`tailguard.sinks.command_server.CommandServer`) and a monitor connects a DEALER
+(:class:`tailguard.monitor.command_client.CommandClient`). Only clients whose public key is in
 the guard's authorized-keys directory get through the handshake.
 
 Keys (``tailguard keys --dir DIR`` writes them; pyzmq's ``zmq.auth`` format)::
@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from guard.errors import MonitorConfigError
+from tailguard.errors import MonitorConfigError
 
 __all__ = [
     "AUTHORIZED_DIR",

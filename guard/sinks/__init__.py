@@ -1,0 +1,3 @@
+"""Where the runtime's data goes: the flight recorder (files), the telemetry publisher and the
+command server (threads, ZMQ sockets).
+"""

@@ -1,0 +1,3 @@
+"""Statistics shared by every layer: the log-linear histogram, its codecs, and the one
+percentile definition.
+"""
