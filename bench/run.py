@@ -13,37 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tailguard.machine import machine_info
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-
-
-def machine_info() -> dict[str, object]:
-    import numpy
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "os": f"{platform.system()} {platform.release()}",
-    }
 
 
 def _fmt(v: object) -> str:
@@ -64,7 +42,11 @@ def summarize(raw: dict) -> dict:
                 "extra": b.get("extra_info", {}),
             }
         )
-    return {"machine": machine_info(), "created_utc": datetime.now(UTC).isoformat(), "rows": rows}
+    return {
+        "machine": machine_info(intra_op_threads=1),
+        "created_utc": datetime.now(UTC).isoformat(),
+        "rows": rows,
+    }
 
 
 def to_markdown(summary: dict, command: str) -> str:

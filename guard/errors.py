@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "TailguardError",
+    "ConfigError",
     "PolicyLoadError",
     "EnvelopeError",
     "EnvelopeProblem",
@@ -39,6 +40,13 @@ class TailguardError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class ConfigError(TailguardError, ValueError):
+    """A value given to tailguard (an argument, a flag, a field) is outside what it accepts.
+
+    Also a ``ValueError``, so callers that caught ``ValueError`` keep working.
+    """
 
 
 class PolicyLoadError(TailguardError):

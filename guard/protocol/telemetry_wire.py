@@ -12,6 +12,8 @@ from typing import Any
 
 import msgpack
 
+from tailguard.stats import NEVER_NS
+
 __all__ = [
     "HIST_DIGITS",
     "HIST_MAX_NS",
@@ -25,7 +27,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MESSAGE_TYPES = ("hello", "ticks", "events", "hist", "heartbeat")
 HIST_DIGITS = 2
-HIST_MAX_NS = (1 << 62) - 1  # the guard's own histogram layout, so snapshots merge with it
+HIST_MAX_NS = NEVER_NS  # the guard's own histogram layout, so snapshots merge with it
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_TICKS_PER_MESSAGE = 65536

@@ -54,6 +54,7 @@ from tailguard.runtime.state import (
     next_state,
 )
 from tailguard.runtime.tick_ring import STATE_CODES, VIOLATION_BITS, TelemetryRing
+from tailguard.stats import NEVER_NS
 from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["Guard", "Fallback"]
@@ -89,8 +90,8 @@ def _sink_factory(kind: str) -> Callable[..., Any]:
 
 Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
-_NEVER = (1 << 62) - 1  # disables a check; also the histograms' top, so passing values fit
-_HIST_MAX = (1 << 62) - 1
+_NEVER = NEVER_NS  # disables a check; also the histograms' top, so passing values fit
+_HIST_MAX = NEVER_NS
 _NO_SAMPLE = -(1 << 62)  # ring value for "nothing measured" (a first tick's dt)
 _RING = 8192  # tick ring slots (also what a telemetry reader may lag behind)
 _FLUSH_EVERY = 1024  # fold the ring into the histograms every 1024 ticks (~20 us)

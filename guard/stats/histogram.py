@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tailguard.stats.percentile import nearest_rank
+
 __all__ = ["LogLinearHistogram"]
 
 _SPARSE_FORMAT = "tailguard.loglinear"
@@ -331,10 +333,7 @@ class LogLinearHistogram:
         total = int(cumulative[-1])
         if total == 0:
             return dict.fromkeys(keys, 0)
-        ranks = [
-            max(math.ceil(min(max(math.nextafter(p, -math.inf), 0.0), 100.0) * total / 100.0), 1)
-            for p in keys
-        ]
+        ranks = [nearest_rank(p, total) for p in keys]
         found = np.searchsorted(cumulative, ranks, side="left").tolist()
         result = {}
         for p, index in zip(keys, found, strict=True):
