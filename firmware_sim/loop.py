@@ -35,6 +35,7 @@ from tailguard.firmware_sim.clock import SimClock
 from tailguard.firmware_sim.controllers import Controller, SimulatedInference
 from tailguard.firmware_sim.profiles import DropSampler, Profile
 from tailguard.firmware_sim.tasks import Task
+from tailguard.stats.percentile import percentiles
 
 __all__ = ["EpisodeResult", "EpisodeTrace", "SimLoop", "percentiles_ns"]
 
@@ -43,12 +44,16 @@ _STREAM_LATENCY, _STREAM_DT, _STREAM_OBS, _STREAM_DROP = 1, 2, 3, 4
 
 
 def percentiles_ns(values: list[int] | np.ndarray) -> dict[str, int]:
-    """p50/p95/p99/max of integer ns values (zeros when empty), as a dict of ints."""
+    """p50/p95/p99/max of integer ns values (zeros when empty), as a dict of ints.
+
+    The percentiles are tailguard's one nearest-rank definition
+    (:mod:`tailguard.stats.percentile`), the same the guard's histograms report.
+    """
     if len(values) == 0:
         return {"p50": 0, "p95": 0, "p99": 0, "max": 0}
     arr = np.asarray(values, np.int64)
-    q = np.percentile(arr, [50, 95, 99], method="higher")
-    return {"p50": int(q[0]), "p95": int(q[1]), "p99": int(q[2]), "max": int(arr.max())}
+    q = percentiles(arr, (50, 95, 99))
+    return {"p50": int(q[50.0]), "p95": int(q[95.0]), "p99": int(q[99.0]), "max": int(arr.max())}
 
 
 @dataclass
