@@ -12,8 +12,16 @@ When the loop falls behind by one or more whole periods, the slots it missed are
 runs several ticks back to back to catch up: a control loop that fell behind wants the
 freshest observation, not a burst of stale ticks.
 
+A wait never blocks for long: it sleeps in slices of at most ``max_sleep_ns`` and, between
+slices, polls ``should_stop`` and compares the clock with ``stop_at_ns`` (the end of the run).
+A stop request or a deadline past the end makes :meth:`Pacer.wait` return :data:`STOPPED`
+within one slice, so a loop at 0.01 Hz still ends on time and answers SIGTERM at once
+(Python runs signal handlers between slices; one long ``time.sleep`` would resume after the
+handler and sleep on).
+
 This module is on the hot path: :meth:`Pacer.wait` does no allocation beyond integers, no
-logging and never raises.
+logging and never raises. ``should_stop`` is polled only when a wait needs more than one
+slice, so at control rates above ``1 / max_sleep`` it costs nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +30,18 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["MAX_RATE_HZ", "Pacer"]
+from tailguard.errors import ConfigError
+
+__all__ = ["MAX_RATE_HZ", "MIN_RATE_HZ", "STOPPED", "Pacer"]
 
 #: Highest rate a Pacer accepts. Above this a Python loop cannot keep up with its own period.
 MAX_RATE_HZ = 100_000.0
+#: Lowest rate a Pacer accepts (a period of 10**15 ns, about 11.6 days).
+MIN_RATE_HZ = 1e-6
+#: What :meth:`Pacer.wait` returns instead of a lateness when the run must end.
+STOPPED = -1
+#: Default longest single sleep, ns: a stop request is seen within this long.
+DEFAULT_MAX_SLEEP_NS = 50_000_000
 
 _NS_PER_S = 1_000_000_000
 
@@ -49,6 +65,12 @@ class Pacer:
             default 150 us spin keeps one core busy about 15 % of the time.
         clock: monotonic clock returning integer ns.
         sleep: sleeps for a number of seconds (float); injected for tests.
+        should_stop: polled between sleep slices; when it returns true, :meth:`wait`
+            returns :data:`STOPPED`. None: never.
+        stop_at_ns: the end of the run in clock ns (None: no end); a wait whose deadline
+            lies after it sleeps until then and returns :data:`STOPPED`. Also settable
+            later as the ``stop_at_ns`` attribute (e.g. right after :meth:`start`).
+        max_sleep_ns: longest single sleep, ns (> 0).
 
     Attributes:
         period_ns: the nominal period, ``round(1e9 / rate_hz)`` ns.
@@ -56,10 +78,11 @@ class Pacer:
         missed_cycles: grid slots skipped because the loop fell behind by whole periods.
         last_lateness_ns: lateness returned by the last :meth:`wait`, ns.
         next_deadline_ns: the deadline the next :meth:`wait` aims for, in clock ns.
+        stopped: :meth:`wait` returned :data:`STOPPED` (stays true until :meth:`start`).
 
     Raises:
-        ValueError: ``rate_hz`` is not a finite number in (0, 100000], or ``spin_ns`` is
-            not a non-negative integer.
+        ConfigError: ``rate_hz`` is not a finite number in [1e-06, 100000], ``spin_ns`` is
+            not a non-negative integer, or ``max_sleep_ns`` is not a positive integer.
     """
 
     def __init__(
@@ -69,26 +92,35 @@ class Pacer:
         spin_ns: int = 150_000,
         clock: Callable[[], int] = time.perf_counter_ns,
         sleep: Callable[[float], None] = time.sleep,
+        should_stop: Callable[[], bool] | None = None,
+        stop_at_ns: int | None = None,
+        max_sleep_ns: int = DEFAULT_MAX_SLEEP_NS,
     ) -> None:
+        rng = f"[{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] Hz"
         if isinstance(rate_hz, bool) or not isinstance(rate_hz, int | float):
-            raise ValueError(
-                f"rate_hz must be a number in (0, {MAX_RATE_HZ:g}] Hz, "
-                f"got {type(rate_hz).__name__} {rate_hz!r}"
+            raise ConfigError(
+                f"rate_hz must be a number in {rng}, got {type(rate_hz).__name__} {rate_hz!r}"
             )
-        if not math.isfinite(rate_hz) or rate_hz <= 0 or rate_hz > MAX_RATE_HZ:
-            raise ValueError(
-                f"rate_hz must be a finite number in (0, {MAX_RATE_HZ:g}] Hz, got {rate_hz!r}; "
+        if not math.isfinite(rate_hz) or not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+            raise ConfigError(
+                f"rate_hz must be a finite number in {rng}, got {rate_hz!r}; "
                 "pass the control rate, e.g. Pacer(500.0) for a 2 ms period"
             )
         if isinstance(spin_ns, bool) or not isinstance(spin_ns, int) or spin_ns < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"spin_ns must be a non-negative integer number of ns, got {spin_ns!r}"
             )
+        if isinstance(max_sleep_ns, bool) or not isinstance(max_sleep_ns, int) or max_sleep_ns < 1:
+            raise ConfigError(f"max_sleep_ns must be a positive integer, got {max_sleep_ns!r}")
         self.rate_hz = float(rate_hz)
         self.period_ns: int = round(_NS_PER_S / rate_hz)
         self.spin_ns = spin_ns
         self._clock = clock
         self._sleep = sleep
+        self._should_stop = should_stop
+        self.stop_at_ns = stop_at_ns
+        self.max_sleep_ns = max_sleep_ns
+        self.stopped = False
         self._started = False
         self.ticks = 0
         self.missed_cycles = 0
@@ -108,6 +140,7 @@ class Pacer:
         self.ticks = 0
         self.missed_cycles = 0
         self.last_lateness_ns = 0
+        self.stopped = False
         self._started = True
 
     def wait(self) -> int:
@@ -121,7 +154,9 @@ class Pacer:
         Returns:
             Lateness of the wake-up, ns (>= 0), measured against the slot served. It is
             below one period unless the sleep itself overshot by more than that; the next
-            ``wait()`` then accounts for the skipped slots.
+            ``wait()`` then accounts for the skipped slots. :data:`STOPPED` (-1) instead
+            when ``should_stop`` asked to stop or the deadline lies after ``stop_at_ns``;
+            that slot is not served (``ticks`` unchanged).
         """
         clock = self._clock
         if not self._started:
@@ -135,9 +170,19 @@ class Pacer:
             skipped = -(-behind_ns // period_ns)
             self.missed_cycles += skipped
             deadline_ns += skipped * period_ns
+        stop_at_ns = self.stop_at_ns
+        if stop_at_ns is not None and deadline_ns > stop_at_ns:
+            # The slot lies after the end of the run: wait for the end, not the slot.
+            self._sleep_until(stop_at_ns, now_ns)
+            self.stopped = True
+            return STOPPED
         sleep_ns = deadline_ns - self.spin_ns - now_ns
         if sleep_ns > 0:
-            self._sleep(sleep_ns / _NS_PER_S)
+            if sleep_ns <= self.max_sleep_ns:
+                self._sleep(sleep_ns / _NS_PER_S)
+            elif self._sleep_until(deadline_ns - self.spin_ns, now_ns):
+                self.stopped = True
+                return STOPPED
         now_ns = clock()
         while now_ns < deadline_ns:
             now_ns = clock()
@@ -146,3 +191,24 @@ class Pacer:
         self.last_lateness_ns = lateness_ns
         self.ticks += 1
         return lateness_ns
+
+    def _sleep_until(self, until_ns: int, now_ns: int) -> bool:
+        """Sleep in slices of at most ``max_sleep_ns`` until ``until_ns``.
+
+        Returns:
+            True if ``should_stop`` asked to stop before then.
+        """
+        should_stop, clock, sleep, slice_ns = (
+            self._should_stop,
+            self._clock,
+            self._sleep,
+            self.max_sleep_ns,
+        )
+        while True:
+            if should_stop is not None and should_stop():
+                return True
+            remaining_ns = until_ns - now_ns
+            if remaining_ns <= 0:
+                return False
+            sleep((remaining_ns if remaining_ns < slice_ns else slice_ns) / _NS_PER_S)
+            now_ns = clock()

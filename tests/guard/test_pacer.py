@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tailguard.runtime.pacer import Pacer
+from tailguard.runtime.pacer import STOPPED, Pacer
 
 PERIOD_1KHZ_NS = 1_000_000
 
@@ -57,7 +57,9 @@ def make_pacer(clock: FakeClock, rate_hz: float = 1000.0, spin_ns: int = 0) -> P
         ({"rate_hz": -50.0}, "rate_hz must be a finite number"),
         ({"rate_hz": math.nan}, "got nan"),
         ({"rate_hz": math.inf}, "got inf"),
-        ({"rate_hz": 100_001}, "(0, 100000]"),
+        ({"rate_hz": 100_001}, "[1e-06, 100000]"),
+        ({"rate_hz": 1e-7}, "[1e-06, 100000]"),
+        ({"rate_hz": 500, "max_sleep_ns": 0}, "max_sleep_ns must be a positive integer"),
         ({"rate_hz": "500"}, "got str '500'"),
         ({"rate_hz": True}, "got bool"),
         ({"rate_hz": None}, "got NoneType"),
@@ -65,8 +67,8 @@ def make_pacer(clock: FakeClock, rate_hz: float = 1000.0, spin_ns: int = 0) -> P
         ({"rate_hz": 500, "spin_ns": 1.5}, "spin_ns must be a non-negative integer"),
     ],
 )
-def test_bad_arguments_raise_value_error(kwargs: dict[str, object], fragment: str) -> None:
-    """Out-of-range or non-numeric rate_hz / spin_ns raise ValueError naming the argument."""
+def test_bad_arguments_raise_config_error(kwargs: dict[str, object], fragment: str) -> None:
+    """Out-of-range or non-numeric arguments raise ConfigError (a ValueError) naming them."""
     with pytest.raises(ValueError, match=re.escape(fragment)):
         Pacer(**kwargs)  # type: ignore[arg-type]
 
@@ -193,6 +195,60 @@ def test_wait_before_start_starts_the_grid() -> None:
     assert pacer.wait() == 0
     assert clock.now_ns == 123 + PERIOD_1KHZ_NS
     assert pacer.ticks == 1
+
+
+
+def test_long_wait_sleeps_in_bounded_slices() -> None:
+    """A 100 s period is slept in slices no longer than max_sleep_ns; the slot is still hit."""
+    clock = FakeClock()
+    pacer = Pacer(0.01, spin_ns=0, clock=clock, sleep=clock.sleep, max_sleep_ns=50_000_000)
+    pacer.start(now_ns=0)
+    assert pacer.wait() == 0
+    assert clock.now_ns == 100 * 10**9
+    assert max(clock.sleeps_s) <= 0.05 and len(clock.sleeps_s) == 2000
+
+
+def test_stop_request_ends_a_long_wait_within_one_slice() -> None:
+    """should_stop() turning true mid-wait returns STOPPED within one slice, slot unserved."""
+    clock = FakeClock()
+    pacer = Pacer(
+        0.01,
+        spin_ns=0,
+        clock=clock,
+        sleep=clock.sleep,
+        should_stop=lambda: clock.now_ns >= 3 * 10**9,
+        max_sleep_ns=50_000_000,
+    )
+    pacer.start(now_ns=0)
+    assert pacer.wait() == STOPPED
+    assert 3 * 10**9 <= clock.now_ns <= 3 * 10**9 + 50_000_000
+    assert pacer.stopped and pacer.ticks == 0
+
+
+def test_deadline_after_the_end_of_the_run_returns_stopped_at_the_end() -> None:
+    """With stop_at_ns before the next slot, wait() returns STOPPED at stop_at_ns, not later."""
+    clock = FakeClock()
+    pacer = Pacer(0.01, spin_ns=0, clock=clock, sleep=clock.sleep, stop_at_ns=10**9)
+    pacer.start(now_ns=0)
+    assert pacer.wait() == STOPPED
+    assert clock.now_ns == 10**9 and pacer.ticks == 0
+
+
+def test_stop_hooks_leave_fast_ticks_alone() -> None:
+    """At 1 kHz with an end far away, ticks are served normally and should_stop is not polled."""
+    clock = FakeClock(read_step_ns=100)
+    polled = []
+    pacer = Pacer(
+        1000.0,
+        spin_ns=0,
+        clock=clock,
+        sleep=clock.sleep,
+        should_stop=lambda: polled.append(1) or False,
+        stop_at_ns=10**12,
+    )
+    pacer.start(now_ns=0)
+    assert all(pacer.wait() >= 0 for _ in range(50))
+    assert pacer.ticks == 50 and polled == []
 
 
 @settings(max_examples=200, deadline=None)
