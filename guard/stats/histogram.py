@@ -1,4 +1,7 @@
-"""Log-linear latency histograms with HdrHistogram's layout, encoding and semantics.
+"""Log-linear latency histograms with HdrHistogram's layout and semantics: layout, record, query.
+
+The file formats (HdrHistogram V2 base64, ``.hgrm`` text, the sparse telemetry snapshot)
+live in :mod:`tailguard.stats.codecs`; the ``to_*``/``from_*`` methods here call them.
 
 HOT PATH: :meth:`LogLinearHistogram.record` runs once per tick per measured quantity, and
 the guard may inline its index computation (see :attr:`LogLinearHistogram.counts`). Keep
@@ -28,49 +31,22 @@ or :meth:`to_sparse` from that same thread.
 from __future__ import annotations
 
 import array
-import base64
-import binascii
-import difflib
-import itertools
 import math
 import numbers
 import operator
-import struct
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tailguard.errors import ConfigError
 from tailguard.stats.percentile import nearest_rank
 
-__all__ = ["LogLinearHistogram"]
+__all__ = ["LogLinearHistogram", "counts_length"]
 
-_SPARSE_FORMAT = "tailguard.loglinear"
-_SPARSE_VERSION = 1
-_SPARSE_KEYS = (
-    "format",
-    "version",
-    "significant_digits",
-    "highest_trackable_value",
-    "indices",
-    "counts",
-    "clamped_count",
-    "invalid_count",
-)
-
-# HdrHistogram V2 encoding constants (cookie base | 0x10 word-size nibble, as Java writes).
-_V2_ENCODING_COOKIE = 0x1C849303 | 0x10
-_V2_COMPRESSED_COOKIE = 0x1C849304 | 0x10
-_COOKIE_BASE_MASK = ~0xF0 & 0xFFFFFFFF
-_EXTERNAL_HEADER = struct.Struct(">II")  # cookie, compressed length
-_PAYLOAD_HEADER = struct.Struct(
-    ">IIiiqqd"
-)  # cookie, payload len, norm offset, digits, lo, hi, ratio
 _INT64_MAX = 2**63 - 1
 _MAX_DIGITS = 5
-_MAX_PAYLOAD_BYTES = 64 * 2**20  # 9-byte varints for ~7M buckets: any sane layout fits
 
 
 class LogLinearHistogram:
@@ -98,41 +74,22 @@ class LogLinearHistogram:
         invalid_count: values that were not numbers at all (NaN, None, ...); not recorded.
 
     Raises:
-        ValueError: ``significant_digits`` outside 1..5 or ``highest_trackable_value``
+        ConfigError: ``significant_digits`` outside 1..5 or ``highest_trackable_value``
             outside ``[2, 2**63 - 1]``.
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
 
     def __init__(self, significant_digits: int = 2, highest_trackable_value: int = 2**40) -> None:
-        if (
-            isinstance(significant_digits, bool)
-            or not isinstance(significant_digits, int)
-            or not 1 <= significant_digits <= _MAX_DIGITS
-        ):
-            raise ValueError(
-                f"significant_digits must be an int in 1..{_MAX_DIGITS}, got {significant_digits!r}"
-            )
-        if (
-            isinstance(highest_trackable_value, bool)
-            or not isinstance(highest_trackable_value, int)
-            or not 2 <= highest_trackable_value <= _INT64_MAX
-        ):
-            raise ValueError(
-                "highest_trackable_value must be an int in [2, 2**63 - 1] (nanoseconds), "
-                f"got {highest_trackable_value!r}"
-            )
+        _check_layout_args(significant_digits, highest_trackable_value)
         self.significant_digits = significant_digits
         self.highest_trackable_value = highest_trackable_value
         # Smallest power of two >= 2 * 10**d, computed in integers (no float log rounding).
         self.sub_bits = (2 * 10**significant_digits - 1).bit_length()
         self.half_bits = self.sub_bits - 1
         self.sub_bucket_count = 1 << self.sub_bits
-        bucket_count = 1
-        while self.sub_bucket_count << (bucket_count - 1) <= highest_trackable_value:
-            bucket_count += 1
-        self.bucket_count = bucket_count
-        self.counts_len = (bucket_count + 1) << self.half_bits
+        self.bucket_count = _bucket_count(self.sub_bucket_count, highest_trackable_value)
+        self.counts_len = (self.bucket_count + 1) << self.half_bits
         self.counts = array.array("q", bytes(8 * self.counts_len))
         self.clamped_count = 0
         self.invalid_count = 0
@@ -149,10 +106,10 @@ class LogLinearHistogram:
         """Counts index of ``value`` (HdrHistogram's ``counts_index_for``).
 
         Raises:
-            ValueError: ``value`` is negative or above ``highest_trackable_value``.
+            ConfigError: ``value`` is negative or above ``highest_trackable_value``.
         """
         if not 0 <= value <= self.highest_trackable_value:
-            raise ValueError(
+            raise ConfigError(
                 f"value {value} outside [0, {self.highest_trackable_value}] (nanoseconds)"
             )
         b = value.bit_length() - self.sub_bits
@@ -310,7 +267,7 @@ class LogLinearHistogram:
             percentile: in [0, 100].
 
         Raises:
-            ValueError: ``percentile`` outside [0, 100] or NaN.
+            ConfigError: ``percentile`` outside [0, 100] or NaN.
         """
         return self.percentiles((percentile,))[percentile]
 
@@ -321,12 +278,12 @@ class LogLinearHistogram:
             ``{percentile: value}`` (nanoseconds), keys as given.
 
         Raises:
-            ValueError: any percentile outside [0, 100] or NaN.
+            ConfigError: any percentile outside [0, 100] or NaN.
         """
         keys = [float(p) for p in percentiles]
         bad = sorted({p for p in keys if not 0.0 <= p <= 100.0}, key=str)
         if bad:
-            raise ValueError(f"percentiles must be in [0, 100]; got {bad}")
+            raise ConfigError(f"percentiles must be in [0, 100]; got {bad}")
         # Window queries run every k ticks with the GIL held: one cumsum and one
         # searchsorted over the counts; the few per-percentile steps stay in plain Python.
         cumulative = np.cumsum(self._view)
@@ -412,7 +369,7 @@ class LogLinearHistogram:
             self.significant_digits,
             self.highest_trackable_value,
         ):
-            raise ValueError(
+            raise ConfigError(
                 "histogram layouts differ: expected significant_digits="
                 f"{self.significant_digits}, highest_trackable_value="
                 f"{self.highest_trackable_value}; got {other.significant_digits}, "
@@ -425,7 +382,7 @@ class LogLinearHistogram:
 
         Raises:
             TypeError: ``other`` is not a ``LogLinearHistogram``.
-            ValueError: ``other`` has a different layout.
+            ConfigError: ``other`` has a different layout.
         """
         other = self._check_layout(other)
         self._view += other._view
@@ -463,274 +420,88 @@ class LogLinearHistogram:
             f"total_count={self.total_count})"
         )
 
-    # ---------------------------------------------------------------- sparse (telemetry)
+    # ------------------------------------------------------- codecs (tailguard.stats.codecs)
 
     def to_sparse(self) -> dict[str, Any]:
-        """Non-empty buckets and layout as plain ints/strs/lists (JSON and msgpack safe)."""
-        nonzero = np.flatnonzero(self._view)
-        return {
-            "format": _SPARSE_FORMAT,
-            "version": _SPARSE_VERSION,
-            "significant_digits": self.significant_digits,
-            "highest_trackable_value": self.highest_trackable_value,
-            "indices": nonzero.tolist(),
-            "counts": self._view[nonzero].tolist(),
-            "clamped_count": self.clamped_count,
-            "invalid_count": self.invalid_count,
-        }
+        """Non-empty buckets and layout as plain ints/strs/lists (see ``codecs.to_sparse``)."""
+        from tailguard.stats import codecs
+
+        return codecs.to_sparse(self)
 
     @classmethod
     def from_sparse(cls, data: Mapping[str, Any]) -> LogLinearHistogram:
-        """Rebuild a histogram from :meth:`to_sparse` output.
+        """Rebuild a histogram from :meth:`to_sparse` output (see ``codecs.from_sparse``).
 
         Raises:
-            ValueError: wrong format/version, missing or unknown keys, bad layout, indices
-                not strictly increasing or out of range, counts not positive. Every
-                problem found is listed.
+            ConfigError: malformed snapshot; every problem found is listed.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"sparse histogram must be a mapping, got {type(data).__name__}")
-        problems = []
-        for key in data:
-            if key not in _SPARSE_KEYS:
-                close = difflib.get_close_matches(str(key), _SPARSE_KEYS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(f"unknown key '{key}'{hint}")
-        problems += [f"missing key '{key}'" for key in _SPARSE_KEYS if key not in data]
-        if problems:
-            raise ValueError("invalid sparse histogram: " + "; ".join(problems))
-        if data["format"] != _SPARSE_FORMAT or data["version"] != _SPARSE_VERSION:
-            raise ValueError(
-                f"invalid sparse histogram: expected format '{_SPARSE_FORMAT}' version "
-                f"{_SPARSE_VERSION}, got '{data['format']}' version {data['version']}"
-            )
-        hist = cls(data["significant_digits"], data["highest_trackable_value"])
-        indices, counts = data["indices"], data["counts"]
-        for name, seq in (("indices", indices), ("counts", counts)):
-            if not isinstance(seq, list | tuple) or not all(
-                isinstance(x, int) and not isinstance(x, bool) for x in seq
-            ):
-                problems.append(f"'{name}' must be a list of ints")
-        for name in ("clamped_count", "invalid_count"):
-            value = data[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"'{name}' must be an int >= 0, got {value!r}")
-        if not problems:
-            if len(indices) != len(counts):
-                problems.append(
-                    f"'indices' and 'counts' differ in length ({len(indices)} vs {len(counts)})"
-                )
-            if any(b <= a for a, b in itertools.pairwise(indices)):
-                problems.append("'indices' must be strictly increasing")
-            if indices and not (indices[0] >= 0 and indices[-1] < hist.counts_len):
-                problems.append(f"'indices' must lie in [0, {hist.counts_len})")
-            if any(not 0 < c <= _INT64_MAX for c in counts):
-                problems.append("'counts' must be positive int64 values")
-        if problems:
-            raise ValueError("invalid sparse histogram: " + "; ".join(problems))
-        if indices:
-            hist._view[np.asarray(indices, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
-        hist.clamped_count = data["clamped_count"]
-        hist.invalid_count = data["invalid_count"]
-        return hist
+        from tailguard.stats import codecs
 
-    # -------------------------------------------------------------- HdrHistogram encoding
+        return codecs.from_sparse(data)
 
     def to_hdr_base64(self) -> str:
-        """HdrHistogram V2 compressed encoding, base64 (what ``HdrHistogram.decode`` reads).
+        """HdrHistogram V2 compressed encoding, base64 (see ``codecs.encode_hdr_base64``)."""
+        from tailguard.stats import codecs
 
-        Payload header (cookie, length, normalizing offset 0, digits, lowest value 1,
-        highest trackable value, conversion ratio 1.0), then the counts up to the last
-        non-empty bucket as ZigZag LEB128 varints, runs of >= 2 empty buckets written as
-        one negative run length; zlib-deflated behind the compressed-format header.
-        The clamped/invalid counters are not part of the format and are not kept.
-        """
-        nonzero = np.flatnonzero(self._view)
-        counts = self._view[nonzero].tolist()
-        out = bytearray()
-        previous = -1
-        for index, count in zip(nonzero.tolist(), counts, strict=True):
-            gap = index - previous - 1
-            if gap == 1:
-                _put_zigzag(out, 0)
-            elif gap > 1:
-                _put_zigzag(out, -gap)
-            _put_zigzag(out, count)
-            previous = index
-        header = _PAYLOAD_HEADER.pack(
-            _V2_ENCODING_COOKIE,
-            len(out),
-            0,
-            self.significant_digits,
-            1,
-            self.highest_trackable_value,
-            1.0,
-        )
-        compressed = zlib.compress(header + bytes(out))
-        blob = _EXTERNAL_HEADER.pack(_V2_COMPRESSED_COOKIE, len(compressed)) + compressed
-        return base64.b64encode(blob).decode("ascii")
+        return codecs.encode_hdr_base64(self)
 
     @classmethod
     def from_hdr_base64(cls, encoded: str | bytes) -> LogLinearHistogram:
-        """Decode an HdrHistogram V2 compressed base64 histogram (Java, C, Python, Go...).
-
-        Only ``lowest_discernible_value == 1`` and a normalizing offset of 0 are supported
-        (what HdrHistogram uses for integer nanoseconds); the conversion ratio is ignored.
+        """Decode an HdrHistogram V2 compressed base64 histogram, with bounded memory and
+        work (see ``codecs.decode_hdr_base64``).
 
         Raises:
-            ValueError: anything malformed or unsupported; nothing else.
+            ConfigError: anything malformed, unsupported or beyond the decoder's bounds.
         """
-        try:
-            blob = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, TypeError, ValueError) as exc:
-            raise ValueError(f"not a base64 HdrHistogram: {exc}") from None
-        if len(blob) < _EXTERNAL_HEADER.size:
-            raise ValueError(f"HdrHistogram blob too short ({len(blob)} bytes)")
-        cookie, length = _EXTERNAL_HEADER.unpack_from(blob)
-        if cookie & _COOKIE_BASE_MASK != _V2_COMPRESSED_COOKIE & _COOKIE_BASE_MASK:
-            raise ValueError(
-                f"unsupported HdrHistogram cookie 0x{cookie:08x}; expected V2 compressed "
-                f"0x{_V2_COMPRESSED_COOKIE:08x}"
-            )
-        if length != len(blob) - _EXTERNAL_HEADER.size:
-            raise ValueError(
-                f"HdrHistogram length field says {length} bytes, "
-                f"found {len(blob) - _EXTERNAL_HEADER.size}"
-            )
-        inflater = zlib.decompressobj()
-        try:
-            payload = inflater.decompress(blob[_EXTERNAL_HEADER.size :], _MAX_PAYLOAD_BYTES)
-        except zlib.error as exc:
-            raise ValueError(f"HdrHistogram payload does not inflate: {exc}") from None
-        if inflater.unconsumed_tail:  # a zip bomb, or a histogram far larger than ours
-            raise ValueError(f"HdrHistogram payload inflates beyond {_MAX_PAYLOAD_BYTES} bytes")
-        if len(payload) < _PAYLOAD_HEADER.size:
-            raise ValueError(f"HdrHistogram payload too short ({len(payload)} bytes)")
-        cookie, payload_len, offset, digits, lowest, highest, _ratio = _PAYLOAD_HEADER.unpack_from(
-            payload
-        )
-        if cookie & _COOKIE_BASE_MASK != _V2_ENCODING_COOKIE & _COOKIE_BASE_MASK:
-            raise ValueError(f"unsupported HdrHistogram payload cookie 0x{cookie:08x}")
-        if payload_len != len(payload) - _PAYLOAD_HEADER.size:
-            raise ValueError(
-                f"HdrHistogram payload length field says {payload_len} bytes, "
-                f"found {len(payload) - _PAYLOAD_HEADER.size}"
-            )
-        if offset != 0 or lowest != 1:
-            raise ValueError(
-                "only HdrHistograms with lowest_discernible_value=1 and normalizing offset 0 "
-                f"are supported; got {lowest} and {offset}"
-            )
-        hist = cls(digits, highest)  # validates digits and highest
-        hist._fill_from_varints(memoryview(payload)[_PAYLOAD_HEADER.size :])
-        return hist
+        from tailguard.stats import codecs
 
-    def _fill_from_varints(self, data: memoryview) -> None:
-        """Decode ZigZag LEB128 counts (negative = run of empty buckets) into ``counts``."""
-        index, pos, end = 0, 0, len(data)
-        counts, limit = self.counts, self.counts_len
-        while pos < end:
-            raw, shift = 0, 0
-            while True:
-                if pos >= end:
-                    raise ValueError("HdrHistogram counts end inside a varint")
-                byte = data[pos]
-                pos += 1
-                if shift == 56:  # the 9th byte carries 8 bits
-                    raw |= byte << 56
-                    break
-                raw |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-            value = (raw >> 1) ^ -(raw & 1)
-            if value < 0:
-                index -= value
-            else:
-                if value:
-                    if index >= limit:
-                        raise ValueError(
-                            f"HdrHistogram count at index {index} beyond {limit} buckets"
-                        )
-                    counts[index] = value
-                index += 1
-
-    # ------------------------------------------------------------------------ hgrm text
+        return codecs.decode_hdr_base64(encoded)
 
     def to_hgrm(self, value_scale: float = 1.0, ticks_per_half_distance: int = 5) -> str:
-        """HdrHistogram's percentile-distribution text (``.hgrm``), as Java prints it.
-
-        Columns Value (divided by ``value_scale``), Percentile (0..1), TotalCount and
-        1/(1-Percentile), then ``#[Mean ...]``, ``#[Max ...]`` and ``#[Buckets ...]``
-        footer lines. HdrHistogram's plotter and ``HistogramLogProcessor`` read this.
-
-        Args:
-            value_scale: divisor for printed values, e.g. 1000.0 to print microseconds.
-            ticks_per_half_distance: report lines per halving of the distance to 100 %.
+        """HdrHistogram's percentile-distribution text (see ``codecs.format_hgrm``).
 
         Raises:
-            ValueError: ``value_scale`` not positive or ``ticks_per_half_distance`` < 1.
+            ConfigError: ``value_scale`` not positive or ``ticks_per_half_distance`` < 1.
         """
-        if not value_scale > 0 or not math.isfinite(value_scale):
-            raise ValueError(f"value_scale must be a positive number, got {value_scale!r}")
-        if ticks_per_half_distance < 1:
-            raise ValueError(
-                f"ticks_per_half_distance must be >= 1, got {ticks_per_half_distance!r}"
-            )
-        digits = self.significant_digits
-        row = f"%12.{digits}f %2.12f %10d %14.2f\n"
-        last_row = f"%12.{digits}f %2.12f %10d\n"
-        lines = [
-            f"{'Value':>12} {'Percentile':>14} {'TotalCount':>10} {'1/(1-Percentile)':>14}\n\n"
-        ]
-        nonzero = np.flatnonzero(self._view)
-        if nonzero.size:
-            cumulative = np.cumsum(self._view[nonzero])
-            total = int(cumulative[-1])
-            reached = 100.0 * cumulative.astype(np.float64) / float(total)
-            lowest, width = self._bounds_of_indices(nonzero)
-            highest = (lowest + width - 1).tolist()
-            level = 0.0
-            while True:
-                j = int(np.searchsorted(reached, level, side="left"))
-                lines.append(
-                    row
-                    % (
-                        highest[j] / value_scale,
-                        level / 100.0,
-                        cumulative[j],
-                        1.0 / (1.0 - level / 100.0),
-                    )
-                )
-                if j == nonzero.size - 1:
-                    break
-                # Java: ticks * 2**(floor(log2(100 / (100 - level))) + 1) steps per halving.
-                halvings = int(math.log(100.0 / (100.0 - level)) / math.log(2)) + 1
-                level += 100.0 / (ticks_per_half_distance * 2**halvings)
-                if level >= 100.0:
-                    break
-            lines.append(last_row % (highest[-1] / value_scale, 1.0, total))
-        lines.append(
-            f"#[Mean    = %12.{digits}f, StdDeviation   = %12.{digits}f]\n"
-            % (self.mean / value_scale, self.stddev / value_scale)
-        )
-        lines.append(
-            f"#[Max     = %12.{digits}f, Total count    = %12d]\n"
-            % (self.max_value / value_scale, self.total_count)
-        )
-        lines.append(
-            f"#[Buckets = {self.bucket_count:12d}, SubBuckets     = {self.sub_bucket_count:12d}]\n"
-        )
-        return "".join(lines)
+        from tailguard.stats import codecs
+
+        return codecs.format_hgrm(self, value_scale, ticks_per_half_distance)
 
 
-def _put_zigzag(out: bytearray, value: int) -> None:
-    """Append ``value`` as HdrHistogram's ZigZag LEB128 (at most 9 bytes, the 9th full)."""
-    raw = (value << 1) if value >= 0 else ((-value) << 1) - 1
-    for _ in range(8):
-        if raw < 0x80:
-            out.append(raw)
-            return
-        out.append((raw & 0x7F) | 0x80)
-        raw >>= 7
-    out.append(raw & 0xFF)
+def counts_length(significant_digits: int, highest_trackable_value: int) -> int:
+    """Length of the counts array of a layout, computed without allocating it.
+
+    Raises:
+        ConfigError: ``significant_digits`` outside 1..5 or ``highest_trackable_value``
+            outside ``[2, 2**63 - 1]``.
+    """
+    _check_layout_args(significant_digits, highest_trackable_value)
+    sub_bits = (2 * 10**significant_digits - 1).bit_length()
+    return (_bucket_count(1 << sub_bits, highest_trackable_value) + 1) << (sub_bits - 1)
+
+
+def _bucket_count(sub_bucket_count: int, highest_trackable_value: int) -> int:
+    bucket_count = 1
+    while sub_bucket_count << (bucket_count - 1) <= highest_trackable_value:
+        bucket_count += 1
+    return bucket_count
+
+
+def _check_layout_args(significant_digits: object, highest_trackable_value: object) -> None:
+    if (
+        isinstance(significant_digits, bool)
+        or not isinstance(significant_digits, int)
+        or not 1 <= significant_digits <= _MAX_DIGITS
+    ):
+        raise ConfigError(
+            f"significant_digits must be an int in 1..{_MAX_DIGITS}, got {significant_digits!r}"
+        )
+    if (
+        isinstance(highest_trackable_value, bool)
+        or not isinstance(highest_trackable_value, int)
+        or not 2 <= highest_trackable_value <= _INT64_MAX
+    ):
+        raise ConfigError(
+            "highest_trackable_value must be an int in [2, 2**63 - 1] (nanoseconds), "
+            f"got {highest_trackable_value!r}"
+        )

@@ -1,4 +1,4 @@
-"""Tests for tailguard.stats.histogram: HdrHistogram layout, precision, percentiles, encodings."""
+"""tailguard.stats.histogram and .codecs: HdrHistogram layout, precision, percentiles, encodings."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tailguard.stats.histogram import LogLinearHistogram
+from tailguard.errors import ConfigError
+from tailguard.stats import codecs
+from tailguard.stats.codecs import MAX_DECODE_BUCKETS, _put_zigzag
+from tailguard.stats.histogram import LogLinearHistogram, counts_length
 
 HIGHEST_NS = 2**40
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -515,24 +518,74 @@ _GOOD_HEADER = (0x1C849313, 0, 0, 2, 1, HIGHEST_NS, 1.0)
         (_blob((0x1C849313, 4, 0, 2, 1, 300, 1.0), b"\xff\x0f\x02\x02"), "beyond"),
     ],
 )
-def test_malformed_base64_raises_value_error(blob: str, fragment: str) -> None:
-    """Every malformed or unsupported blob raises ValueError saying what is wrong."""
-    with pytest.raises(ValueError, match=fragment):
+def test_malformed_base64_raises_config_error(blob: str, fragment: str) -> None:
+    """Every malformed or unsupported blob raises ConfigError saying what is wrong."""
+    with pytest.raises(ConfigError, match=fragment):
         LogLinearHistogram.from_hdr_base64(blob)
 
 
 def test_decompression_is_bounded() -> None:
-    """A small blob that inflates past 64 MiB is refused instead of exhausting memory."""
+    """A small blob that inflates past the length its header declares is refused."""
     bomb = _blob(_GOOD_HEADER, bytes(65 * 2**20))
     assert len(bomb) < 200_000
-    with pytest.raises(ValueError, match="inflates beyond"):
+    with pytest.raises(ConfigError, match="inflates beyond the 0 bytes"):
         LogLinearHistogram.from_hdr_base64(bomb)
+
+
+def test_declared_payload_longer_than_the_layout_can_need_is_refused() -> None:
+    """A header declaring more than 9 bytes per bucket is refused before inflating the rest."""
+    hist = LogLinearHistogram()
+    blob = _blob((0x1C849313, 9 * hist.counts_len + 1, 0, 2, 1, HIGHEST_NS, 1.0), b"\x02")
+    with pytest.raises(ConfigError, match="more than a histogram of 4480 buckets can need"):
+        LogLinearHistogram.from_hdr_base64(blob)
+
+
+def test_layout_beyond_the_decoder_bound_is_refused_before_allocating() -> None:
+    """Five digits over the int64 range (6.2M buckets) exceed MAX_DECODE_BUCKETS: refused."""
+    blob = _blob((0x1C849313, 0, 0, 5, 1, 2**63 - 1, 1.0))
+    assert counts_length(5, 2**63 - 1) > MAX_DECODE_BUCKETS
+    with pytest.raises(ConfigError, match="buckets, more than the"):
+        LogLinearHistogram.from_hdr_base64(blob)
+
+
+def _zero_runs(n_runs: int, run: int) -> bytes:
+    out = bytearray()
+    for _ in range(n_runs):
+        _put_zigzag(out, -run)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("varints", "fragment"),
+    [
+        # 22 KB of consecutive empty runs: every encoder merges them, so the 2nd one is refused.
+        (_zero_runs(11_000, 1), "two empty entries in a row"),
+        (bytes(22_000), "two empty entries in a row"),
+        (_zero_runs(1, 2**62), "beyond the 4480 buckets"),
+        (b"\x02" + _zero_runs(1, 4479) + b"\x02", "beyond 4480 buckets"),
+    ],
+)
+def test_runs_of_empty_buckets_are_structurally_bounded(varints: bytes, fragment: str) -> None:
+    """Run lengths never reach past the layout and never follow another empty entry."""
+    blob = _blob((0x1C849313, len(varints), 0, 2, 1, HIGHEST_NS, 1.0), varints)
+    with pytest.raises(ConfigError, match=fragment):
+        LogLinearHistogram.from_hdr_base64(blob)
+
+
+def test_methods_and_codec_functions_are_one_codec() -> None:
+    """The histogram's to_*/from_* methods give exactly what the codecs module gives."""
+    hist = filled([1, 300, 70_000, 9_000_000])
+    assert hist.to_hdr_base64() == codecs.encode_hdr_base64(hist)
+    assert codecs.decode_hdr_base64(hist.to_hdr_base64()) == hist
+    assert hist.to_hgrm(value_scale=1000.0) == codecs.format_hgrm(hist, 1000.0)
+    assert hist.to_sparse() == codecs.to_sparse(hist)
+    assert codecs.from_sparse(hist.to_sparse()) == hist
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.data())
-def test_decoding_garbage_either_parses_or_raises_value_error(data: st.DataObject) -> None:
-    """Fuzz: any byte-mutated valid blob or random string parses or raises ValueError only."""
+def test_decoding_garbage_either_parses_or_raises_config_error(data: st.DataObject) -> None:
+    """Fuzz: any byte-mutated valid blob or random string parses or raises ConfigError only."""
     good = bytearray(base64.b64decode(filled([1, 300, 70_000, 9_000_000]).to_hdr_base64()))
     payload = bytearray(zlib.decompress(bytes(good[8:])))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -544,7 +597,7 @@ def test_decoding_garbage_either_parses_or_raises_value_error(data: st.DataObjec
         data.draw(st.text(max_size=64)),
     ]
     for candidate in candidates:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ConfigError):
             LogLinearHistogram.from_hdr_base64(candidate)
 
 
@@ -656,7 +709,8 @@ def _sparse(**changes: object) -> dict[str, object]:
         (_sparse(indices=[10, 5, 20]), "strictly increasing"),
         (_sparse(indices=[0, 1, 10**6]), "must lie in"),
         (_sparse(counts=[1, 0, 2]), "positive"),
-        (_sparse(clamped_count=-1), "'clamped_count' must be an int >= 0"),
+        (_sparse(clamped_count=-1), r"'clamped_count' must be an int in \[0"),
+        (_sparse(significant_digits=5, highest_trackable_value=2**63 - 1), "buckets"),
     ],
 )
 def test_bad_sparse_input_raises(data: object, fragment: str) -> None:
