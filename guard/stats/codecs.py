@@ -17,9 +17,10 @@ sockets (a 100 kB deflate stream can inflate to 100 MB):
   (four significant digits over the whole int64 range fit; five need fewer than 2**31 ns);
 - the payload may declare at most 9 bytes per bucket (the longest varint) and is inflated
   only up to the length it declares; more output is refused;
-- every entry must land inside the layout, and a run of empty buckets is never followed by
-  another empty entry (every HdrHistogram encoder merges neighbouring empty buckets into one
-  run), so the number of entries is at most twice the number of non-empty buckets.
+- every entry must land at or below the bucket of ``highest_trackable_value``, and a run of
+  empty buckets is never followed by another empty entry (every HdrHistogram encoder merges
+  neighbouring empty buckets into one run), so the number of entries is at most twice the
+  number of non-empty buckets.
 """
 
 from __future__ import annotations
@@ -32,16 +33,20 @@ import math
 import struct
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tailguard.errors import ConfigError
 from tailguard.stats.histogram import LogLinearHistogram, counts_length
 
 __all__ = [
     "MAX_DECODE_BUCKETS",
+    "HdrBuckets",
     "decode_hdr_base64",
+    "decode_hdr_buckets",
     "encode_hdr_base64",
     "format_hgrm",
     "from_sparse",
@@ -192,14 +197,35 @@ def encode_hdr_base64(hist: LogLinearHistogram) -> str:
     return base64.b64encode(blob).decode("ascii")
 
 
+@dataclass(frozen=True)
+class HdrBuckets:
+    """The non-empty buckets of a decoded HdrHistogram, for any ``lowest_discernible_value``.
+
+    Attributes:
+        significant_digits: as encoded.
+        lowest_discernible_value: as encoded (1 for integer nanoseconds).
+        highest_trackable_value: as encoded.
+        lowest: lowest value of each non-empty bucket, int64 (n,), increasing.
+        highest: highest equivalent value of each non-empty bucket, int64 (n,).
+        counts: count of each non-empty bucket, int64 (n,), positive.
+    """
+
+    significant_digits: int
+    lowest_discernible_value: int
+    highest_trackable_value: int
+    lowest: npt.NDArray[np.int64]
+    highest: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int64]
+
+
 def decode_hdr_base64(
     encoded: str | bytes, *, max_buckets: int = MAX_DECODE_BUCKETS
 ) -> LogLinearHistogram:
     """Decode an HdrHistogram V2 compressed base64 histogram (Java, C, Python, Go, Rust).
 
     Only ``lowest_discernible_value == 1`` and a normalizing offset of 0 are supported
-    (what HdrHistogram uses for integer nanoseconds); the conversion ratio is ignored.
-    Surrounding whitespace is ignored.
+    (what HdrHistogram uses for integer nanoseconds; :func:`decode_hdr_buckets` reads any
+    lowest value); the conversion ratio is ignored. Surrounding whitespace is ignored.
 
     Args:
         encoded: the base64 text (``HISTF...``), str or bytes.
@@ -208,6 +234,41 @@ def decode_hdr_base64(
     Raises:
         ConfigError: anything malformed, unsupported or beyond the bounds; nothing else.
     """
+    return _decode(encoded, max_buckets, unit_only=True)[1]
+
+
+def decode_hdr_buckets(
+    encoded: str | bytes, *, max_buckets: int = MAX_DECODE_BUCKETS
+) -> HdrBuckets:
+    """Decode an HdrHistogram V2 compressed base64 histogram into its non-empty buckets.
+
+    Like :func:`decode_hdr_base64` (same bounds, same errors), but any
+    ``lowest_discernible_value >= 1`` is accepted: its layout is the unit layout scaled by
+    ``2**floor(log2(lowest))``, as in HdrHistogram.
+
+    Raises:
+        ConfigError: anything malformed, unsupported or beyond the bounds; nothing else.
+    """
+    lowest_discernible, unit = _decode(encoded, max_buckets, unit_only=False)
+    shift = lowest_discernible.bit_length() - 1
+    low, width, counts = unit.occupied_buckets()
+    top = low + (width - 1)  # highest value of each bucket in the unit layout
+    if counts.size and (int(top[-1]) << shift) + (1 << shift) - 1 > _INT64_MAX:
+        raise ConfigError("HdrHistogram records values beyond the int64 range")
+    return HdrBuckets(
+        significant_digits=unit.significant_digits,
+        lowest_discernible_value=lowest_discernible,
+        highest_trackable_value=unit.highest_trackable_value << shift,
+        lowest=low << shift,
+        highest=(top << shift) + ((1 << shift) - 1),
+        counts=counts,
+    )
+
+
+def _decode(
+    encoded: str | bytes, max_buckets: int, *, unit_only: bool
+) -> tuple[int, LogLinearHistogram]:
+    """(lowest_discernible_value, counts in the unit layout) of an encoded histogram."""
     if isinstance(encoded, str):
         try:
             encoded = encoded.strip().encode("ascii")
@@ -247,12 +308,18 @@ def decode_hdr_base64(
     cookie, payload_len, offset, digits, lowest, highest, _ratio = _PAYLOAD_HEADER.unpack(head)
     if cookie & _COOKIE_BASE_MASK != _V2_ENCODING_COOKIE & _COOKIE_BASE_MASK:
         raise ConfigError(f"unsupported HdrHistogram payload cookie 0x{cookie:08x}")
-    if offset != 0 or lowest != 1:
+    if offset != 0 or lowest < 1 or (unit_only and lowest != 1):
         raise ConfigError(
             "only HdrHistograms with lowest_discernible_value=1 and normalizing offset 0 "
             f"are supported; got {lowest} and {offset}"
         )
-    counts_len = counts_length(digits, highest)  # validates digits and highest
+    if highest < 2 * lowest:
+        raise ConfigError(
+            f"HdrHistogram highest_trackable_value {highest} must be >= 2 * "
+            f"lowest_discernible_value ({lowest})"
+        )
+    unit_highest = highest >> (lowest.bit_length() - 1)
+    counts_len = counts_length(digits, unit_highest)  # validates digits and highest
     if counts_len > max_buckets:
         raise ConfigError(_layout_too_large(counts_len, max_buckets))
     if payload_len > _MAX_VARINT_BYTES * counts_len:
@@ -271,9 +338,9 @@ def decode_hdr_base64(
         raise ConfigError(
             f"HdrHistogram payload length field says {payload_len} bytes, found {len(body)}"
         )
-    hist = LogLinearHistogram(digits, highest)
+    hist = LogLinearHistogram(digits, unit_highest)
     _fill_from_varints(hist, memoryview(body))
-    return hist
+    return lowest, hist
 
 
 def _inflate(inflater: Any, data: bytes, max_length: int) -> bytes:
@@ -293,7 +360,8 @@ def _layout_too_large(counts_len: int, max_buckets: int = MAX_DECODE_BUCKETS) ->
 def _fill_from_varints(hist: LogLinearHistogram, data: memoryview) -> None:
     """Decode ZigZag LEB128 counts (negative = run of empty buckets) into ``hist.counts``."""
     index, pos, end = 0, 0, len(data)
-    counts, limit = hist.counts, hist.counts_len
+    # Encoders write counts up to the highest recorded value, never past highest_trackable.
+    counts, limit = hist.counts, hist.index_of(hist.highest_trackable_value) + 1
     previous_empty = False
     while pos < end:
         raw, shift = 0, 0
@@ -321,7 +389,7 @@ def _fill_from_varints(hist: LogLinearHistogram, data: memoryview) -> None:
             if index > limit:
                 raise ConfigError(
                     f"HdrHistogram run of empty buckets reaches index {index}, beyond the "
-                    f"{limit} buckets of its layout"
+                    f"{limit} buckets up to its highest_trackable_value"
                 )
             continue
         previous_empty = False

@@ -1,15 +1,29 @@
-"""Empirical timing data: our HdrHistogram decoder agrees with the reference library."""
+"""Empirical timing data: the one HdrHistogram decoder agrees with the reference library, and
+every file or inline spec is read with bounded memory and work."""
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tailguard.errors import ProfileError
-from tailguard.firmware_sim.empirical import decode_hdr_histogram, load_recorded_timing
+from tailguard.firmware_sim import empirical
+from tailguard.firmware_sim.empirical import (
+    MAX_TRACE_VALUES,
+    decode_hdr_histogram,
+    load_recorded_timing,
+    timing_from_json,
+)
 from tailguard.firmware_sim.profile_spec import parse_profile
 
 
@@ -60,7 +74,7 @@ def test_trace_files(tmp_path: Path) -> None:
         ('{"hdr": "AAAAAAAAAAAAAAAA"}', "cookie"),
         ("1\n2\nx\n", "one integer ns per line"),
         ('{"counts": {"1": 0}}', "no recorded values"),
-        ('{"counts": {"a": 1}}', "integers"),
+        ('{"counts": {"a": 1}}', "integer value"),
         ('{"trace_ns": [1, -2]}', "negative"),
         ('{"hdr": "x", "counts": {}}', "exactly one"),
         ("[]", "non-empty"),
@@ -74,3 +88,171 @@ def test_bad_files_raise_profile_error(tmp_path: Path, content: str, fragment: s
     with pytest.raises(ProfileError, match=fragment) as info:
         load_recorded_timing(path)
     assert str(path) in str(info.value)
+
+
+def test_there_is_one_hdr_decoder() -> None:
+    """empirical.py keeps no decoder of its own: no zlib, no varint reader of its own."""
+    source = Path(empirical.__file__).read_text()
+    assert "zlib" not in source and "_read_varint" not in source
+    assert "decode_hdr_buckets" in source
+
+
+@functools.lru_cache(maxsize=4)
+def _bomb_text(inflated_bytes: int, declared_len: int = 0) -> str:
+    """A V2 blob whose deflate stream of zeros inflates to ``inflated_bytes``; built in chunks."""
+    header = struct.pack(">IIiiqqd", 0x1C849313, declared_len, 0, 2, 1, 2**40, 1.0)
+    deflater = zlib.compressobj(9)
+    parts = [deflater.compress(header)]
+    chunk = bytes(2**20)
+    for _ in range(inflated_bytes // len(chunk)):
+        parts.append(deflater.compress(chunk))
+    parts.append(deflater.flush())
+    compressed = b"".join(parts)
+    return base64.b64encode(struct.pack(">II", 0x1C849314, len(compressed)) + compressed).decode()
+
+
+_RSS_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    from tailguard.errors import ProfileError
+    from tailguard.firmware_sim.profile_spec import parse_profile
+    try:
+        parse_profile(sys.stdin.read())
+    except ProfileError as exc:
+        print("refused:", exc)
+    else:
+        print("accepted")
+    print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+)
+
+
+def _load_in_child(spec: str) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD],
+        input=spec,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    message, rss_line = done.stdout.strip().rsplit("\n", 1)
+    return message, int(rss_line.split()[1])
+
+
+@pytest.mark.parametrize("declared_len", [0, 9 * 4480])
+def test_zip_bomb_profile_file_is_refused_with_bounded_memory(
+    tmp_path: Path, declared_len: int
+) -> None:
+    """A 1.4 MB profile file inflating to 1 GiB is refused; the loading process stays < 300 MB."""
+    path = tmp_path / "bomb.hgrm"
+    path.write_text(_bomb_text(2**30, declared_len) + "\n")
+    assert path.stat().st_size < 2_000_000
+    message, rss_kb = _load_in_child(f"empirical:{path}")
+    assert message.startswith("refused:") and str(path) in message
+    assert "inflates beyond" in message
+    assert rss_kb < 300 * 1024
+    print(f"peak RSS {rss_kb / 1024:.0f} MB")
+
+
+def test_zip_bomb_inline_hdr_spec_is_refused_with_bounded_memory() -> None:
+    """The same bomb as an inline JSON ``hdr`` spec is refused within the same memory bound."""
+    spec = json.dumps({"kind": "empirical", "hdr": _bomb_text(2**28)})
+    message, rss_kb = _load_in_child(spec)
+    assert message.startswith("refused:") and "inflates beyond" in message
+    assert rss_kb < 300 * 1024
+
+
+def _npy_with_header(path: Path, shape: tuple[int, ...], data: bytes, descr: str = "<i8") -> Path:
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": descr, "fortran_order": False, "shape": shape}
+        )
+        f.write(data)
+    return path
+
+
+def test_npy_header_declaring_1e12_values_is_refused_before_reading(tmp_path: Path) -> None:
+    """A 100-byte .npy whose header declares 10**12 int64 values is refused by its header."""
+    path = _npy_with_header(tmp_path / "huge.npy", (10**12,), bytes(16))
+    message, rss_kb = _load_in_child(f"empirical:{path}")
+    assert f"declares {10**12} values" in message and message.startswith("refused:")
+    assert rss_kb < 300 * 1024
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "descr", "fragment"),
+    [
+        ((4,), bytes(16), "<i8", "holds 16 bytes of data"),
+        ((MAX_TRACE_VALUES + 1,), b"", "<i8", "at most"),
+        ((2, 2), bytes(32), "<i8", "1-D"),
+        ((2,), bytes(2), "|b1", "1-D integers or floats"),
+    ],
+)
+def test_bad_npy_headers_are_refused(
+    tmp_path: Path, shape: tuple[int, ...], data: bytes, descr: str, fragment: str
+) -> None:
+    """.npy shape, dtype and length are checked against the header before reading the data."""
+    path = _npy_with_header(tmp_path / "bad.npy", shape, data, descr)
+    with pytest.raises(ProfileError, match=fragment):
+        load_recorded_timing(path)
+
+
+def test_counts_near_float_max_are_normalised_not_infinite() -> None:
+    """Counts summing past float max still weigh equally: both buckets are sampled, 50/50."""
+    profile = parse_profile({"kind": "empirical", "counts": {"1000": 1e308, "2000": 1e308}})
+    values = profile.sample(20_000)
+    assert set(np.unique(values).tolist()) == {1000, 2000}
+    assert abs(float(np.mean(values == 1000)) - 0.5) < 0.02
+    assert profile.cdf(1000) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("obj", "fragment"),
+    [
+        ({"trace_ns": [1e300, 10]}, r"trace value 1e\+300 ns at index 0 is outside \[0, 4611"),
+        ({"trace_ns": [5, 2**70]}, "trace value 1180591620717411303424 ns at index 1 is outside"),
+        ({"trace_ns": [5, float("nan")]}, "finite numbers of ns; index 1 is nan"),
+        ({"trace_ns": [5, -3]}, "negative durations; index 1 is -3"),
+        ({"trace_ns": [True, False]}, "numbers of ns"),
+        ({"trace_ns": "123"}, "sequence of ns"),
+        ({"counts": {"1000": float("inf")}}, "finite and non-negative"),
+        ({"counts": {str(2**63): 1}}, "outside"),
+        ({"counts": {"-1": 1}}, "outside"),
+        ({"counts": {"1000": True}}, "numeric count"),
+        ({"hdr": 12}, "base64 string"),
+    ],
+)
+def test_bad_inline_data_is_refused(obj: dict, fragment: str) -> None:
+    """Inline traces and counts are checked value by value: range, finiteness, type."""
+    with pytest.raises(ProfileError, match=fragment):
+        timing_from_json(obj)
+
+
+def test_oversized_inputs_are_refused_by_their_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File size, trace length and histogram entries each have a stated bound."""
+    monkeypatch.setattr(empirical, "MAX_PROFILE_FILE_BYTES", 100)
+    big = tmp_path / "big.txt"
+    big.write_text("1\n" * 100)
+    with pytest.raises(ProfileError, match="larger than the 100 accepted"):
+        load_recorded_timing(big)
+    monkeypatch.setattr(empirical, "MAX_TRACE_VALUES", 3)
+    with pytest.raises(ProfileError, match="longer than the 3 accepted"):
+        timing_from_json([1, 2, 3, 4])
+    small = tmp_path / "small.txt"
+    small.write_text("1\n2\n3\n4\n")
+    with pytest.raises(ProfileError, match="at most 3 values; line 4"):
+        load_recorded_timing(small)
+    monkeypatch.setattr(empirical, "MAX_HISTOGRAM_BUCKETS", 2)
+    with pytest.raises(ProfileError, match="3 entries; at most 2"):
+        timing_from_json({"counts": {"1": 1, "2": 1, "3": 1}})
+
+
+def test_deeply_nested_json_file_is_refused(tmp_path: Path) -> None:
+    """A JSON profile nested 100k deep raises ProfileError, not RecursionError."""
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ProfileError, match="nest"):
+        load_recorded_timing(path)
