@@ -16,6 +16,7 @@ __all__ = [
     "PolicyLoadError",
     "EnvelopeError",
     "EnvelopeProblem",
+    "EnvelopeMismatchError",
     "HashMismatchError",
     "MissingExtraError",
     "IllegalTransitionError",
@@ -90,6 +91,19 @@ class EnvelopeError(TailguardError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         n = len(self.problems)
         super().__init__(f"invalid envelope ({n} problem{'s' if n != 1 else ''}):\n{lines}", path)
+
+
+class EnvelopeMismatchError(EnvelopeError):
+    """A valid envelope does not fit what it is paired with (e.g. the loop's period).
+
+    ``problems`` holds the one mismatch, with the expected and found values and a hint.
+    """
+
+    def __init__(
+        self, problem: EnvelopeProblem, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        TailguardError.__init__(self, f"the envelope does not fit: {problem}", path)
+        self.problems = (problem,)
 
 
 class HashMismatchError(TailguardError):

@@ -1,4 +1,4 @@
-"""Tests for tailguard.envelope.model: validation, loading, saving, the starter envelope."""
+"""Tests for tailguard.envelope: validation, bounded loading, saving, starter, period rule."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tailguard.envelope.model import (
+import tailguard.envelope as envelope_api
+import tailguard.envelope.model as envelope_model
+from tailguard.envelope import (
+    MAX_ENVELOPE_BYTES,
+    MAX_NESTING_DEPTH,
+    PERIOD_TOLERANCE_PPM,
     SCHEMA_VERSION,
     ActionLimits,
     Envelope,
@@ -26,11 +31,17 @@ from tailguard.envelope.model import (
     Window,
     check_envelope_file,
     envelope_from_dict,
+    json_io,
     load_envelope,
+    period_matches,
+    read_envelope_file,
+    require_period,
+    rules,
     save_envelope,
     starter_envelope,
 )
-from tailguard.errors import EnvelopeError
+from tailguard.errors import ConfigError, EnvelopeError, EnvelopeMismatchError
+from tailguard.runtime.pacer import Pacer
 from tailguard.runtime.state import DEFAULT_RESPONSES, Response, Violation
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "envelopes" / "hopper_50hz.json"
@@ -200,6 +211,15 @@ BAD_CASES: list[tuple[str, Any, str, str]] = [
     ("provenance.notes", 5, "provenance.notes", "a string"),
     ("provenance.results", [1], "provenance.results", "an object"),
     ("provenance.results", {"a": [1, math.nan]}, "provenance.results.a[1]", "finite"),
+    # an unknown key in every object of the schema gets a did-you-mean hint
+    ("safe_actoin", "hold", "safe_actoin", "did you mean 'safe_action'?"),
+    ("policy.obs_sise", 11, "policy.obs_sise", "did you mean 'obs_size'?"),
+    ("timing.period", 1, "timing.period", "did you mean 'period_ns'?"),
+    ("timing.dt.p95", 1, "timing.dt.p95", "did you mean 'p95_ns'?"),
+    ("actions.max_delt", [1.0], "actions.max_delt", "did you mean 'max_delta'?"),
+    ("window.tick", 10, "window.tick", "did you mean 'ticks'?"),
+    ("recovery.dwell", 1, "recovery.dwell", "did you mean 'dwell_ns'?"),
+    ("provenance.note", "x", "provenance.note", "did you mean 'notes'?"),
 ]
 
 
@@ -283,9 +303,10 @@ def test_duplicate_keys_in_file_are_problems(tmp_path: Path) -> None:
         (b'{"schema_version": 1,\n  "policy": {,}}', "line 2, column 14"),
         (b"", "line 1, column 1"),
         (b"\x08\x07\x12\x04\xff\xfe", "not UTF-8"),
-        (b"[" * 100_000 + b"]" * 100_000, "JSON of a sane size and depth"),
+        (b"[" * 100_000 + b"]" * 100_000, f"at most {MAX_NESTING_DEPTH} levels deep"),
+        (b'{"schema_version": ' + b"9" * 5000 + b"}", "JSON of a sane size"),
     ],
-    ids=["syntax", "empty", "binary", "deep"],
+    ids=["syntax", "empty", "binary", "deep", "long-integer"],
 )
 def test_unparsable_file_is_one_problem(tmp_path: Path, content: bytes, fragment: str) -> None:
     """Invalid JSON or non-text raises EnvelopeError naming the file and where it broke."""
@@ -580,3 +601,238 @@ def test_any_file_content_loads_or_raises_envelope_error(tmp_path: Path, content
     except EnvelopeError as exc:
         assert exc.problems
     assert isinstance(check_envelope_file(path), list)
+
+
+# --- the package's import surface -------------------------------------------------------
+
+
+def test_model_module_and_package_export_the_same_objects() -> None:
+    """Every public name of tailguard.envelope.model is importable, identical, from the package."""
+    assert sorted(envelope_model.__all__) == sorted(envelope_api.__all__)
+    for name in envelope_model.__all__:
+        assert getattr(envelope_model, name) is getattr(envelope_api, name), name
+
+
+# --- bounded reading: size, depth, file kinds, one parse -----------------------------------
+
+
+def padded_envelope_bytes(size: int) -> bytes:
+    """A valid envelope file of exactly ``size`` bytes (the notes are padded with spaces)."""
+    data = valid_dict()
+    data["provenance"]["notes"] = ""
+    text = json.dumps(data).encode()
+    assert len(text) <= size
+    data["provenance"]["notes"] = " " * (size - len(text))
+    text = json.dumps(data).encode()
+    assert len(text) == size
+    return text
+
+
+def test_file_at_the_size_limit_loads(tmp_path: Path) -> None:
+    """A valid file of exactly MAX_ENVELOPE_BYTES bytes is read (the bound is inclusive)."""
+    path = tmp_path / "at_limit.json"
+    path.write_bytes(padded_envelope_bytes(MAX_ENVELOPE_BYTES))
+    assert load_envelope(path).provenance.notes.strip() == ""
+
+
+def test_file_above_the_size_limit_is_refused_before_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte over the limit: an EnvelopeError naming both sizes, and nothing is parsed."""
+    path = tmp_path / "big.json"
+    path.write_bytes(padded_envelope_bytes(MAX_ENVELOPE_BYTES + 1))
+
+    def no_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an oversized file must be refused before it is parsed")
+
+    monkeypatch.setattr(json_io, "_parse", no_parse)
+    with pytest.raises(EnvelopeError) as info:
+        load_envelope(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"at most {MAX_ENVELOPE_BYTES} bytes" in message
+    assert f"found {MAX_ENVELOPE_BYTES + 1} bytes" in message
+    (problem,) = check_envelope_file(path)
+    assert f"{MAX_ENVELOPE_BYTES + 1} bytes" in str(problem)
+
+
+@pytest.mark.parametrize("extra_levels", [0, 1, 1000])
+def test_nesting_deeper_than_the_bound_is_refused(tmp_path: Path, extra_levels: int) -> None:
+    """A file nested past MAX_NESTING_DEPTH is one problem naming the depth and the bound."""
+    data = valid_dict()
+    total = MAX_NESTING_DEPTH + 1 + extra_levels
+    depth = total - 3  # the envelope, provenance and results objects are 3 levels
+    data["provenance"]["results"] = {"deep": 0}
+    text = json.dumps(data).replace('"deep": 0', '"deep": ' + "[" * depth + "]" * depth)
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    (problem,) = check_envelope_file(path)
+    assert f"at most {MAX_NESTING_DEPTH} levels deep" in str(problem)
+    assert f"found {total} levels" in str(problem)
+
+
+def test_nesting_at_the_bound_is_parsed_and_judged_by_the_schema(tmp_path: Path) -> None:
+    """At exactly MAX_NESTING_DEPTH the file is parsed; the results' own depth rule applies."""
+    data = valid_dict()
+    depth = MAX_NESTING_DEPTH - 3  # with the envelope, provenance and results objects
+    data["provenance"]["results"] = {"deep": 0}
+    text = json.dumps(data).replace('"deep": 0', '"deep": ' + "[" * depth + "]" * depth)
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    problems = check_envelope_file(path)
+    assert problems and all(p.key_path.startswith("provenance.results.deep") for p in problems)
+    assert f"at most {rules.MAX_RESULTS_DEPTH} levels of nesting" in str(problems[0])
+
+
+def test_brackets_inside_strings_are_not_nesting(tmp_path: Path) -> None:
+    """Brackets and escaped quotes inside strings do not count towards the depth bound."""
+    data = valid_dict()
+    data["provenance"]["notes"] = '[{\\"' * 500 + "]"
+    path = tmp_path / "notes.json"
+    path.write_text(json.dumps(data))
+    assert load_envelope(path).provenance.notes == data["provenance"]["notes"]
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    """A directory where the envelope file should be is an EnvelopeError saying so."""
+    with pytest.raises(EnvelopeError, match="a directory"):
+        load_envelope(tmp_path)
+
+
+def test_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """A named pipe is refused at once (opening it must not block until a writer comes)."""
+    import os
+    import threading
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_envelope(fifo)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=10.0)
+    if reader.is_alive():  # release the blocked open() so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10.0)
+        pytest.fail("load_envelope blocked on a named pipe")
+    (exc,) = outcome
+    assert isinstance(exc, EnvelopeError) and "not a regular file" not in str(exc)
+    assert "a device, pipe or socket" in str(exc)
+
+
+def test_read_envelope_file_parses_and_validates_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read gives the envelope or every problem; the text is parsed once, each rule run once."""
+    path = tmp_path / "env.json"
+    path.write_text(json.dumps(valid_dict()))
+    calls: dict[str, int] = {}
+
+    def counting(name: str, real: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(json_io.json, "loads", counting("json.loads", json.loads))
+    for name in ("check_policy", "check_timing", "check_provenance", "check_envelope"):
+        monkeypatch.setattr(rules, name, counting(name, getattr(rules, name)))
+    envelope, problems = read_envelope_file(path)
+    assert problems == [] and envelope == envelope_from_dict(valid_dict())
+    assert calls == {
+        "json.loads": 1,
+        "check_policy": 2,  # once for the file, once for envelope_from_dict above
+        "check_timing": 2,
+        "check_provenance": 2,
+        "check_envelope": 2,
+    }
+    path.write_text(json.dumps(mutate(valid_dict(), "window.ticks", 5)))
+    envelope, problems = read_envelope_file(path)
+    assert envelope is None and [p.key_path for p in problems] == ["window.ticks"]
+
+
+# --- one rule for "does the envelope fit the loop's period" --------------------------------
+
+
+def envelope_with_period(period_ns: int) -> Envelope:
+    """A valid envelope for a loop of ``period_ns``."""
+    return starter_envelope(obs_size=4, action_size=2, period_ns=period_ns)
+
+
+@pytest.mark.parametrize(
+    ("envelope_period_ns", "loop_period_ns"),
+    [
+        (20_000_000, 20_000_000),
+        (33_333_000, Pacer(30.0).period_ns),  # --period-ms 33.333 against --rate-hz 30
+        (Pacer(30.0).period_ns, 33_333_000),
+        (1_001_000, 1_000_000),  # exactly the tolerance
+        (999_000, 1_000_000),
+    ],
+)
+def test_require_period_accepts_the_same_period(
+    envelope_period_ns: int, loop_period_ns: int
+) -> None:
+    """Periods within PERIOD_TOLERANCE_PPM of the loop's are the same period."""
+    assert period_matches(envelope_period_ns, loop_period_ns)
+    require_period(envelope_with_period(envelope_period_ns), loop_period_ns, where="the test")
+
+
+@pytest.mark.parametrize(
+    ("envelope_period_ns", "loop_period_ns"),
+    [
+        (20_000_000, 10_000_000),  # a 50 Hz envelope at --rate-hz 100
+        (10_000_000, 20_000_000),
+        (1_001_001, 1_000_000),  # one ns past the tolerance
+        (998_999, 1_000_000),
+    ],
+)
+def test_require_period_refuses_another_period(
+    envelope_period_ns: int, loop_period_ns: int
+) -> None:
+    """A period outside the tolerance raises EnvelopeMismatchError (an EnvelopeError)."""
+    assert not period_matches(envelope_period_ns, loop_period_ns)
+    with pytest.raises(EnvelopeMismatchError) as info:
+        require_period(envelope_with_period(envelope_period_ns), loop_period_ns, where="x")
+    assert isinstance(info.value, EnvelopeError)
+    (problem,) = info.value.problems
+    assert problem.key_path == "timing.period_ns"
+
+
+def test_require_period_message_says_expected_found_and_how_to_fix() -> None:
+    """The refusal names the file, both periods (ns, ms, Hz), what set the loop's, and fixes."""
+    with pytest.raises(EnvelopeError) as info:
+        require_period(
+            envelope_with_period(20_000_000), 10_000_000, where="--rate-hz 100", path="env.json"
+        )
+    message = str(info.value)
+    assert message.startswith("env.json: ")
+    assert "expected 10000000 ns (10 ms, 100 Hz) to match --rate-hz 100" in message
+    assert "found 20000000 ns (20 ms, 50 Hz)" in message
+    assert "tailguard envelope init --period-ms 10" in message
+    assert "run the loop at 50 Hz" in message
+
+
+@pytest.mark.parametrize("period_ns", [0, -1, 1.5, True, "20000000", None, 2**63])
+def test_require_period_refuses_a_bad_loop_period(period_ns: Any) -> None:
+    """A loop period that is not a positive int64 of ns is a ConfigError, not a mismatch."""
+    with pytest.raises(ConfigError, match="period_ns must be a positive integer"):
+        require_period(envelope_with_period(20_000_000), period_ns, where="x")
+
+
+def test_period_tolerance_is_a_tenth_of_a_percent() -> None:
+    """The documented tolerance: 0.1 %, far below any two distinct common rates."""
+    assert PERIOD_TOLERANCE_PPM == 1_000
+    rates_hz = [30, 50, 60, 100, 120, 200, 250, 400, 500, 1000]
+    for a in rates_hz:
+        for b in rates_hz:
+            same = period_matches(Pacer(float(a)).period_ns, Pacer(float(b)).period_ns)
+            assert same == (a == b), (a, b)
