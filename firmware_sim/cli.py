@@ -17,8 +17,10 @@ hold/fallback action released at the deadline).
 Environments: a gymnasium MuJoCo id (Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5) or
 ``mjcf:ant`` / ``mjcf:PATH.xml`` (raw MJCF robot, PD firmware at 1 kHz, policy at 50 Hz).
 
-Exit codes: 0 done; 2 bad input (unknown env, bad spec, unloadable policy or envelope,
-envelope not made for this policy or env, contradictory flags).
+Exit codes (the table of :mod:`tailguard.cli_args`): 0 done; 1 input refused (unknown env,
+bad profile spec, unloadable policy or envelope, envelope not made for this policy or the
+env's period, results file not writable); 2 usage error (a flag's value out of its range,
+contradictory flags).
 
 JSON output: ``episodes`` (one object per episode: ``seed``, ``return``, ``length``,
 ``terminated``, timing percentiles, smoothness, per-episode ``guard`` statistics when
@@ -39,11 +41,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tailguard import cli_args as ca
 from tailguard.errors import TailguardError
 
 __all__ = ["register", "run_replay_command"]
 
 SCHEMA = "tailguard.replay/1"
+#: Most episodes one replay runs.
+MAX_EPISODES = 100_000
+#: Longest burst of lost commands, ticks.
+MAX_DROP_BURST = 1_000_000
+#: Longest --deadline-ms.
+MAX_DEADLINE_MS = 60_000.0
 
 
 def register(subparsers: Any) -> None:
@@ -61,19 +70,40 @@ def register(subparsers: Any) -> None:
     p.add_argument("--profile", default="nominal", help="latency profile spec (default nominal)")
     p.add_argument("--dt-profile", default="nominal", help="control-period profile spec")
     p.add_argument("--obs-delay-profile", default="nominal", help="observation-age profile spec")
-    p.add_argument("--drop-prob", type=float, default=0.0, help="per-tick drop probability")
-    p.add_argument("--drop-burst", type=int, default=1, help="ticks lost per drop (default 1)")
-    p.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="episode i resets with seed S+i")
+    p.add_argument(
+        "--drop-prob", type=ca.probability(), default=0.0, help="per-tick drop probability"
+    )
+    p.add_argument(
+        "--drop-burst",
+        type=ca.Integer(1, MAX_DROP_BURST, "ticks"),
+        default=1,
+        help="ticks lost per drop (default 1)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=ca.Integer(1, MAX_EPISODES, "episodes"),
+        default=10,
+        help=f"number of episodes, 1..{MAX_EPISODES} (default 10)",
+    )
+    p.add_argument(
+        "--seed",
+        type=ca.Integer(0, (1 << 32) - 1 - MAX_EPISODES),
+        default=0,
+        help="episode i resets with seed S+i",
+    )
     p.add_argument("--envelope", help="envelope JSON (default: the policy's starter envelope)")
     p.add_argument(
         "--fallback", help="guard fallback: hold (default), zero, or PATH.onnx (robust policy)"
     )
     p.add_argument(
-        "--deadline-ms", type=float, help="deadline mode: answer within D ms of tick start"
+        "--deadline-ms",
+        type=ca.duration("ms", maximum=MAX_DEADLINE_MS),
+        help=f"deadline mode: answer within D ms of tick start, (0, {MAX_DEADLINE_MS:g}]",
     )
     p.add_argument("--no-guard", action="store_true", help="replay the bare policy")
-    p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
+    p.add_argument(
+        "--json", dest="json_out", type=ca.output_file, help="write the results to this JSON file"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(handler=run_replay_command, func=run_replay_command)
 
@@ -120,15 +150,10 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
     ]
     if args.no_guard and guard_flags:
         err.write(
-            f"tailguard replay: --no-guard cannot be combined with {', '.join(guard_flags)}\n"
+            f"tailguard replay: error: --no-guard cannot be combined with "
+            f"{', '.join(guard_flags)}\n"
         )
-        return 2
-    if args.deadline_ms is not None and not args.deadline_ms > 0:
-        err.write(f"tailguard replay: --deadline-ms must be > 0, got {args.deadline_ms}\n")
-        return 2
-    if args.episodes < 1:
-        err.write(f"tailguard replay: --episodes must be >= 1, got {args.episodes}\n")
-        return 2
+        return ca.EXIT_USAGE
     started = time.perf_counter()
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     try:
@@ -170,7 +195,7 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
         loop = build_loop(task, controller, timing)
     except TailguardError as exc:
         err.write(f"tailguard replay: {exc}\n")
-        return 2
+        return ca.EXIT_FAILED
 
     progress = None if args.quiet else _progress(args.episodes, err)
     results = run_episodes(loop, args.episodes, args.seed, progress)
@@ -201,8 +226,8 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
             Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")
         except OSError as exc:
             err.write(f"tailguard replay: cannot write {args.json_out}: {exc}\n")
-            return 2
-    return 0
+            return ca.EXIT_FAILED
+    return ca.EXIT_OK
 
 
 def _progress(total: int, err: TextIO) -> Any:

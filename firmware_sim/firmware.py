@@ -28,6 +28,11 @@ threads compete for the CPU (``cpu_burn_gil``: spinning in Python and holding th
 a busy thread of the same process; otherwise hashing, which releases the GIL, like another
 process).
 
+Modules: the settings are :mod:`~tailguard.firmware_sim.firmware_config`, the watchdog
+:mod:`~tailguard.firmware_sim.watchdog`, the injected faults
+:mod:`~tailguard.firmware_sim.link_faults`; this module is the process around them (their
+names stay importable from here).
+
 HOT PATH: :meth:`Firmware.run`'s loop. It never raises on input: malformed, oversized or
 unexpected messages are dropped and counted by :class:`~tailguard.firmware_sim.messages.Reject`
 reason.
@@ -36,22 +41,21 @@ reason.
 from __future__ import annotations
 
 import gc
-import hashlib
 import heapq
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tailguard.errors import TailguardError
 from tailguard.firmware_sim import messages as wire
-from tailguard.protocol.endpoints import require_local_endpoint
-from tailguard.runtime.pacer import Pacer
+from tailguard.firmware_sim.firmware_config import FirmwareConfig, check_endpoint
+from tailguard.firmware_sim.link_faults import LinkFaults, burn_cpu
+from tailguard.firmware_sim.watchdog import CommandWatchdog
+from tailguard.runtime.pacer import STOPPED, Pacer
 from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = [
@@ -72,157 +76,6 @@ _MAX_EVENTS = 256
 _ZMQ_MAX_FRAME_BYTES = 1 << 20  # larger frames make ZMQ drop the connection outright
 
 
-@dataclass(frozen=True)
-class FirmwareConfig:
-    """Settings of a firmware process (validated on construction).
-
-    Attributes:
-        env_id: gymnasium MuJoCo env id, e.g. ``Hopper-v5``.
-        bind: ZMQ endpoint to bind, e.g. ``tcp://127.0.0.1:5555`` (port ``*`` = any free).
-        allow_remote: permit binding a non-loopback address.
-        seed: reset seed of the env and seed of the injected faults.
-        physics_rate_hz: physics steps per second; None keeps the model's own timestep.
-            Another value changes ``model.opt.timestep`` to ``1 / physics_rate_hz``.
-        publish_every: publish an observation every N physics steps (>= 1).
-        command_timeout_ns: watchdog timeout, ns (> 0).
-        link_latency: latency profile spec applied to every delivered command.
-        drop_prob: probability of dropping a valid command, in [0, 1].
-        cpu_burn_threads: CPU-burning threads to start (>= 0).
-        cpu_burn_gil: burn in pure Python (holding the GIL) instead of GIL-free hashing.
-        spin_ns: pacer busy-spin before each deadline, ns.
-        report_every_ns: period of ``stats`` status events, ns; 0 disables them.
-        peer_timeout_ns: a silent peer is dropped after this long, ns.
-        max_messages_per_tick: incoming messages handled per physics step at most.
-    """
-
-    env_id: str = "Hopper-v5"
-    bind: str = "tcp://127.0.0.1:5555"
-    allow_remote: bool = False
-    seed: int = 0
-    physics_rate_hz: float | None = None
-    publish_every: int = 1
-    command_timeout_ns: int = 100_000_000
-    link_latency: str = "nominal"
-    drop_prob: float = 0.0
-    cpu_burn_threads: int = 0
-    cpu_burn_gil: bool = False
-    spin_ns: int = 100_000
-    report_every_ns: int = 5 * _NS_PER_S
-    peer_timeout_ns: int = 3 * _NS_PER_S
-    max_messages_per_tick: int = 64
-
-    def __post_init__(self) -> None:
-        problems = []
-        rate = self.physics_rate_hz
-        if rate is not None and not (math.isfinite(rate) and 0 < rate <= 20_000):
-            problems.append(f"physics_rate_hz must be in (0, 20000] Hz, got {rate!r}")
-        for name, low in (
-            ("publish_every", 1),
-            ("command_timeout_ns", 1),
-            ("cpu_burn_threads", 0),
-            ("spin_ns", 0),
-            ("report_every_ns", 0),
-            ("peer_timeout_ns", 1),
-            ("max_messages_per_tick", 1),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                problems.append(f"{name} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.drop_prob, int | float) and 0.0 <= self.drop_prob <= 1.0):
-            problems.append(f"drop_prob must be a probability in [0, 1], got {self.drop_prob!r}")
-        if self.cpu_burn_threads > 64:
-            problems.append(f"cpu_burn_threads must be <= 64, got {self.cpu_burn_threads}")
-        if problems:
-            raise TailguardError("invalid firmware settings: " + "; ".join(problems))
-        check_endpoint(self.bind, self.allow_remote)
-
-
-def check_endpoint(endpoint: str, allow_remote: bool) -> None:
-    """Refuse a non-loopback TCP endpoint unless ``allow_remote``.
-
-    Delegates to :func:`tailguard.protocol.endpoints.require_local_endpoint` (one rule for every
-    socket
-    tailguard binds). ``ipc://`` and ``inproc://`` are local by nature; ``tcp://*:PORT``
-    binds every interface and counts as remote.
-
-    Raises:
-        TailguardError: malformed endpoint, or a remote one without ``allow_remote``.
-    """
-    require_local_endpoint(endpoint, allow_remote, "firmware endpoint", "--allow-remote")
-
-
-class CommandWatchdog:
-    """Command-timeout watchdog: trips when commands stop, recovers when they resume.
-
-    Pure logic on an injected time base (no clock of its own). Starts tripped: the robot
-    damps until the first command.
-
-    Args:
-        timeout_ns: longest allowed silence between valid commands, ns.
-        now_ns: the start time, ns.
-    """
-
-    def __init__(self, timeout_ns: int, now_ns: int) -> None:
-        self.timeout_ns = timeout_ns
-        self.tripped = True
-        self.last_command_ns = now_ns
-        self.trips = 0
-        self.recoveries = 0
-
-    def command(self, now_ns: int) -> int | None:
-        """A valid command was applied at ``now_ns``.
-
-        Returns:
-            The silence that ends here (ns) if this command recovers from a trip, else None.
-        """
-        gap_ns = now_ns - self.last_command_ns
-        self.last_command_ns = now_ns
-        if self.tripped:
-            self.tripped = False
-            self.recoveries += 1
-            return gap_ns
-        return None
-
-    def check(self, now_ns: int) -> int | None:
-        """Check the timeout at ``now_ns``.
-
-        Returns:
-            The silence so far (ns) if the watchdog trips now, else None.
-        """
-        silence_ns = now_ns - self.last_command_ns
-        if not self.tripped and silence_ns > self.timeout_ns:
-            self.tripped = True
-            self.trips += 1
-            return silence_ns
-        return None
-
-
-class LinkFaults:
-    """Injected link faults for commands: random drops, then a sampled delivery latency.
-
-    Args:
-        latency_spec: latency profile spec (``nominal`` = none).
-        drop_prob: probability of dropping a command.
-        seed: seed of both samplers.
-    """
-
-    def __init__(self, latency_spec: str, drop_prob: float, seed: int) -> None:
-        from tailguard.firmware_sim.profile_spec import parse_profile
-
-        self.profile = parse_profile(latency_spec, nominal_ns=0, seed=seed)
-        self.drop_prob = float(drop_prob)
-        self._rng = np.random.default_rng(seed + 1)
-        self._nominal = latency_spec.strip() == "nominal"
-
-    def delivery_ns(self, now_ns: int) -> int | None:
-        """When a command received at ``now_ns`` takes effect, ns; None if dropped."""
-        if self.drop_prob > 0.0 and self._rng.random() < self.drop_prob:
-            return None
-        if self._nominal:
-            return now_ns
-        return now_ns + self.profile.next_ns()
-
-
 def histogram_summary(hist: LogLinearHistogram) -> dict[str, int]:
     """count, p50, p90, p99, p999 and max of a histogram of ns values."""
     n = hist.total_count
@@ -233,18 +86,6 @@ def histogram_summary(hist: LogLinearHistogram) -> dict[str, int]:
         out[key] = hist.value_at_percentile(q)
     out["max"] = hist.max_value
     return out
-
-
-def _burn(stop: threading.Event, hold_gil: bool) -> None:
-    if hold_gil:
-        x = 0
-        while not stop.is_set():
-            for _ in range(10_000):
-                x += 1
-        return
-    block = bytes(256 * 1024)
-    while not stop.is_set():
-        hashlib.sha256(block).digest()  # releases the GIL while hashing
 
 
 class Firmware:
@@ -497,7 +338,8 @@ class Firmware:
         """Run the real-time loop until ``should_stop()`` or ``duration_ns`` elapses.
 
         Args:
-            should_stop: polled once per physics step (e.g. set by a signal handler).
+            should_stop: polled once per physics step, and between the pacer's sleep
+                slices when a step is far away (e.g. set by a signal handler).
             duration_ns: stop after this long, ns; None runs until stopped.
             on_ready: called once the loop is about to take its first step.
 
@@ -508,12 +350,14 @@ class Firmware:
         clock = self._clock
         stop_burn = threading.Event()
         burners = [
-            threading.Thread(target=_burn, args=(stop_burn, cfg.cpu_burn_gil), daemon=True)
+            threading.Thread(target=burn_cpu, args=(stop_burn, cfg.cpu_burn_gil), daemon=True)
             for _ in range(cfg.cpu_burn_threads)
         ]
         for t in burners:
             t.start()
-        pacer = Pacer(self.physics_rate_hz, spin_ns=cfg.spin_ns, clock=clock)
+        pacer = Pacer(
+            self.physics_rate_hz, spin_ns=cfg.spin_ns, clock=clock, should_stop=should_stop
+        )
         rec_late, rec_work = self.hist_lateness.record, self.hist_work.record
         mj_step, model, data = self._mj_step, self.model, self.data
         publish_every = cfg.publish_every
@@ -521,6 +365,7 @@ class Firmware:
         t_start = clock()
         self.watchdog = CommandWatchdog(cfg.command_timeout_ns, t_start)
         end_ns = None if duration_ns is None else t_start + duration_ns
+        pacer.stop_at_ns = end_ns  # a slow physics rate still ends on time
         next_report = t_start + report_ns if report_ns else None
         next_expire = t_start + _NS_PER_S
         reason = "stopped"
@@ -532,7 +377,11 @@ class Firmware:
         pacer.start()
         try:
             while True:
-                rec_late(pacer.wait())
+                lateness_ns = pacer.wait()
+                if lateness_ns == STOPPED:  # a stop request or the end, seen mid-wait
+                    reason = "signal" if should_stop() else "duration"
+                    break
+                rec_late(lateness_ns)
                 now = clock()
                 self._receive(now)
                 if self._pending:
@@ -628,6 +477,7 @@ class Firmware:
                 "drop_prob": cfg.drop_prob,
                 "cpu_burn_threads": cfg.cpu_burn_threads,
                 "cpu_burn_gil": cfg.cpu_burn_gil,
+                "link_latency_clamped": self._faults.clamped,
             },
         }
 

@@ -8,8 +8,13 @@ trips and recoveries, periodic lateness) to stderr as ``firmware: EVENT {json}``
 writes its JSON summary to ``--summary`` (and stdout) on exit. ``--bind`` accepts port ``*``
 (any free port); ``--ready-file`` then tells other processes the endpoint chosen.
 
-Exit codes: 0 done (also after SIGTERM/SIGINT); 1 bad input (unknown env, bad address or
-profile, unusable policy, no firmware answering); 2 usage error.
+Every flag states its unit and range (:mod:`tailguard.cli_args`); a value outside it is a
+usage error before anything starts. ``firmware`` also probes ``--link-latency`` at start-up.
+Both loops sleep in bounded slices, so ``--duration-s`` and SIGTERM/SIGINT end them on time
+at any rate.
+
+Exit codes: 0 done (also after SIGTERM/SIGINT); 1 input refused (unknown env, address in
+use, unusable policy or envelope, no firmware answering); 2 usage error (a flag's value).
 """
 
 from __future__ import annotations
@@ -22,9 +27,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tailguard.errors import TailguardError
+from tailguard import cli_args as ca
+from tailguard.firmware_sim.firmware_config import (
+    MAX_COMMAND_TIMEOUT_NS,
+    MAX_PHYSICS_RATE_HZ,
+    MAX_SPIN_NS,
+    MIN_PHYSICS_RATE_HZ,
+)
+from tailguard.runtime.pacer import MAX_RATE_HZ, MIN_RATE_HZ
 
-__all__ = ["main", "register"]
+__all__ = ["MAX_DURATION_S", "main", "register"]
+
+#: Longest --duration-s of either loop, s (about 116 days).
+MAX_DURATION_S = 1e7
+_MAX_SPIN_US = MAX_SPIN_NS / 1e3
+
+
+def _link_latency(text: str) -> str:
+    """``--link-latency``: a profile spec whose samples fit the link (probed now)."""
+    from tailguard.errors import TailguardError
+    from tailguard.firmware_sim.link_faults import LinkFaults
+
+    try:
+        LinkFaults(text, 0.0, 0)
+    except TailguardError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--link-latency")) from None
+    return text
 
 
 def register(subparsers: Any) -> None:
@@ -43,50 +71,79 @@ def _add_firmware(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--env", default="Hopper-v5", help="gymnasium MuJoCo env id (default Hopper-v5)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZMQ endpoint to bind")
+    p.add_argument(
+        "--bind",
+        type=ca.endpoint(bind=True),
+        default="tcp://127.0.0.1:5555",
+        help="ZMQ endpoint to bind",
+    )
     p.add_argument(
         "--allow-remote", action="store_true", help="permit binding a non-loopback address"
     )
-    p.add_argument("--seed", type=int, default=0, help="env reset seed and fault seed")
+    p.add_argument("--seed", type=ca.seed(), default=0, help="env reset seed and fault seed")
     p.add_argument(
         "--physics-rate-hz",
-        type=float,
+        type=ca.rate_hz(MAX_PHYSICS_RATE_HZ, MIN_PHYSICS_RATE_HZ),
         default=None,
         help="physics steps per second (default: the model's own timestep; another value "
-        "sets the timestep to 1/rate)",
+        f"sets the timestep to 1/rate), [{MIN_PHYSICS_RATE_HZ:g}, {MAX_PHYSICS_RATE_HZ:g}]",
     )
     p.add_argument(
-        "--publish-every", type=int, default=1, help="publish every N physics steps (default 1)"
+        "--publish-every",
+        type=ca.Integer(1, 1_000_000, "physics steps"),
+        default=1,
+        help="publish every N physics steps (default 1)",
     )
     p.add_argument(
         "--command-timeout-ms",
-        type=float,
+        type=ca.duration("ms", maximum=MAX_COMMAND_TIMEOUT_NS / 1e6),
         default=100.0,
-        help="watchdog: damp if no valid command for this long (default 100 ms)",
+        help="watchdog: damp if no valid command for this long, ms (default 100, at most one hour)",
     )
     p.add_argument(
         "--link-latency",
+        type=_link_latency,
         default="nominal",
         help="latency profile spec applied to delivered commands, e.g. "
-        "'lognormal:median_ms=2,sigma=0.8' (default nominal = none)",
+        "'lognormal:median_ms=2,sigma=0.8' (default nominal = none; delays up to 1 h)",
     )
-    p.add_argument("--drop-prob", type=float, default=0.0, help="drop each command with prob P")
-    p.add_argument("--cpu-burn", type=int, default=0, help="start N CPU-burning threads")
+    p.add_argument(
+        "--drop-prob", type=ca.probability(), default=0.0, help="drop each command with prob P"
+    )
+    p.add_argument(
+        "--cpu-burn", type=ca.Integer(0, 64, "threads"), default=0, help="start N CPU burners"
+    )
     p.add_argument(
         "--cpu-burn-gil",
         action="store_true",
         help="burn in pure Python holding the GIL (default: GIL-free hashing)",
     )
     p.add_argument(
-        "--spin-us", type=float, default=100.0, help="busy-spin before each deadline, us"
+        "--spin-us",
+        type=ca.Number("us", minimum=0.0, maximum=_MAX_SPIN_US),
+        default=100.0,
+        help=f"busy-spin before each deadline, us in [0, {_MAX_SPIN_US:g}]",
     )
     p.add_argument(
-        "--report-every-s", type=float, default=5.0, help="stats event period, s (0 = off)"
+        "--report-every-s",
+        type=ca.Number("s", minimum=0.0, maximum=86_400.0),
+        default=5.0,
+        help="stats event period, s (0 = off)",
     )
-    p.add_argument("--duration-s", type=float, default=None, help="stop after S seconds")
-    p.add_argument("--summary", type=Path, default=None, help="write the JSON summary here")
     p.add_argument(
-        "--ready-file", type=Path, default=None, help="write {endpoint, pid} here once running"
+        "--duration-s",
+        type=ca.duration("s", maximum=MAX_DURATION_S),
+        default=None,
+        help="stop after S seconds",
+    )
+    p.add_argument(
+        "--summary", type=ca.output_file, default=None, help="write the JSON summary here"
+    )
+    p.add_argument(
+        "--ready-file",
+        type=ca.output_file,
+        default=None,
+        help="write {endpoint, pid} here once running",
     )
     p.add_argument("--quiet", action="store_true", help="print only watchdog events")
     p.set_defaults(func=cmd_firmware)
@@ -100,17 +157,48 @@ def _add_run(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--policy", type=Path, required=True, help="ONNX policy file")
-    p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the firmware's endpoint")
-    p.add_argument("--rate-hz", type=float, default=50.0, help="control rate (default 50 Hz)")
+    p.add_argument(
+        "--connect",
+        type=ca.endpoint(bind=False),
+        default="tcp://127.0.0.1:5555",
+        help="the firmware's endpoint",
+    )
+    p.add_argument(
+        "--rate-hz",
+        type=ca.rate_hz(MAX_RATE_HZ, MIN_RATE_HZ),
+        default=50.0,
+        help=f"control rate, Hz in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] (default 50); an "
+        "--envelope must be written for this period",
+    )
     p.add_argument("--envelope", type=Path, default=None, help="envelope JSON (default: starter)")
     p.add_argument("--fallback", choices=["hold", "zero"], default="hold", help="guard fallback")
-    p.add_argument("--deadline-ms", type=float, default=None, help="guard inference deadline")
-    p.add_argument("--duration-s", type=float, default=None, help="stop after S seconds")
-    p.add_argument("--spin-us", type=float, default=150.0, help="busy-spin before each deadline")
     p.add_argument(
-        "--connect-timeout-s", type=float, default=10.0, help="wait this long for the firmware"
+        "--deadline-ms",
+        type=ca.duration("ms", maximum=60_000.0),
+        default=None,
+        help="guard inference deadline, ms in (0, 60000]",
     )
-    p.add_argument("--json", dest="json_out", type=Path, default=None, help="write the summary")
+    p.add_argument(
+        "--duration-s",
+        type=ca.duration("s", maximum=MAX_DURATION_S),
+        default=None,
+        help="stop after S seconds",
+    )
+    p.add_argument(
+        "--spin-us",
+        type=ca.Number("us", minimum=0.0, maximum=_MAX_SPIN_US),
+        default=150.0,
+        help=f"busy-spin before each deadline, us in [0, {_MAX_SPIN_US:g}]",
+    )
+    p.add_argument(
+        "--connect-timeout-s",
+        type=ca.duration("s", maximum=3600.0),
+        default=10.0,
+        help="wait this long for the firmware, s in (0, 3600]",
+    )
+    p.add_argument(
+        "--json", dest="json_out", type=ca.output_file, default=None, help="write the summary"
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -134,24 +222,14 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-def _positive_ns(value: float | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not value > 0:
-        raise TailguardError(f"{name} must be > 0, got {value!r}")
-    return round(value * 1e9)
+def _ns(value_s: float | None) -> int | None:
+    return None if value_s is None else round(value_s * 1e9)
 
 
 def cmd_firmware(args: argparse.Namespace) -> int:
     """Handler of ``tailguard firmware``."""
     from tailguard.firmware_sim.firmware import Firmware, FirmwareConfig
 
-    if args.command_timeout_ms is None or not args.command_timeout_ms > 0:
-        raise TailguardError(f"--command-timeout-ms must be > 0, got {args.command_timeout_ms}")
-    if not args.report_every_s >= 0:
-        raise TailguardError(f"--report-every-s must be >= 0, got {args.report_every_s}")
-    if not args.spin_us >= 0:
-        raise TailguardError(f"--spin-us must be >= 0, got {args.spin_us}")
     config = FirmwareConfig(
         env_id=args.env,
         bind=args.bind,
@@ -167,7 +245,7 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         spin_ns=round(args.spin_us * 1e3),
         report_every_ns=round(args.report_every_s * 1e9),
     )
-    duration_ns = _positive_ns(args.duration_s, "--duration-s")
+    duration_ns = _ns(args.duration_s)
     quiet = args.quiet
 
     def on_event(event: str, detail: dict[str, Any]) -> None:
@@ -209,9 +287,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Handler of ``tailguard run``."""
     from tailguard.firmware_sim.run_client import run_policy
 
-    if not args.rate_hz > 0:
-        raise TailguardError(f"--rate-hz must be > 0, got {args.rate_hz}")
-    _positive_ns(args.duration_s, "--duration-s")
     stop = _StopFlag()
     summary = run_policy(
         args.policy,
@@ -245,12 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tailguard")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except TailguardError as exc:
-        _err(f"error: {exc}")
-        return 1
+    return ca.run_cli(parser, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

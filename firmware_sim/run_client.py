@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from tailguard.cli_args import check_envelope_period
 from tailguard.errors import TailguardError
 from tailguard.firmware_sim import messages as wire
 from tailguard.firmware_sim.firmware import histogram_summary
+from tailguard.runtime.pacer import STOPPED
 from tailguard.stats.histogram import LogLinearHistogram
 
 __all__ = ["FirmwareLink", "run_policy"]
@@ -144,14 +146,29 @@ class FirmwareLink:
                     self.last_obs = obs
         return True
 
-    def handshake(self, timeout_ns: int = 10 * _NS_PER_S) -> wire.Info:
+    def handshake(
+        self,
+        timeout_ns: int = 10 * _NS_PER_S,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> wire.Info:
         """Say hello until the firmware answers with ``info`` and an observation arrives.
 
+        Args:
+            timeout_ns: how long to wait, ns.
+            should_stop: polled every 50 ms; a stop request ends the wait early.
+
         Raises:
-            TailguardError: no answer within ``timeout_ns``.
+            TailguardError: no answer within ``timeout_ns``, or stopped before one.
         """
-        self.wait(lambda: self.info is not None and self.last_obs is not None, timeout_ns)
+        self.wait(
+            lambda: (self.info is not None and self.last_obs is not None) or should_stop(),
+            timeout_ns,
+        )
         if self.info is None or self.last_obs is None:
+            if should_stop():
+                raise TailguardError(
+                    f"stopped before the firmware at {self.endpoint} answered (signal)"
+                )
             raise TailguardError(
                 f"no firmware answered at {self.endpoint} within {timeout_ns / 1e9:g} s; "
                 "start it with `tailguard firmware --bind ...` and check the address"
@@ -187,13 +204,15 @@ def run_policy(
         policy_path: ONNX policy (obs -> actions) matching the firmware's sizes.
         endpoint: the firmware's endpoint.
         rate_hz: control rate, Hz.
-        envelope_path: envelope JSON; None uses ``starter_envelope`` for this rate (and
-            the firmware's action range) — placeholder thresholds, not audited.
+        envelope_path: envelope JSON, written for this rate's period (the same rule as
+            ``replay``: :func:`tailguard.cli_args.check_envelope_period`); None uses
+            ``starter_envelope`` for this rate (and the firmware's action range) --
+            placeholder thresholds, not audited.
         duration_s: stop after this many seconds; None runs until ``should_stop()``.
         fallback: the guard's fallback, ``hold`` or ``zero``.
         deadline_ms: the guard's inference deadline, ms; None disables deadline mode.
         spin_us: pacer busy-spin before each deadline, us.
-        should_stop: polled once per tick.
+        should_stop: polled once per tick, and between the pacer's sleep slices.
         connect_timeout_s: how long to wait for the firmware's answer, s.
 
     Returns:
@@ -201,26 +220,30 @@ def run_policy(
         firmware events seen.
 
     Raises:
-        TailguardError: policy or envelope unusable, sizes differ from the firmware's, or no
-            firmware answered.
+        TailguardError: policy or envelope unusable (or made for another period), sizes
+            differ from the firmware's, or no firmware answered.
     """
     from tailguard import Guard, OnnxPolicy, Pacer, load_envelope, starter_envelope
 
     clock = time.monotonic_ns
     policy = OnnxPolicy(policy_path)
+    pacer = Pacer(rate_hz, spin_ns=round(spin_us * 1e3), clock=clock, should_stop=should_stop)
+    loaded = None
+    if envelope_path is not None:  # refuse a wrong envelope before talking to the firmware
+        loaded = load_envelope(envelope_path)
+        check_envelope_period(loaded.timing.period_ns, pacer.period_ns, f"--rate-hz {rate_hz:g}")
     link = FirmwareLink(endpoint, role="controller", clock=clock)
     guard = None
     try:
-        info = link.handshake(round(connect_timeout_s * _NS_PER_S))
+        info = link.handshake(round(connect_timeout_s * _NS_PER_S), should_stop)
         if (policy.obs_size, policy.action_size) != (info.obs_size, info.action_size):
             raise TailguardError(
                 f"policy {Path(policy_path).name} maps {policy.obs_size} observations to "
                 f"{policy.action_size} actions, but firmware {info.env} has "
                 f"{info.obs_size} -> {info.action_size}"
             )
-        pacer = Pacer(rate_hz, spin_ns=round(spin_us * 1e3), clock=clock)
-        if envelope_path is not None:
-            envelope = load_envelope(envelope_path)
+        if loaded is not None:
+            envelope = loaded
         else:
             envelope = starter_envelope(
                 obs_size=info.obs_size,
@@ -242,9 +265,15 @@ def run_policy(
         t_start = clock()
         end_ns = None if duration_s is None else t_start + round(duration_s * _NS_PER_S)
         pacer.start()
+        pacer.stop_at_ns = end_ns  # a slow rate still ends on time
         exit_reason = "signal"
         while not should_stop():
-            lateness.record(pacer.wait())
+            lateness_ns = pacer.wait()
+            if lateness_ns == STOPPED:  # a stop request or the end, seen mid-wait
+                if not should_stop():
+                    exit_reason = "duration"
+                break
+            lateness.record(lateness_ns)
             fresh = link.drain()
             if fresh is None:
                 stale_ticks += 1

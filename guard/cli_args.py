@@ -197,9 +197,7 @@ class Integer:
         return f"Integer({self.describe()!r})"
 
 
-def duration(
-    unit: str, *, maximum: float | None = None, allow_zero: bool = False
-) -> Number:
+def duration(unit: str, *, maximum: float | None = None, allow_zero: bool = False) -> Number:
     """A duration flag in ``unit`` (``ns``/``us``/``ms``/``s``): positive (or >= 0), finite,
     at most ``maximum`` and within the int64-ns range."""
     return Number(unit, minimum=0.0, maximum=maximum, min_open=not allow_zero)
@@ -243,8 +241,7 @@ def endpoint(*, bind: bool) -> Callable[[str], str]:
 
     def parse(text: str) -> str:
         expected = (
-            f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME (e.g. {example}), "
-            f"got {text!r}"
+            f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME (e.g. {example}), got {text!r}"
         )
         if not isinstance(text, str) or len(text) > 1024 or not text.isprintable():
             raise argparse.ArgumentTypeError(expected)

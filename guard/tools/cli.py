@@ -1,8 +1,11 @@
 """The `tailguard` console script (also `python -m tailguard`).
 
-Exit codes: 0 success; 1 a check failed or an input was refused (the message says which and
-why); 2 usage error. Subcommands of the offline packages (`export`, `replay`, ...) are
-imported only when used, so `tailguard demo` never imports torch or MuJoCo.
+Exit codes (one table for every subcommand, :data:`tailguard.cli_args.EXIT_CODES`): 0 ok;
+1 a check failed or an input was refused (the message says which and why); 2 usage error
+(bad flag or value; nothing ran); 130 interrupted. Every flag is parsed by a type from
+:mod:`tailguard.cli_args` that states its unit and range. Subcommands of the offline
+packages (`export`, `replay`, ...) are imported only when used, so `tailguard demo` never
+imports torch or MuJoCo.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tailguard.errors import TailguardError
+from tailguard import cli_args as ca
 
 __all__ = ["main", "build_parser"]
 
-# command -> module with register(subparsers); imported lazily
+#: Longest demo, simulated seconds.
+MAX_DEMO_S = 3600.0
+
+# command -> (module with register(subparsers), help); imported lazily. Add new
+# subcommands here: one entry each.
 _EXTERNAL = {
     "export": (
         "tailguard.adapters.cli",
@@ -40,10 +47,21 @@ _EXTERNAL = {
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="guarded vs unguarded loop on a built-in plant with spikes")
-    p.add_argument("--seconds", type=float, default=30.0, help="simulated seconds (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of latency and disturbances")
-    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    p = sub.add_parser(
+        "demo",
+        help="a shipped Hopper policy in MuJoCo under a latency long tail: nominal, "
+        "unguarded, guarded, robust-only (pendulum without the sim extra)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=ca.Number("s", minimum=0.0, maximum=MAX_DEMO_S, min_open=True),
+        default=30.0,
+        help=f"simulated seconds per scenario, (0, {MAX_DEMO_S:g}] (default 30)",
+    )
+    p.add_argument("--seed", type=ca.seed(), default=0, help="seed of latency and disturbances")
+    p.add_argument(
+        "--json", type=ca.output_file, default=None, help="also write the results as JSON"
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -67,16 +85,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Longest control period `envelope init` writes, ms (one minute).
+MAX_PERIOD_MS = 60_000.0
+
+
 def _add_envelope(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("envelope", help="create or check envelope files")
     esub = p.add_subparsers(dest="envelope_cmd", required=True)
     init = esub.add_parser("init", help="write a starter envelope (placeholder thresholds)")
     init.add_argument("--policy", type=Path, required=True, help="the policy's .onnx file")
-    init.add_argument("--period-ms", type=float, required=True, help="nominal control period")
-    init.add_argument("-o", "--output", type=Path, required=True, help="envelope JSON to write")
+    init.add_argument(
+        "--period-ms",
+        type=ca.duration("ms", maximum=MAX_PERIOD_MS),
+        required=True,
+        help=f"nominal control period, ms in (0, {MAX_PERIOD_MS:g}]",
+    )
+    init.add_argument(
+        "-o", "--output", type=ca.output_file, required=True, help="envelope JSON to write"
+    )
     init.add_argument(
         "--action-bound",
-        type=float,
+        type=ca.Number("", minimum=0.0, maximum=1e30, min_open=True),
         default=None,
         help="symmetric action bound |a_i| <= B (default: unbounded, only non-finite checks)",
     )
@@ -95,10 +124,7 @@ def _cmd_envelope_init(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.force:
         print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
-    if args.period_ms <= 0:
-        print(f"error: --period-ms must be positive, got {args.period_ms}", file=sys.stderr)
-        return 1
+        return ca.EXIT_FAILED
     policy = OnnxPolicy(args.policy)
     a = policy.action_size
     bound = args.action_bound
@@ -147,7 +173,12 @@ def _cmd_envelope_check(args: argparse.Namespace) -> int:
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a policy's interface and its latency here")
     p.add_argument("policy", type=Path)
-    p.add_argument("--ticks", type=int, default=2000, help="timed inferences (default 2000)")
+    p.add_argument(
+        "--ticks",
+        type=ca.Integer(10, 10_000_000, "inferences"),
+        default=2000,
+        help="timed inferences, 10..10000000 (default 2000)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_inspect)
 
@@ -155,7 +186,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from tailguard.tools.inspect_policy import format_inspection, inspect_policy
 
-    report = inspect_policy(args.policy, ticks=max(10, args.ticks))
+    report = inspect_policy(args.policy, ticks=args.ticks)
     print(json.dumps(report, indent=2) if args.json else format_inspection(report))
     return 0
 
@@ -164,7 +195,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tailguard",
         description="Real-time deployment guard for robot RL policies.",
-        epilog="exit codes: 0 ok, 1 check failed or input refused, 2 usage error",
+        epilog="exit codes: " + "; ".join(f"{code} {text}" for code, text in ca.EXIT_CODES.items()),
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -203,20 +234,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code (see :data:`tailguard.cli_args.EXIT_CODES`)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(args_list)
-    args = parser.parse_args(args_list)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.error(f"'{args.command}' is not available in this installation")
-    try:
-        return int(func(args))
-    except TailguardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return ca.run_cli(build_parser(args_list), args_list)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,10 @@ def test_guarded_replay_with_envelope_file_and_fallback_policy(
     assert doc["guard"]["fallback"]["policy"] == str(robust)
 
 
-def test_replay_envelope_for_another_period_exits_2(
+def test_replay_envelope_for_another_period_exits_1(
     hopper_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An envelope written for another control period is rejected (exit 2, names both)."""
+    """An envelope written for another control period is refused (exit 1, names both)."""
     from tailguard import save_envelope, starter_envelope
 
     env_path = tmp_path / "env.json"
@@ -103,33 +103,60 @@ def test_replay_envelope_for_another_period_exits_2(
     code, _ = _run(["replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5",
                     "--envelope", str(env_path)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "20000000" in err and "8000000" in err
+    assert code == 1 and "20000000" in err and "8000000" in err
 
 
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--no-guard", "--envelope", "e.json"], "cannot be combined with --envelope"),
         (["--envelope", "missing.json"], "missing.json"),
         (["--fallback", "bogus"], "valid choices are ['hold', 'zero']"),
-        (["--deadline-ms", "-1"], "--deadline-ms must be > 0"),
         (["--no-guard", "--env", "mjcf:nosuchrobot"], "valid names are ['ant', 'hopper']"),
         (["--no-guard", "--profile", "lognormx"], "did you mean 'lognormal'"),
         (["--no-guard", "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
-        (["--no-guard", "--episodes", "0"], "--episodes"),
     ],
 )
-def test_replay_bad_input_exits_2(
+def test_replay_refused_input_exits_1(
     hopper_onnx: Path, extra: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Bad input or an unavailable feature exits with code 2 and a message on stderr."""
+    """Input that cannot be used (file, spec, env) exits 1 with a message on stderr."""
     argv = ["replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5", "--episodes", "1"]
     code, _ = _run(argv + extra)
-    assert code == 2 and fragment in capsys.readouterr().err
+    assert code == 1 and fragment in capsys.readouterr().err
 
 
-def test_replay_missing_policy_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A missing policy file exits with code 2 naming the file."""
+def test_replay_contradictory_flags_exit_2(
+    hopper_onnx: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--no-guard with a guard flag is a usage error (exit 2) naming both flags."""
+    argv = ["replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5", "--episodes", "1"]
+    code, _ = _run([*argv, "--no-guard", "--envelope", "e.json"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--no-guard cannot be combined with --envelope" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--deadline-ms", "-1"], "--deadline-ms"),
+        (["--deadline-ms", "inf"], "--deadline-ms"),
+        (["--episodes", "0"], "--episodes"),
+        (["--drop-prob", "nan"], "--drop-prob"),
+        (["--seed", "-1"], "--seed"),
+    ],
+)
+def test_replay_values_out_of_range_are_usage_errors(
+    hopper_onnx: Path, extra: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag value outside its range stops argparse with exit 2 and names the flag."""
+    argv = ["replay", "--policy", str(hopper_onnx), "--env", "Hopper-v5", *extra]
+    with pytest.raises(SystemExit) as info:
+        _run(argv)
+    assert info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_replay_missing_policy_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing policy file exits with code 1 naming the file."""
     code, _ = _run(["replay", "--policy", str(tmp_path / "x.onnx"), "--env", "Hopper-v5",
                     "--no-guard"])  # fmt: skip
-    assert code == 2 and "x.onnx" in capsys.readouterr().err
+    assert code == 1 and "x.onnx" in capsys.readouterr().err

@@ -88,6 +88,36 @@ def test_link_drop_rate_matches_probability() -> None:
     assert 800 < dropped < 1200
 
 
+@pytest.mark.parametrize("spec", ["fixed:s=1e10", "uniform:lo_ms=0,hi_ms=1e13"])
+def test_latency_beyond_int64_ns_is_refused_at_start(spec: str) -> None:
+    """A latency spec whose samples overflow int64 ns fails at start, never in the loop."""
+    with pytest.raises(TailguardError):
+        LinkFaults(spec, 0.0, seed=0)
+
+
+@pytest.mark.parametrize("spec", ["fixed:s=7200", "uniform:lo_s=3000,hi_s=4000"])
+def test_latency_beyond_the_link_bound_is_refused_at_start(spec: str) -> None:
+    """Samples that fit int64 ns but exceed the link's one-hour bound are refused at start."""
+    from tailguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the link accepts"):
+        LinkFaults(spec, 0.0, seed=0)
+
+
+def test_run_time_latency_outside_the_bound_is_clamped_and_counted() -> None:
+    """A sample the start-up probe did not meet is clamped (never a crash) and counted."""
+    from tailguard.firmware_sim.link_faults import MAX_LINK_LATENCY_NS
+
+    faults = LinkFaults("fixed:ms=1", 0.0, seed=0)
+
+    class Huge:
+        def next_ns(self) -> int:
+            return 1 << 70
+
+    faults.profile = Huge()  # type: ignore[assignment]
+    assert faults.delivery_ns(5) == 5 + MAX_LINK_LATENCY_NS and faults.clamped == 1
+
+
 def test_bad_latency_spec_is_refused() -> None:
     """An unknown profile kind fails at start with the profile parser's error."""
     with pytest.raises(ProfileError, match="did you mean"):
@@ -128,11 +158,16 @@ def test_endpoint_accepted(endpoint: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"publish_every": 0}, "publish_every must be an integer >= 1"),
+        ({"publish_every": 0}, "publish_every must be an integer in 1.."),
         ({"command_timeout_ns": 0}, "command_timeout_ns"),
+        ({"command_timeout_ns": 10**26}, r"command_timeout_ns must be an integer in 1\.\."),
+        ({"spin_ns": 10**12}, "spin_ns"),
         ({"drop_prob": 1.5}, "drop_prob must be a probability"),
+        ({"drop_prob": float("nan")}, "drop_prob must be a probability"),
         ({"physics_rate_hz": -5.0}, "physics_rate_hz"),
-        ({"cpu_burn_threads": 1000}, "cpu_burn_threads must be <= 64"),
+        ({"physics_rate_hz": float("inf")}, "physics_rate_hz"),
+        ({"cpu_burn_threads": 1000}, r"cpu_burn_threads must be an integer in 0\.\.64"),
+        ({"seed": -1}, "seed must be an integer"),
         ({"bind": "tcp://10.0.0.1:5"}, "not a loopback"),
     ],
 )

@@ -17,7 +17,7 @@ from tailguard.envelope.model import Envelope, PolicyBinding, Thresholds, Timing
 from tailguard.runtime.onnx_build import write_mlp
 from tailguard.runtime.policy import CallablePolicy
 from tailguard.stats.histogram import LogLinearHistogram
-from tailguard.tools import bench_cli, bench_report
+from tailguard.tools import bench_cli, bench_cyclictest, bench_report
 from tailguard.tools.cli import main
 
 MS = 1_000_000
@@ -264,7 +264,7 @@ def test_fifo_not_permitted_becomes_a_note(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cyclictest_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without cyclictest on PATH the comparison names the rt-tests package."""
-    monkeypatch.setattr(bench_cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bench_cyclictest.shutil, "which", lambda name: None)
     out = bench_cli.run_cyclictest(1000.0, 1.0, cpu=None, fifo_priority=None)
     assert out["available"] is False and "rt-tests" in out["note"]
 
@@ -320,7 +320,7 @@ def test_cli_runs_two_seconds_and_writes_everything(
     """A real 2 s run writes summary, histograms, PNG and a loadable empirical profile."""
     from tailguard.firmware_sim.profile_spec import parse_profile
 
-    monkeypatch.setattr(bench_cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bench_cyclictest.shutil, "which", lambda name: None)
     out = tmp_path / "out"
     rc = main(
         [
