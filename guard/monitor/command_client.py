@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from tailguard.errors import MonitorConfigError
+from tailguard.errors import ConfigError, MonitorConfigError
 from tailguard.protocol.command import (
     COMMANDS,
     MAX_COMMAND_BYTES,
@@ -92,10 +92,10 @@ class CommandClient:
         """Queue one command without waiting; returns its sequence number.
 
         Raises:
-            ValueError: an unknown command.
+            ConfigError: (a ``ValueError``) an unknown command.
         """
         if cmd not in COMMANDS:
-            raise ValueError(f"unknown command {cmd!r}; valid choices are {list(COMMANDS)}")
+            raise ConfigError(f"unknown command {cmd!r}; valid choices are {list(COMMANDS)}")
         self._seq += 1
         self.send_raw(encode_command(cmd, reason[:MAX_REASON_CHARS], self._seq))
         return self._seq

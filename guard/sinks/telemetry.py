@@ -73,7 +73,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from tailguard.errors import MonitorConfigError, TailguardError
+from tailguard.errors import ConfigError, MonitorConfigError, TailguardError
 from tailguard.protocol.endpoints import is_loopback_endpoint, require_local_endpoint
 from tailguard.protocol.telemetry_wire import (
     HIST_DIGITS,
@@ -135,7 +135,8 @@ class TelemetryPublisher:
             commands (``DIR/authorized``).
 
     Raises:
-        ValueError: an argument out of range or an endpoint that is not a ZMQ address.
+        ConfigError: (a ``ValueError``) an argument out of range or an endpoint that is
+            not a ZMQ address.
         TailguardError: a non-loopback endpoint without ``allow_non_loopback``, or an
             endpoint that cannot be bound (in use, bad address).
         MonitorConfigError: a command channel configured halfway, or bad keys.
@@ -163,7 +164,7 @@ class TelemetryPublisher:
         authorized_keys_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
-            raise ValueError(
+            raise ConfigError(
                 f"telemetry endpoint must look like 'tcp://127.0.0.1:5555' or 'ipc:///path', "
                 f"got {endpoint!r}"
             )
@@ -183,15 +184,16 @@ class TelemetryPublisher:
             ("hello_interval_s", hello_interval_s),
             ("histogram_interval_s", histogram_interval_s),
         ):
-            if not (isinstance(value, int | float) and 0 < value <= 3600):
-                raise ValueError(f"{name} must be a number in (0, 3600] s, got {value!r}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0 < value <= 3600):
+                raise ConfigError(f"{name} must be a number in (0, 3600] s, got {value!r}")
         for name, ivalue in (
             ("max_events", max_events),
             ("send_hwm", send_hwm),
             ("max_ticks_per_message", max_ticks_per_message),
         ):
             if isinstance(ivalue, bool) or not isinstance(ivalue, int) or ivalue < 1:
-                raise ValueError(f"{name} must be a positive int, got {ivalue!r}")
+                raise ConfigError(f"{name} must be a positive int, got {ivalue!r}")
         self.endpoint = endpoint
         self.ring = TelemetryRing(ring_capacity)
         self.guard_id = guard_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

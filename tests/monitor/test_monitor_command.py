@@ -7,6 +7,7 @@ the test); the publisher thread is real. Every wait is bounded; everything is cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -153,15 +154,21 @@ def test_plain_client_without_curve_is_refused(rig: Rig) -> None:
     """A client without CURVE cannot complete the handshake; the failure is counted."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
+    # A DEALER's send blocks while no peer has completed the handshake, which here is
+    # never: every call on this socket is bounded, and close() never waits.
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 500)
+    sock.setsockopt(zmq.RCVTIMEO, 500)
     try:
         sock.connect(rig.command_ep)
-        sock.send(encode_command("trip", "no auth", 1))
-        assert not sock.poll(500)  # never answered
-        rig.step_until(lambda: rig.pub._commands.refused_total > 0, 2.0)
+        with contextlib.suppress(zmq.Again):  # not queued: no handshake, no pipe
+            sock.send(encode_command("trip", "no auth", 1), zmq.NOBLOCK)
+        counted = rig.step_until(lambda: rig.pub._commands.refused_total > 0, 5.0)
+        assert not sock.poll(0)  # never answered
     finally:
         sock.close(0)
         ctx.term()
+    assert counted
     assert rig.pub._commands.refused["handshake_failed"] >= 1
     assert rig.pub.counters()["cmd_accepted"] == 0
     assert rig.guard.state is GuardState.NOMINAL

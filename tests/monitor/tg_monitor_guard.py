@@ -2,23 +2,37 @@
 
 Usage: python tg_monitor_guard.py ENDPOINT --rate-hz R --seconds S --out STATS.json
        [--send-hwm N] [--send-buffer-bytes B] [--command-endpoint EP --keys-dir DIR]
+       [--status STATUS.json]
 
 Runs ``Guard`` with a CallablePolicy (every 500th action out of bounds, so there are
 violation events) paced by ``Pacer``; writes the guard's stats and the publisher's counters
 as JSON at the end. Exits by itself after ``--seconds`` so a forgotten child cannot linger.
+With ``--status``, the publisher's counters and ``t_ns`` (``time.monotonic_ns()``, the
+publisher's clock) are also written about ten times a second, replaced atomically, so a
+test can wait for a condition (a subscriber seen, sends dropped) instead of sleeping.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 
 import numpy as np
 
 from tailguard import CallablePolicy, Guard, Pacer, starter_envelope
 from tailguard.protocol.command import server_key_paths
 from tailguard.sinks.telemetry import TelemetryPublisher
+
+
+def write_status(path: str, counters: dict[str, object]) -> None:
+    """Replace ``path`` with the counters and the current monotonic time, atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"t_ns": time.monotonic_ns(), **counters}, f)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
@@ -31,6 +45,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--send-buffer-bytes", type=int, default=None)
     p.add_argument("--command-endpoint", default=None)
     p.add_argument("--keys-dir", default=None)
+    p.add_argument("--status", default=None, help="write the counters here ~10 times a second")
     args = p.parse_args(argv)
     pacer = Pacer(args.rate_hz, spin_ns=50_000)
     env = starter_envelope(
@@ -66,11 +81,14 @@ def main(argv: list[str]) -> int:
     guard = Guard(CallablePolicy(policy, 4, 2), env, telemetry=telemetry)
     obs = np.zeros(4, np.float32)
     ticks = int(args.seconds * args.rate_hz)
+    status_every = max(1, round(args.rate_hz / 10))
+    pub = guard._telemetry
     pacer.start()
-    for _ in range(ticks):
+    for tick in range(ticks):
         pacer.wait()
         guard.step(obs)
-    pub = guard._telemetry
+        if args.status is not None and tick % status_every == 0:
+            write_status(args.status, pub.counters())
     counters = pub.counters()
     stats = guard.stats()
     guard.close()
