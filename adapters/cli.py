@@ -18,13 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tailguard.errors import TailguardError
+from tailguard import cli_args as ca
 
 __all__ = ["main", "register"]
 
+_HIDDEN_SIZE = ca.Integer(1, 1 << 16, "units")
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx to write")
+    parser.add_argument(
+        "-o", "--output", type=ca.output_file, required=True, help="the .onnx to write"
+    )
     parser.add_argument(
         "--observations",
         type=Path,
@@ -33,9 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=ca.Number("", minimum=0.0, maximum=1.0, min_open=True),
         default=1e-5,
-        help="max |torch - onnxruntime| accepted by the parity check (default 1e-5)",
+        help="max |torch - onnxruntime| accepted by the parity check, (0, 1] (default 1e-5)",
     )
     parser.add_argument(
         "--exporter",
@@ -68,7 +72,7 @@ def register(subparsers: Any) -> None:
     )
     rsl.add_argument(
         "--hidden-sizes",
-        type=int,
+        type=_HIDDEN_SIZE,
         nargs="+",
         default=None,
         help="expected MLP hidden sizes (inferred from the weights; checked if given)",
@@ -86,7 +90,11 @@ def register(subparsers: Any) -> None:
         "--activation", default=None, help="override the actor activation (default: from the zip)"
     )
     sb3.add_argument(
-        "--hidden-sizes", type=int, nargs="+", default=None, help="expected hidden sizes (checked)"
+        "--hidden-sizes",
+        type=_HIDDEN_SIZE,
+        nargs="+",
+        default=None,
+        help="expected hidden sizes (checked)",
     )
     sb3.set_defaults(func=_run_sb3)
 
@@ -151,12 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tailguard.adapters.cli")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except TailguardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return ca.run_cli(parser, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

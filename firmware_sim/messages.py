@@ -43,6 +43,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from tailguard.errors import ConfigError
+
 __all__ = [
     "MAX_DETAIL_KEYS",
     "MAX_MESSAGE_BYTES",
@@ -195,8 +197,8 @@ def encode(msg: Message) -> bytes:
         The msgpack bytes.
 
     Raises:
-        ValueError: the message would not pass :func:`parse` on the other side (too large,
-            a vector too long, an out-of-range integer).
+        ConfigError: (a ``ValueError``) the message would not pass :func:`parse` on the
+            other side (too large, a vector too long, an out-of-range integer).
     """
     name = _TYPE_NAME[type(msg)]
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "type": name}
@@ -205,16 +207,19 @@ def encode(msg: Message) -> bytes:
         if field in _VECTOR_FIELDS:
             arr = np.ascontiguousarray(value, dtype=_F32).reshape(-1)
             if arr.size > MAX_VECTOR_LEN:
-                raise ValueError(
+                raise ConfigError(
                     f"{name}.{field} has {arr.size} elements; at most {MAX_VECTOR_LEN}"
                 )
             value = arr.tobytes()
         elif isinstance(value, np.integer | np.floating):
             value = value.item()
         out[field] = value
-    data: bytes = msgpack.packb(out, use_bin_type=True)
+    try:
+        data: bytes = msgpack.packb(out, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
+        raise ConfigError(f"{name} message cannot be encoded: {exc}") from None
     if len(data) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"{name} message is {len(data)} bytes; at most {MAX_MESSAGE_BYTES}")
+        raise ConfigError(f"{name} message is {len(data)} bytes; at most {MAX_MESSAGE_BYTES}")
     return data
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tailguard.cli_args import check_envelope_period
+from tailguard.envelope.period import require_period
 from tailguard.errors import TailguardError
 from tailguard.firmware_sim import messages as wire
 from tailguard.firmware_sim.firmware import histogram_summary
@@ -205,7 +205,7 @@ def run_policy(
         endpoint: the firmware's endpoint.
         rate_hz: control rate, Hz.
         envelope_path: envelope JSON, written for this rate's period (the same rule as
-            ``replay``: :func:`tailguard.cli_args.check_envelope_period`); None uses
+            ``replay``: :func:`tailguard.envelope.period.require_period`); None uses
             ``starter_envelope`` for this rate (and the firmware's action range) --
             placeholder thresholds, not audited.
         duration_s: stop after this many seconds; None runs until ``should_stop()``.
@@ -231,7 +231,7 @@ def run_policy(
     loaded = None
     if envelope_path is not None:  # refuse a wrong envelope before talking to the firmware
         loaded = load_envelope(envelope_path)
-        check_envelope_period(loaded.timing.period_ns, pacer.period_ns, f"--rate-hz {rate_hz:g}")
+        require_period(loaded, pacer.period_ns, where=f"--rate-hz {rate_hz:g}", path=envelope_path)
     link = FirmwareLink(endpoint, role="controller", clock=clock)
     guard = None
     try:

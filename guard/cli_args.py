@@ -37,7 +37,6 @@ __all__ = [
     "Integer",
     "Number",
     "UsageError",
-    "check_envelope_period",
     "duration",
     "endpoint",
     "input_file",
@@ -325,32 +324,6 @@ def input_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text} is not a regular file")
     return path
-
-
-# ---------------------------------------------------------------------- shared rules
-
-
-def check_envelope_period(envelope_period_ns: int, loop_period_ns: int, loop: str) -> None:
-    """The one rule for an envelope and the loop it guards: the same control period, ns.
-
-    Used by ``tailguard run`` (the loop's ``--rate-hz``) and meant for ``replay`` (the
-    env's period): an envelope's dt and latency thresholds refer to its own period.
-
-    Args:
-        envelope_period_ns: ``envelope.timing.period_ns``.
-        loop_period_ns: the period the loop runs at, ns.
-        loop: what sets the loop's period, for the message (e.g. ``"--rate-hz 100"``).
-
-    Raises:
-        ConfigError: the periods differ.
-    """
-    if envelope_period_ns != loop_period_ns:
-        raise ConfigError(
-            f"the envelope's period_ns {envelope_period_ns} differs from the control period "
-            f"{loop_period_ns} ns of {loop}; use an envelope written for this period "
-            f"(tailguard envelope init --period-ms {loop_period_ns / 1e6:g} ...) or run at "
-            f"{1e9 / envelope_period_ns:g} Hz"
-        )
 
 
 # -------------------------------------------------------------------------- dispatch

@@ -1,8 +1,10 @@
 """``tailguard monitor`` and ``tailguard keys``.
 
-Exit codes of ``monitor`` (live session end and ``--once``): 0 ok; 1 warn (a warn alert,
-message loss, ring drops or malformed input); 2 fail (a fail alert such as heartbeat loss
-or a latched guard, or an input file that cannot be analysed).
+Exit codes of ``monitor`` (live session end and ``--once``) are its verdict: 0 ok; 1 warn
+(a warn alert, message loss, ring drops or malformed input); 2 fail (a fail alert such as
+heartbeat loss or a latched guard, or an input file, rules file or key that cannot be used).
+A flag whose value is outside its range (:mod:`tailguard.cli_args`) is a usage error, also
+2, before anything starts.
 
 With ``--send trip|reset`` (needs ``--command-connect`` and ``--keys-dir``) the monitor
 sends one command and exits: 0 acknowledged, 1 refused or no reply, 2 bad configuration.
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tailguard import cli_args as ca
 from tailguard.errors import TailguardError
 
 __all__ = ["register", "monitor_command", "keys_command"]
@@ -27,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``monitor`` and ``keys`` subcommands (those not already present)."""
     if "keys" not in sub.choices:
         k = sub.add_parser("keys", help="create CURVE keys for the guard/monitor command channel")
-        k.add_argument("--dir", type=Path, required=True, help="directory to write the keys to")
+        k.add_argument(
+            "--dir", type=ca.output_dir, required=True, help="directory to write the keys to"
+        )
         k.set_defaults(func=keys_command)
     if "monitor" in sub.choices:  # tailguard.tools.cli's placeholder when another command was asked
         return
@@ -36,7 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="watch a running guard (ZMQ sidecar)",
         epilog="exit codes: 0 ok, 1 warn, 2 fail",
     )
-    p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="the guard's telemetry")
+    p.add_argument(
+        "--connect",
+        type=ca.endpoint(bind=False),
+        default="tcp://127.0.0.1:5555",
+        help="the guard's telemetry",
+    )
     p.add_argument(
         "--once",
         type=Path,
@@ -48,36 +58,61 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="default",
         help="rules TOML file or preset (default, strict); default: default",
     )
-    p.add_argument("--alerts", type=Path, default=None, help="append alerts here (JSONL)")
-    p.add_argument("--record", type=Path, default=None, help="record every received message")
-    p.add_argument("--record-max-mb", type=float, default=512.0, help="recording size bound")
+    p.add_argument("--alerts", type=ca.output_file, default=None, help="append alerts here (JSONL)")
+    p.add_argument(
+        "--record", type=ca.output_file, default=None, help="record every received message"
+    )
+    p.add_argument(
+        "--record-max-mb",
+        type=ca.Number("MB", minimum=0.0, maximum=1e6, min_open=True),
+        default=512.0,
+        help="recording size bound, MB in (0, 1e6]",
+    )
     p.add_argument(
         "--prometheus",
-        type=int,
+        type=ca.port(),
         default=None,
         metavar="PORT",
-        help="serve metrics on http://127.0.0.1:PORT/metrics",
+        help="serve metrics on http://127.0.0.1:PORT/metrics (1..65535)",
     )
-    p.add_argument("--window-s", type=float, default=10.0, help="rolling metrics window, s")
+    p.add_argument(
+        "--window-s",
+        type=ca.duration("s", maximum=86_400.0),
+        default=10.0,
+        help="rolling metrics window, s in (0, 86400]",
+    )
     p.add_argument(
         "--heartbeat-misses",
-        type=int,
+        type=ca.Integer(1, 1_000_000),
         default=3,
         help="silent heartbeat periods before a heartbeat-loss alert (default 3)",
     )
-    p.add_argument("--eval-interval-s", type=float, default=1.0, help="rule evaluation period")
-    p.add_argument("--duration-s", type=float, default=None, help="stop after this long")
+    p.add_argument(
+        "--eval-interval-s",
+        type=ca.duration("s", maximum=3600.0),
+        default=1.0,
+        help="rule evaluation period, s in (0, 3600]",
+    )
+    p.add_argument(
+        "--duration-s",
+        type=ca.duration("s", maximum=1e7),
+        default=None,
+        help="stop after this long, s",
+    )
     p.add_argument("--no-live", action="store_true", help="no live view (logs only)")
-    p.add_argument("--summary-json", type=Path, default=None, help="write the summary as JSON")
+    p.add_argument(
+        "--summary-json", type=ca.output_file, default=None, help="write the summary as JSON"
+    )
     p.add_argument(
         "--receive-buffer-bytes",
-        type=int,
+        type=ca.Integer(1024, (1 << 31) - 1, "bytes"),
         default=None,
         help="kernel receive buffer (SO_RCVBUF); default: the OS's",
     )
     c = p.add_argument_group("command channel (off unless both are given)")
     c.add_argument(
         "--command-connect",
+        type=ca.endpoint(bind=False),
         default=None,
         metavar="ENDPOINT",
         help="the guard's command endpoint; enables the 'trip' rule action and --send",
@@ -96,7 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--reason", default="manual", help="reason sent with --send")
     c.add_argument(
-        "--command-timeout-s", type=float, default=3.0, help="wait for the reply of --send, s"
+        "--command-timeout-s",
+        type=ca.duration("s", maximum=3600.0),
+        default=3.0,
+        help="wait for the reply of --send, s in (0, 3600]",
     )
     p.set_defaults(func=monitor_command)
 
@@ -122,15 +160,9 @@ def monitor_command(args: argparse.Namespace) -> int:
     _setup_logging()
     if (args.command_connect is None) != (args.keys_dir is None):
         print("error: --command-connect and --keys-dir go together", file=sys.stderr)
-        return EXIT_FAIL
+        return ca.EXIT_USAGE
     if args.send is not None:
         return _send_command(args)
-    if args.heartbeat_misses < 1 or args.window_s <= 0 or args.eval_interval_s <= 0:
-        print(
-            "error: --heartbeat-misses >= 1, --window-s > 0 and --eval-interval-s > 0 needed",
-            file=sys.stderr,
-        )
-        return EXIT_FAIL
     trip = None
     try:
         if args.command_connect is not None and args.once is None:
@@ -203,10 +235,7 @@ def _send_command(args: argparse.Namespace) -> int:
 
     if args.command_connect is None:
         print("error: --send needs --command-connect and --keys-dir", file=sys.stderr)
-        return 2
-    if not 0 < args.command_timeout_s <= 3600:
-        print("error: --command-timeout-s must be in (0, 3600]", file=sys.stderr)
-        return 2
+        return ca.EXIT_USAGE
     try:
         client = CommandClient(args.command_connect, args.keys_dir)
     except TailguardError as exc:

@@ -196,11 +196,52 @@ def _check(rule: Rule, command_enabled: bool) -> list[str]:
     return p
 
 
+#: Largest rules file read, bytes (a rules file is a few hundred bytes).
+MAX_RULES_BYTES = 1 << 20
+#: Deepest nesting of arrays and inline tables accepted in a rules file (tomllib recurses
+#: per level: 5000 levels end in a RecursionError).
+MAX_RULES_NESTING = 32
+
+
+def toml_nesting_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in TOML text, outside strings and comments.
+
+    A conservative scan (table headers count one or two levels), cheap and without
+    recursion, run before the parser so that a deeply nested file is refused with a clear
+    message instead of exhausting the parser's stack.
+    """
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            i = j + len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest
+
+
 def load_rules(source: str | Path, command_enabled: bool = False) -> tuple[Rule, ...]:
     """Rules from a preset name (``default``, ``strict``) or a TOML file.
 
+    The file is bounded before it is parsed: at most ``MAX_RULES_BYTES`` and
+    ``MAX_RULES_NESTING`` levels of arrays/inline tables.
+
     Raises:
-        TailguardError: unknown preset, unreadable file, invalid TOML or rules.
+        TailguardError: unknown preset, unreadable, too large or too deeply nested file,
+            invalid TOML or rules.
     """
     if str(source) in PRESETS:
         return PRESETS[str(source)]
@@ -210,8 +251,24 @@ def load_rules(source: str | Path, command_enabled: bool = False) -> tuple[Rule,
             f"no rules file '{source}' and no such preset; presets are {sorted(PRESETS)}"
         )
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        with path.open("rb") as f:
+            raw = f.read(MAX_RULES_BYTES + 1)
+        if len(raw) > MAX_RULES_BYTES:
+            raise TailguardError(
+                f"rules file is larger than {MAX_RULES_BYTES} bytes; a rules file holds a few "
+                "[[rule]] tables",
+                path,
+            )
+        text = raw.decode("utf-8")
+        depth = toml_nesting_depth(text)
+        if depth > MAX_RULES_NESTING:
+            raise TailguardError(
+                f"rules file nests arrays/tables {depth} levels deep; at most "
+                f"{MAX_RULES_NESTING} are accepted (rules need 2)",
+                path,
+            )
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise TailguardError(f"cannot read rules ({exc})", path) from exc
     try:
         return parse_rules(data, command_enabled)

@@ -78,11 +78,27 @@ def test_foreign_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "unrecognised RSL-RL checkpoint layout" in capsys.readouterr().err
 
 
-def test_usage_error_exits_2(tmp_path: Path) -> None:
-    """A missing -o is a usage error (argparse exits 2)."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(["export", "rsl-rl", str(tmp_path / "x.pt")])
-    assert info.value.code == 2
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        ([], "-o/--output"),
+        (["-o", "."], "-o/--output"),
+        (["-o", "no/such/dir/p.onnx"], "-o/--output"),
+        (["-o", "p.onnx", "--tolerance", "nan"], "--tolerance"),
+        (["-o", "p.onnx", "--hidden-sizes", "64", "-3"], "--hidden-sizes"),
+    ],
+)
+def test_usage_error_exits_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    flag: str,
+) -> None:
+    """A missing or bad flag is a usage error: main returns 2 and the message names it."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["export", "rsl-rl", str(tmp_path / "x.pt"), *extra]) == 2
+    assert flag in capsys.readouterr().err
 
 
 def test_register_adds_export_with_both_sources() -> None:

@@ -125,11 +125,14 @@ def test_rejects(data: bytes, reason: wire.Reject) -> None:
     [
         (wire.Command(1, 2, np.zeros(wire.MAX_VECTOR_LEN + 1), -1), "at most 4096"),
         (wire.Status(1, 2, "x", {f"k{i}": "y" * 200 for i in range(400)}), "bytes; at most"),
+        (wire.Hello(1, 1 << 70, "controller"), "cannot be encoded"),
     ],
 )
 def test_encode_refuses_what_parse_would_reject(msg: wire.Message, fragment: str) -> None:
-    """encode raises ValueError instead of sending a message the receiver must drop."""
-    with pytest.raises(ValueError, match=fragment):
+    """encode raises ConfigError (a ValueError) instead of sending what must be dropped."""
+    from tailguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
         wire.encode(msg)
 
 
