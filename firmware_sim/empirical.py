@@ -145,9 +145,12 @@ def _from_counts(counts: Mapping[Any, Any]) -> RecordedTiming:
     if not values:
         raise ProfileError("histogram holds no recorded values (all counts are zero)")
     uniq, inverse = np.unique(np.asarray(values, np.int64), return_inverse=True)
-    # Normalise before summing duplicates: counts near 1e308 would add up to infinity.
     w = np.asarray(weights, np.float64)
-    return _histogram(uniq, np.bincount(inverse, weights=w / w.max()))
+    with np.errstate(over="ignore"):
+        finite_total = bool(np.isfinite(w.sum()))
+    if not finite_total:  # counts near 1e308 add up to infinity: scale them down
+        w = w / w.max()
+    return _histogram(uniq, np.bincount(inverse, weights=w))
 
 
 def _from_trace(trace: Sequence[Any] | np.ndarray) -> RecordedTiming:

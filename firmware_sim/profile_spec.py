@@ -49,6 +49,8 @@ from tailguard.firmware_sim.profiles import (
     SpikeProfile,
     TraceProfile,
     UniformProfile,
+    check_duration_ns,
+    require_bounded_tail,
 )
 
 __all__ = ["KINDS", "parse_profile"]
@@ -126,7 +128,7 @@ def _params(kind: str, items: Mapping[str, Any]) -> dict[str, float]:
         if scale is not None:
             if value < 0:
                 raise ProfileError(f"'{kind}' time '{key}' must be >= 0, got {raw!r}")
-            value = round(value * scale)
+            value = check_duration_ns(f"'{kind}' time '{key}'", round(value * scale, 0))
         out[base] = value
     return out
 
@@ -201,6 +203,12 @@ def _check_kind(kind: str) -> None:
 
 
 def _parse_text(spec: str, nominal_ns: int) -> Profile:
+    profile = _parse_text_kind(spec, nominal_ns)
+    profile.spec = spec.strip()  # components of a mix keep their own text for messages
+    return profile
+
+
+def _parse_text_kind(spec: str, nominal_ns: int) -> Profile:
     text = spec.strip()
     if not text:
         raise ProfileError(f"empty profile spec; known kinds: {sorted(KINDS)}")
@@ -268,6 +276,8 @@ def _parse_json(obj: Any, nominal_ns: int) -> Profile:
                 raise ProfileError(f"mix component must be {{weight, profile}}, got {c!r}")
             weights.append(_number("mix", "weight", c["weight"]))
             comps.append(_parse_json(c["profile"], nominal_ns))
+            if isinstance(c["profile"], Mapping):
+                comps[-1].spec = json.dumps(c["profile"], sort_keys=True)
         return _with_cap(MixtureProfile(weights, comps), cap)
     if kind == "empirical":
         unknown = set(rest) - _EMPIRICAL_JSON_KEYS
@@ -298,8 +308,7 @@ def _missing_empirical() -> RecordedTiming:
 
 def _with_cap(profile: Profile, cap_ns: float | None) -> Profile:
     if cap_ns is not None:
-        profile.cap_ns = int(cap_ns)
-        profile.reseed(0)
+        profile.set_cap(int(cap_ns))
     return profile
 
 
@@ -312,20 +321,28 @@ def parse_profile(spec: str | Mapping[str, Any], *, nominal_ns: int = 0, seed: i
             latency profile, the control period for a dt profile), ns.
         seed: initial seed of the sampler (reseed per episode with ``profile.reseed``).
 
+    Every accepted profile returns integers in ``[0, MAX_SAMPLE_NS]``, and an uncapped heavy
+    tail beyond one hour at p99.99 is refused (see :mod:`tailguard.firmware_sim.profiles`).
+
     Raises:
         ProfileError: unknown kind or key (with the known ones and a did-you-mean hint),
-            missing or out-of-range values, unreadable empirical data.
+            missing or out-of-range values (every time must lie in [0, 2**62 - 1] ns), an
+            uncapped heavy tail, unreadable or oversized empirical data.
     """
-    if nominal_ns < 0:
-        raise ProfileError(f"nominal must be >= 0 ns, got {nominal_ns}")
-    if isinstance(spec, str) and spec.lstrip().startswith("{"):
-        try:
-            obj: Any = json.loads(spec)
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"profile spec is not valid JSON: {exc}") from None
-    else:
-        obj = spec
-    profile = _parse_json(obj, nominal_ns)
-    profile.spec = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    check_duration_ns("nominal", nominal_ns)
+    try:
+        if isinstance(spec, str) and spec.lstrip().startswith("{"):
+            try:
+                obj: Any = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise ProfileError(f"profile spec is not valid JSON: {exc}") from None
+        else:
+            obj = spec
+        profile = _parse_json(obj, nominal_ns)
+        text = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    except RecursionError:
+        raise ProfileError("profile spec nests too deep") from None
+    profile.spec = text
+    require_bounded_tail(profile)
     profile.reseed(seed)
     return profile

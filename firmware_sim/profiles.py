@@ -6,6 +6,17 @@ buffer refilled in blocks). Both draw from the same stream, so any interleaving 
 yields the same sequence for the same seed: every random stream draws exactly one value per
 tick from its own generator (children of one ``numpy.random.SeedSequence``).
 
+Range: every sample is an integer in ``[0, MAX_SAMPLE_NS]`` (``2**62 - 1`` ns, about 146
+years; tailguard's "never"). Every time parameter and cap must lie in that range (a
+:class:`~tailguard.errors.ProfileError` says so), and samples of a continuous distribution are
+clamped to it before the conversion to int64, so a heavy tail can never wrap around to a
+negative duration. That clamp is the last line of defence, not a model: a distribution with
+an unbounded tail (``gaussian``, ``lognormal``, ``pareto``) and no cap is *refused* by
+:func:`require_bounded_tail` (which ``parse_profile`` calls) when its 99.99th percentile lies
+beyond :data:`UNCAPPED_TAIL_LIMIT_NS` (one hour): ``pareto:scale_ms=5,alpha=0.001`` is an
+error that asks for ``cap_ms=...`` rather than a stream of 146-year latencies. A cap on the
+profile, or on the mixture that holds it, lifts the rule.
+
 Every profile also knows its own (stationary) distribution exactly: ``cdf(x_ns)``,
 ``quantile_ns(q)``, ``p_violate(cap_ns)`` and ``stats(period_ns)`` with the delay in control
 steps d = ceil(latency / period) at p50/p95/p99. Continuous distributions are rounded to the
@@ -25,8 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tailguard.errors import ProfileError
+from tailguard.stats import NEVER_NS
 
 __all__ = [
+    "MAX_SAMPLE_NS",
+    "UNCAPPED_TAIL_LIMIT_NS",
     "DropSampler",
     "EmpiricalProfile",
     "FixedProfile",
@@ -39,10 +53,34 @@ __all__ = [
     "SpikeProfile",
     "TraceProfile",
     "UniformProfile",
+    "check_duration_ns",
+    "require_bounded_tail",
 ]
 
 SeedLike = int | np.random.SeedSequence
 _BLOCK = 256  # values generated per refill of the next_ns() buffer
+
+#: Largest sample any profile returns, ns (2**62 - 1, about 146 years).
+MAX_SAMPLE_NS = NEVER_NS
+#: An uncapped unbounded-tail profile must have its 99.99th percentile at or below this, ns.
+UNCAPPED_TAIL_LIMIT_NS = 3600 * 1_000_000_000
+_TAIL_QUANTILE = 0.9999
+_MAX_TICKS = 1_000_000_000  # tick counts (burst length, spike period): 11 days at 1 kHz
+_FLOAT_LIMIT = 2.0**62  # float(MAX_SAMPLE_NS) rounds to this; clamp floats here, then to int
+
+
+def check_duration_ns(name: str, value_ns: float) -> int:
+    """``value_ns`` as an int if it lies in ``[0, MAX_SAMPLE_NS]``.
+
+    Raises:
+        ProfileError: ``value_ns`` is negative, not finite or above ``MAX_SAMPLE_NS``.
+    """
+    if not 0 <= value_ns < _FLOAT_LIMIT or int(value_ns) > MAX_SAMPLE_NS:
+        raise ProfileError(
+            f"{name} must be a duration in [0, {MAX_SAMPLE_NS}] ns (2**62 - 1 ns, about 146 "
+            f"years), got {value_ns:g} ns"
+        )
+    return int(value_ns)
 
 
 def _seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
@@ -101,10 +139,11 @@ class Profile(ABC):
         cap_ns: optional tail cap; samples above it are clipped to it.
     """
 
+    #: True for distributions whose support has no upper end (see require_bounded_tail).
+    unbounded_tail = False
+
     def __init__(self, cap_ns: int | None = None) -> None:
-        if cap_ns is not None and cap_ns < 0:
-            raise ProfileError(f"cap must be >= 0 ns, got {cap_ns}")
-        self.cap_ns = None if cap_ns is None else int(cap_ns)
+        self.cap_ns = None if cap_ns is None else check_duration_ns("cap", cap_ns)
         self.spec = type(self).__name__  # replaced by the parser with the canonical spec text
         self._buf = np.empty(0, np.int64)
         self._pos = 0
@@ -206,15 +245,54 @@ class Profile(ABC):
         return f"<{type(self).__name__} {self.spec!r}>"
 
     # -- helpers ------------------------------------------------------------------------
+    def set_cap(self, cap_ns: int | None) -> None:
+        """Replace the tail cap (``None`` removes it) and restart the stream from seed 0."""
+        self.cap_ns = None if cap_ns is None else check_duration_ns("cap", cap_ns)
+        self.reseed(0)
+
     def _capped(self, n: int) -> np.ndarray:
-        values = self._generate(n)
-        if self.cap_ns is not None:
-            np.minimum(values, self.cap_ns, out=values)
+        with np.errstate(over="ignore"):  # a heavy tail overflows to inf; _to_ns clamps it
+            values = self._generate(n)
+        np.minimum(values, MAX_SAMPLE_NS if self.cap_ns is None else self.cap_ns, out=values)
         return values
 
 
 def _to_ns(x: np.ndarray) -> np.ndarray:
-    return np.rint(np.maximum(x, 0.0)).astype(np.int64)
+    """Round float samples to int64 ns, clamped to [0, MAX_SAMPLE_NS] before the cast
+    (a cast of a float beyond int64 is undefined: it gives -2**63 on x86)."""
+    clipped = np.clip(np.nan_to_num(x, nan=_FLOAT_LIMIT), 0.0, _FLOAT_LIMIT)
+    return np.minimum(np.rint(clipped).astype(np.int64), MAX_SAMPLE_NS)
+
+
+def require_bounded_tail(profile: Profile) -> None:
+    """Refuse an uncapped unbounded-tail distribution whose p99.99 is beyond one hour.
+
+    Checks ``profile`` and, when it is an uncapped mixture, each of its components; a cap
+    on a profile (or on the mixture holding it) satisfies the rule for it.
+
+    Raises:
+        ProfileError: naming the distribution, its 99.99th percentile and the cap to add.
+    """
+    if profile.cap_ns is not None:
+        return
+    if isinstance(profile, MixtureProfile):
+        for component in profile.components:
+            require_bounded_tail(component)
+        return
+    if not profile.unbounded_tail:
+        return
+    try:
+        tail_ns: int | None = profile.quantile_ns(_TAIL_QUANTILE)
+    except ProfileError:  # beyond 2**62 ns
+        tail_ns = None
+    if tail_ns is None or tail_ns > UNCAPPED_TAIL_LIMIT_NS:
+        where = "beyond 2**62 ns" if tail_ns is None else f"{tail_ns / 1e9:.4g} s"
+        spec = profile.spec if len(profile.spec) <= 200 else profile.spec[:200] + "..."
+        raise ProfileError(
+            f"{spec}: a heavy tail without a cap; its 99.99th percentile is {where}, "
+            f"above the {UNCAPPED_TAIL_LIMIT_NS // 1_000_000_000} s allowed for an uncapped "
+            "profile. Add a tail cap (e.g. cap_ms=100) or choose a lighter tail"
+        )
 
 
 class _Continuous(Profile):
@@ -241,9 +319,7 @@ class FixedProfile(Profile):
     """
 
     def __init__(self, value_ns: int, cap_ns: int | None = None) -> None:
-        if value_ns < 0:
-            raise ProfileError(f"fixed value must be >= 0 ns, got {value_ns}")
-        self.value_ns = int(value_ns)
+        self.value_ns = check_duration_ns("fixed value", value_ns)
         super().__init__(cap_ns)
 
     def _seed(self, seq: np.random.SeedSequence) -> None:
@@ -260,9 +336,13 @@ class UniformProfile(_Continuous):
     """Uniform on [low_ns, high_ns]."""
 
     def __init__(self, low_ns: int, high_ns: int, cap_ns: int | None = None) -> None:
-        if not 0 <= low_ns <= high_ns:
+        low_ns, high_ns = (
+            check_duration_ns("uniform lo", low_ns),
+            check_duration_ns("uniform hi", high_ns),
+        )
+        if not low_ns <= high_ns:
             raise ProfileError(f"uniform needs 0 <= low <= high, got [{low_ns}, {high_ns}] ns")
-        self.low_ns, self.high_ns = int(low_ns), int(high_ns)
+        self.low_ns, self.high_ns = low_ns, high_ns
         super().__init__(cap_ns)
 
     def _generate(self, n: int) -> np.ndarray:
@@ -277,10 +357,14 @@ class UniformProfile(_Continuous):
 class GaussianProfile(_Continuous):
     """Normal with mean ``mean_ns`` and standard deviation ``std_ns`` (clipped at 0)."""
 
+    unbounded_tail = True
+
     def __init__(self, mean_ns: int, std_ns: int, cap_ns: int | None = None) -> None:
-        if mean_ns < 0 or std_ns <= 0:
+        mean_ns = check_duration_ns("gaussian mean", mean_ns)
+        std_ns = check_duration_ns("gaussian std", std_ns)
+        if std_ns <= 0:
             raise ProfileError(f"gaussian needs mean >= 0 and std > 0 ns, got {mean_ns}, {std_ns}")
-        self.mean_ns, self.std_ns = int(mean_ns), int(std_ns)
+        self.mean_ns, self.std_ns = mean_ns, std_ns
         super().__init__(cap_ns)
 
     def _generate(self, n: int) -> np.ndarray:
@@ -293,12 +377,15 @@ class GaussianProfile(_Continuous):
 class LognormalProfile(_Continuous):
     """Lognormal long tail: median ``median_ns``, log-space standard deviation ``sigma``."""
 
+    unbounded_tail = True
+
     def __init__(self, median_ns: int, sigma: float, cap_ns: int | None = None) -> None:
-        if median_ns <= 0 or not sigma > 0:
+        median_ns = check_duration_ns("lognormal median", median_ns)
+        if median_ns <= 0 or not 0 < sigma < math.inf:
             raise ProfileError(
-                f"lognormal needs median > 0 ns and sigma > 0, got {median_ns}, {sigma}"
+                f"lognormal needs median > 0 ns and a finite sigma > 0, got {median_ns}, {sigma}"
             )
-        self.median_ns, self.sigma = int(median_ns), float(sigma)
+        self.median_ns, self.sigma = median_ns, float(sigma)
         super().__init__(cap_ns)
 
     def _generate(self, n: int) -> np.ndarray:
@@ -314,10 +401,15 @@ class LognormalProfile(_Continuous):
 class ParetoProfile(_Continuous):
     """Pareto (type I) long tail: values >= ``scale_ns``, P(X > x) = (scale / x) ** alpha."""
 
+    unbounded_tail = True
+
     def __init__(self, scale_ns: int, alpha: float, cap_ns: int | None = None) -> None:
-        if scale_ns <= 0 or not alpha > 0:
-            raise ProfileError(f"pareto needs scale > 0 ns and alpha > 0, got {scale_ns}, {alpha}")
-        self.scale_ns, self.alpha = int(scale_ns), float(alpha)
+        scale_ns = check_duration_ns("pareto scale", scale_ns)
+        if scale_ns <= 0 or not 0 < alpha < math.inf:
+            raise ProfileError(
+                f"pareto needs scale > 0 ns and a finite alpha > 0, got {scale_ns}, {alpha}"
+            )
+        self.scale_ns, self.alpha = scale_ns, float(alpha)
         super().__init__(cap_ns)
 
     def _generate(self, n: int) -> np.ndarray:
@@ -386,8 +478,15 @@ class SpikeProfile(Profile):
     ) -> None:
         if (every is None) == (prob is None):
             raise ProfileError("spikes need exactly one of every (periodic) or p (random)")
-        if length < 1 or base_ns < 0 or spike_ns < 0:
-            raise ProfileError(f"spikes need len >= 1 and values >= 0, got len={length}")
+        base_ns = check_duration_ns("spikes base", base_ns)
+        spike_ns = check_duration_ns("spikes value", spike_ns)
+        for name, ticks in (("len", length), ("every", every), ("phase", phase)):
+            if ticks is not None and not abs(ticks) <= _MAX_TICKS:
+                raise ProfileError(
+                    f"spikes '{name}' must be at most {_MAX_TICKS} ticks, got {ticks}"
+                )
+        if length < 1:
+            raise ProfileError(f"spikes need len >= 1, got len={length}")
         if every is not None and not length <= every:
             raise ProfileError(
                 f"periodic spikes need 1 <= len <= every, got len={length}, every={every}"
@@ -435,8 +534,22 @@ class EmpiricalProfile(Profile):
         order = np.argsort(values_ns, kind="stable")
         self.values_ns = np.asarray(values_ns, np.int64)[order]
         w = np.asarray(weights, np.float64)[order]
-        if self.values_ns.size == 0 or w.shape != self.values_ns.shape or not w.sum() > 0:
-            raise ProfileError("an empirical histogram needs values with positive total count")
+        if (
+            self.values_ns.size == 0
+            or w.shape != self.values_ns.shape
+            or not np.all(np.isfinite(w) & (w >= 0))
+            or not w.max() > 0
+        ):
+            raise ProfileError(
+                "an empirical histogram needs values with finite, non-negative counts and a "
+                "positive total"
+            )
+        if self.values_ns[0] < 0 or self.values_ns[-1] > MAX_SAMPLE_NS:
+            raise ProfileError(f"empirical values must lie in [0, {MAX_SAMPLE_NS}] ns")
+        with np.errstate(over="ignore"):
+            finite_total = bool(np.isfinite(w.sum()))
+        if not finite_total:  # counts near float max: scale down (integers stay exact)
+            w = w / w.max()
         self._cum = np.cumsum(w) / w.sum()
         self._cum[-1] = 1.0
         super().__init__(cap_ns)
@@ -464,8 +577,10 @@ class TraceProfile(Profile):
         self, values_ns: np.ndarray, offset: int | None = 0, cap_ns: int | None = None
     ) -> None:
         self.values_ns = np.asarray(values_ns, np.int64)
-        if self.values_ns.ndim != 1 or self.values_ns.size == 0 or np.any(self.values_ns < 0):
-            raise ProfileError("a trace needs at least one non-negative value")
+        if self.values_ns.ndim != 1 or self.values_ns.size == 0:
+            raise ProfileError("a trace needs at least one value")
+        if np.any(self.values_ns < 0) or np.any(self.values_ns > MAX_SAMPLE_NS):
+            raise ProfileError(f"trace values must lie in [0, {MAX_SAMPLE_NS}] ns")
         self.offset = offset
         self._sorted = np.sort(self.values_ns)
         super().__init__(cap_ns)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tailguard.errors import ProfileError
 from tailguard.firmware_sim.profile_spec import parse_profile
@@ -120,3 +123,126 @@ def test_empirical_text_spec_from_json_file(tmp_path: Path) -> None:
     x = p.sample(10_000)
     assert set(np.unique(x)) == {1000, 5000}
     assert p.quantile_ns(0.75) == 1000 and p.quantile_ns(0.76) == 5000
+
+
+_NEST = '{"kind": "mix", "components": [{"weight": 1, "profile": '
+_DEEP_MIX = _NEST * 3000 + '"nominal"' + "}]}" * 3000
+_MID_MIX = _NEST * 600 + '"nominal"' + "}]}" * 600  # parses as JSON, nests in the builder
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "fragment"),
+    [
+        ("pareto:scale_ms=5,alpha=0.001", ProfileError, "heavy tail without a cap"),
+        ("lognormal:median_ms=2,sigma=1000", ProfileError, "Add a tail cap"),
+        ("gaussian:std_s=1e9", ProfileError, "99.99th percentile"),
+        ("mix:0.99*nominal+0.01*pareto:scale_ms=5,alpha=0.01", ProfileError, "alpha=0.01: a heavy"),
+        ("fixed:s=1e10", ProfileError, r"'fixed' time 's' must be a duration in \[0, 4611"),
+        ("fixed:s=1e300", ProfileError, "about 146 years"),
+        (
+            "lognormal:median_ms=2,sigma=1,cap_s=1e12",
+            ProfileError,
+            "time 'cap_s' must be a duration",
+        ),
+        ('{"kind": "fixed", "ms": 1, "cap_s": 1e12}', ProfileError, "must be a duration"),
+        ("uniform:lo_s=1,hi_s=4.7e9", ProfileError, "time 'hi_s' must be a duration"),
+        ("spikes:every=1e12,ms=4", ProfileError, "'every' must be at most 1000000000"),
+        ("spikes:p=0.1,len=1e12,ms=4", ProfileError, "'len' must be at most"),
+        ("lognormal:median_ms=2,sigma=1e400", ProfileError, "must be finite"),
+        ('{"kind": "empirical", "trace_ns": [1e300, 10]}', ProfileError, "trace value 1e+300"),
+        ('{"kind": "empirical", "trace_ns": [10, -1]}', ProfileError, "negative durations"),
+        ('{"kind": "empirical", "counts": {"1000": 1e309}}', ProfileError, "must be finite"),
+        ('{"kind": "empirical", "counts": {"1e3": 1}}', ProfileError, "integer value"),
+        (_DEEP_MIX, ProfileError, "nests too deep"),
+        (_MID_MIX, ProfileError, "nests too deep"),
+    ],
+)
+def test_out_of_range_specs_are_refused(spec: str, error: type[Exception], fragment: str) -> None:
+    """Absurd durations, uncapped heavy tails and out-of-range data raise with the rule broken."""
+    with pytest.raises(error, match=re.escape(fragment) if "+" in fragment else fragment):
+        parse_profile(spec)
+
+
+def test_pareto_with_a_cap_is_accepted_and_bounded() -> None:
+    """The refused heavy tail with a cap samples within [scale, cap] and never wraps negative."""
+    p = parse_profile("pareto:scale_ms=5,alpha=0.001,cap_ms=100", seed=3)
+    x = p.sample(50_000)
+    assert x.min() >= 5 * MS and x.max() == 100 * MS
+
+
+def test_counts_summing_to_infinity_are_normalised() -> None:
+    """counts {1000: 1e308, 2000: 1e308} weigh both values equally (the sum is infinite)."""
+    p = parse_profile('{"kind": "empirical", "counts": {"1000": 1e308, "2000": 1e308}}', seed=0)
+    assert p.quantile_ns(0.5) == 1000 and p.quantile_ns(0.51) == 2000
+    assert set(np.unique(p.sample(1000)).tolist()) == {1000, 2000}
+
+
+_TIME_VALUES = st.one_of(
+    st.sampled_from(["0", "1", "0.5", "1e-300", "1e3", "1e6", "1e9", "4.6e9", "1e12", "1e300"]),
+    st.floats(0.0, 1e12, allow_nan=False).map(repr),
+)
+_NUMBERS = st.one_of(
+    st.sampled_from(["1e-300", "0.001", "0.5", "1", "1.5", "3", "50", "1000", "1e300"]),
+    st.floats(1e-3, 1e3).map(repr),
+)
+_UNITS = st.sampled_from(["s", "ms", "us", "ns"])
+
+
+@st.composite
+def _text_specs(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["fixed", "uniform", "gaussian", "lognormal", "pareto", "spikes"]))
+    u = draw(_UNITS)
+    t = lambda: draw(_TIME_VALUES)  # noqa: E731
+    keys = {
+        "fixed": [f"{u}={t()}"],
+        "uniform": draw(
+            st.sampled_from([[f"lo_{u}={t()}", f"hi_{u}={t()}"], [f"jitter_{u}={t()}"]])
+        ),
+        "gaussian": [f"std_{u}={t()}"],
+        "lognormal": [f"median_{u}={t()}", f"sigma={draw(_NUMBERS)}"],
+        "pareto": [f"scale_{u}={t()}", f"alpha={draw(_NUMBERS)}"],
+        "spikes": [f"every={draw(st.integers(1, 10**13))}", f"{u}={t()}", "len=1"],
+    }[kind]
+    if draw(st.booleans()):
+        keys.append(f"cap_{draw(_UNITS)}={t()}")
+    spec = f"{kind}:" + ",".join(keys)
+    if draw(st.booleans()):
+        spec = f"mix:0.5*nominal+0.5*{spec}"
+    return spec
+
+
+@settings(max_examples=300, deadline=None)
+@given(_text_specs(), st.integers(0, 10**12), st.integers(0, 2**32))
+def test_any_accepted_spec_samples_ints_in_range(spec: str, nominal_ns: int, seed: int) -> None:
+    """Any spec either raises ProfileError or samples int64 values in [0, 2**62), every way."""
+    try:
+        p = parse_profile(spec, nominal_ns=nominal_ns, seed=seed)
+    except ProfileError:
+        return
+    x = p.sample(600)
+    assert x.dtype == np.int64
+    assert x.min() >= 0 and x.max() < 2**62
+    single = p.next_ns()
+    assert type(single) is int and 0 <= single < 2**62
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.one_of(st.integers(-5, 2**64), st.floats(allow_nan=True)), max_size=20),
+        st.dictionaries(
+            st.one_of(st.integers(-5, 2**64).map(str), st.text(max_size=5)),
+            st.one_of(st.floats(allow_nan=True), st.integers(-5, 2**64)),
+            max_size=10,
+        ),
+    )
+)
+def test_any_accepted_inline_data_samples_ints_in_range(data: list | dict) -> None:
+    """Any inline trace or counts either raises ProfileError or samples ints in [0, 2**62)."""
+    key = "trace_ns" if isinstance(data, list) else "counts"
+    try:
+        p = parse_profile({"kind": "empirical", key: data})
+    except ProfileError:
+        return
+    x = p.sample(300)
+    assert x.dtype == np.int64 and x.min() >= 0 and x.max() < 2**62

@@ -561,8 +561,8 @@ def _zero_runs(n_runs: int, run: int) -> bytes:
         # 22 KB of consecutive empty runs: every encoder merges them, so the 2nd one is refused.
         (_zero_runs(11_000, 1), "two empty entries in a row"),
         (bytes(22_000), "two empty entries in a row"),
-        (_zero_runs(1, 2**62), "beyond the 4480 buckets"),
-        (b"\x02" + _zero_runs(1, 4479) + b"\x02", "beyond 4480 buckets"),
+        (_zero_runs(1, 2**62), "beyond the 4353 buckets up to its highest_trackable_value"),
+        (b"\x02" + _zero_runs(1, 4352) + b"\x02", "index 4353 beyond 4353 buckets"),
     ],
 )
 def test_runs_of_empty_buckets_are_structurally_bounded(varints: bytes, fragment: str) -> None:
