@@ -114,6 +114,10 @@ def _floor(policy: OnnxPolicy, obs: np.ndarray) -> Any:
     return call
 
 
+#: Rounds of bench_guard_vs_bare; the issue asks for medians over at least 15.
+ROUNDS = 15
+
+
 def _sizes(request: pytest.FixtureRequest) -> tuple[int, int]:
     return (20, 200) if is_smoke(request.config) else (40, 2500)
 
@@ -155,8 +159,14 @@ def bench_guard_overhead_null_policy(benchmark: Any, request: pytest.FixtureRequ
 def bench_guard_vs_bare(
     benchmark: Any, request: pytest.FixtureRequest, model_dir: Path, model: str
 ) -> None:
-    """Guard.step with an ONNX policy vs a bare IO-bound inference of the same model."""
-    blocks, per_block = _sizes(request)
+    """Guard.step with an ONNX policy vs a bare IO-bound inference of the same model.
+
+    ``rounds`` rounds, each a few interleaved blocks per variant; the ratios reported are
+    the median over rounds of each round's p50 ratio (``ratio_p50``), so one noisy stretch
+    of the shared machine moves one round, not the figure. Pooled percentiles are kept too.
+    """
+    smoke = is_smoke(request.config)
+    rounds, blocks, per_block = (2, 2, 100) if smoke else (ROUNDS, 2, 2500)
     path = model_dir / f"{model}.onnx"
     bare, obs = _bare(path)
     policy = OnnxPolicy(path)
@@ -167,20 +177,44 @@ def bench_guard_vs_bare(
         guard.step(obs)
         bare()
         floor()
+    variants = {"bare": bare, "floor": floor, "guard": lambda: guard.step(obs)}
 
     def run() -> dict[str, Any]:
-        hists, gcs = interleaved(
-            {"bare": bare, "floor": floor, "guard": lambda: guard.step(obs)}, blocks, per_block
-        )
-        s = {k: summary_us(h) for k, h in hists.items()}
+        pooled: dict[str, Any] = {}
+        per_round: dict[str, list[float]] = {k: [] for k in variants}
+        gcs = 0
+        for _ in range(rounds):
+            hists, n_gc = interleaved(variants, blocks, per_block)
+            gcs += n_gc
+            for k, h in hists.items():
+                per_round[k].append(h.value_at_percentile(50))
+                if k in pooled:
+                    pooled[k].merge(h)
+                else:
+                    pooled[k] = h
+        s = {k: summary_us(h) for k, h in pooled.items()}
+        bare_p50 = np.array(per_round["bare"], dtype=np.float64)
+        guard_ratios = np.array(per_round["guard"]) / bare_p50
+        floor_ratios = np.array(per_round["floor"]) / bare_p50
         return {
             "gc_collections": gcs,
+            "rounds": rounds,
             **s,
-            "ratio_p50": s["guard"]["p50"] / s["bare"]["p50"],
-            "ratio_p99": s["guard"]["p99"] / s["bare"]["p99"],
-            "floor_ratio_p50": s["floor"]["p50"] / s["bare"]["p50"],
+            "ratio_p50": float(np.median(guard_ratios)),
+            "ratio_p50_min": float(guard_ratios.min()),
+            "ratio_p50_max": float(guard_ratios.max()),
+            "floor_ratio_p50": float(np.median(floor_ratios)),
+            "ratio_p50_pooled": s["guard"]["p50"] / s["bare"]["p50"],
+            "ratio_p99_pooled": s["guard"]["p99"] / s["bare"]["p99"],
+            "checks_observation": bool(getattr(policy, "checks_observation", False)),
         }
 
     info = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(info)
+    if not smoke:
+        print(
+            f"\n{model}: guard/bare p50 median of {rounds} rounds {info['ratio_p50']:.3f} "
+            f"(range {info['ratio_p50_min']:.3f}-{info['ratio_p50_max']:.3f}), "
+            f"floor/bare {info['floor_ratio_p50']:.3f}"
+        )
     assert sum(guard.stats()["violations"].values()) == 0

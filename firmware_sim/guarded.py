@@ -2,9 +2,10 @@
 simulated time.
 
 The guard is the unmodified runtime object: it reads the loop's :class:`SimClock` (injected
-as its clock) and calls the policy's inference through ``policy._run_fn``, which this module
-wraps *before* the guard is built so that the inference takes the loop's sampled latency of
-simulated time. Nothing in the guard knows it is simulated.
+as its clock) and calls the policy's inference, which this module wraps (through the
+policy's public ``set_inference_wrapper``) *before* the guard is built so that the
+inference takes the loop's sampled latency of simulated time. Nothing in the guard knows
+it is simulated.
 
 Deadline mode (``deadline_ns``) runs the guard with ``deadline_mode="inline"``: the guard
 judges ``clock() > t0 + deadline_ns`` after the call. :class:`GuardedInference` models what
@@ -87,7 +88,8 @@ class GuardedInference(SimulatedInference):
         return self.clock()
 
     def wrap(self, policy: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Return ``policy`` (``policy._run_fn``) made to take the armed latency per call."""
+        """Return the policy's run function made to take the armed latency per call (an
+        ``InferenceWrapper`` for ``policy.set_inference_wrapper``)."""
         clock = self.clock
         deadline_ns = self.deadline_ns
 
@@ -141,8 +143,8 @@ class GuardedController:
     way every episode is reproducible from its seed alone and ``stats()`` is per episode.
 
     Args:
-        policy: the policy (``OnnxPolicy`` / ``CallablePolicy``); its ``_run_fn`` is wrapped
-            here, so give each controller its own policy object.
+        policy: the policy (``OnnxPolicy`` / ``CallablePolicy``); its inference wrapper is
+            set here (``set_inference_wrapper``), so give each controller its own policy.
         envelope: the envelope the guard enforces.
         clock: the simulated clock (the loop's); a new one when None.
         fallback: ``"hold"``, ``"zero"``, a callable or a second policy (see ``Guard``).
@@ -168,7 +170,7 @@ class GuardedController:
     ) -> None:
         self.clock = clock if clock is not None else SimClock()
         self.inference = GuardedInference(self.clock, deadline_ns)
-        policy._run_fn = self.inference.wrap(policy._run_fn)
+        policy.set_inference_wrapper(self.inference.wrap)  # replaces, never stacks
         self.policy = policy
         self.envelope = envelope
         self.fallback = fallback

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from tailguard.errors import PolicyLoadError
 
 FLOAT = 1  # TensorProto.DataType.FLOAT
 
@@ -98,11 +101,12 @@ def graph_extension(
     return _field(7, graph)  # ModelProto.graph=7
 
 
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``; PolicyLoadError if malformed."""
     result = shift = 0
     while True:
         if pos >= len(buf):
-            raise ValueError("truncated varint")
+            raise PolicyLoadError("truncated varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -110,7 +114,7 @@ def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise ValueError("varint too long")
+            raise PolicyLoadError("varint too long")
 
 
 def _top_level_fields(data: bytes) -> Iterable[tuple[int, int, int | memoryview]]:
@@ -118,15 +122,15 @@ def _top_level_fields(data: bytes) -> Iterable[tuple[int, int, int | memoryview]
     view = memoryview(data)
     pos = 0
     while pos < len(view):
-        key, pos = _read_varint(view, pos)
+        key, pos = read_varint(view, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(view, pos)
+            value, pos = read_varint(view, pos)
             yield number, wire, value
         elif wire == 2:
-            length, pos = _read_varint(view, pos)
+            length, pos = read_varint(view, pos)
             if pos + length > len(view):
-                raise ValueError("truncated length-delimited field")
+                raise PolicyLoadError("truncated length-delimited field")
             yield number, wire, view[pos : pos + length]
             pos += length
         elif wire == 1:
@@ -134,41 +138,68 @@ def _top_level_fields(data: bytes) -> Iterable[tuple[int, int, int | memoryview]
         elif wire == 5:
             pos += 4
         else:
-            raise ValueError(f"unsupported wire type {wire}")
+            raise PolicyLoadError(f"unsupported wire type {wire}")
 
 
-def model_header(data: bytes) -> tuple[int, dict[str, int], bool]:
-    """Read a ModelProto's IR version, opset imports and whether it uses external data.
+@dataclass(frozen=True)
+class ModelHeader:
+    """The facts :func:`model_header` reads from a ModelProto without the ``onnx`` package.
 
-    Returns:
-        (ir_version, {domain: version}, uses_external_data). The external-data flag is a
-        conservative byte search for the ``data_location: EXTERNAL`` marker inside the graph's
-        initializers (TensorProto field 14 set to 1).
+    Attributes:
+        ir_version: ModelProto.ir_version (field 1).
+        opsets: {domain: version} of the opset imports (field 8; "" is the default domain).
+        uses_external_data: some graph initializer has ``data_location: EXTERNAL``.
+        producer_name, producer_version: fields 2 and 3 (strings; "" when absent).
+    """
+
+    ir_version: int = 0
+    opsets: dict[str, int] = field(default_factory=dict)
+    uses_external_data: bool = False
+    producer_name: str = ""
+    producer_version: str = ""
+
+
+def _text(value: int | memoryview) -> str:
+    return bytes(value).decode(errors="replace")  # type: ignore[arg-type]
+
+
+def model_header(data: bytes) -> ModelHeader:
+    """Read a ModelProto's IR version, opset imports, producer and external-data use.
+
+    The external-data flag is a conservative search for the ``data_location: EXTERNAL``
+    marker inside the graph's initializers (TensorProto field 14 set to 1). Strings that
+    occur twice (concatenated messages merge) keep the last value, as protobuf does.
 
     Raises:
-        ValueError: the bytes are not a parseable ModelProto.
+        PolicyLoadError: the bytes are not a parseable ModelProto (no path: the caller
+            names the file).
     """
     ir_version = 0
     opsets: dict[str, int] = {}
     external = False
+    producer = version = ""
     for number, wire, value in _top_level_fields(data):
         if number == 1 and wire == 0:
             ir_version = int(value)  # type: ignore[arg-type]
+        elif number == 2 and wire == 2:
+            producer = _text(value)
+        elif number == 3 and wire == 2:
+            version = _text(value)
         elif number == 8 and wire == 2:
-            domain, version = "", 0
+            domain, opset = "", 0
             for n2, w2, v2 in _top_level_fields(bytes(value)):  # type: ignore[arg-type]
                 if n2 == 1 and w2 == 2:
-                    domain = bytes(v2).decode()  # type: ignore[arg-type]
+                    domain = _text(v2)
                 elif n2 == 2 and w2 == 0:
-                    version = int(v2)  # type: ignore[arg-type]
-            opsets[domain] = version
+                    opset = int(v2)  # type: ignore[arg-type]
+            opsets[domain] = opset
         elif number == 7 and wire == 2:
             for n2, w2, v2 in _top_level_fields(bytes(value)):  # type: ignore[arg-type]
                 if n2 == 5 and w2 == 2:  # initializer
                     for n3, w3, v3 in _top_level_fields(bytes(v2)):  # type: ignore[arg-type]
                         if n3 == 14 and w3 == 0 and v3 == 1:  # data_location = EXTERNAL
                             external = True
-    return ir_version, opsets, external
+    return ModelHeader(ir_version, opsets, external, producer, version)
 
 
 def model(
@@ -180,12 +211,16 @@ def model(
     opset: int = 17,
     ir_version: int = 8,
     producer: str = "tailguard",
+    producer_version: str = "",
     metadata: dict[str, str] | None = None,
 ) -> bytes:
-    """A complete ModelProto (ir_version=1, producer_name=2, graph=7, opset_import=8,
-    metadata_props=14)."""
+    """A complete ModelProto (ir_version=1, producer_name=2, producer_version=3, graph=7,
+    opset_import=8, metadata_props=14)."""
     graph = graph_extension(nodes, inputs, outputs, initializers)
-    body = _int_field(1, ir_version) + _str(2, producer) + graph
+    body = _int_field(1, ir_version) + _str(2, producer)
+    if producer_version:
+        body += _str(3, producer_version)
+    body += graph
     body += _field(8, _str(1, "") + _int_field(2, opset))
     for key, value in (metadata or {}).items():
         body += _field(14, _str(1, key) + _str(2, value))

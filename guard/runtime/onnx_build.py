@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tailguard.errors import ConfigError
 from tailguard.runtime import _onnx_proto as proto
 
 __all__ = ["mlp_bytes", "write_mlp", "linear_bytes"]
@@ -37,13 +38,16 @@ def mlp_bytes(
         weights: explicit [(W [in, out], b [out]), ...] instead of random ones.
         dynamic_batch: symbolic batch axis (else batch 1).
         metadata: ONNX metadata_props.
+
+    Raises:
+        ConfigError: an unknown activation, or fewer than two positive sizes.
     """
     if activation not in _ACTIVATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown activation '{activation}'; valid choices are {list(_ACTIVATIONS)}"
         )
     if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
-        raise ValueError(f"sizes must be >= 2 positive widths, got {list(sizes)}")
+        raise ConfigError(f"sizes must be >= 2 positive widths, got {list(sizes)}")
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = [

@@ -5,17 +5,23 @@ Both keep the same preallocated buffers so the guard's hot path treats them alik
 * two action buffers and two "check" buffers, used alternately (double buffering): the
   buffer of the last *applied* action stays intact while the next inference writes the
   other one, so holding the last action costs no copy;
-* a check vector computed with every inference: ``slack = [s0, a-low, high-a,
-  r+prev-a, r-prev+a]`` where ``a`` is the raw action, ``prev`` the last applied action,
-  ``low/high`` the action bounds and ``r`` the max change per tick. Every entry is >= 0
-  exactly when the action is finite, within bounds and within the rate limit; ``s0`` is
-  ``1 + 0*sum(a)``, i.e. NaN as soon as any element is non-finite, and it comes first so a
-  plain ``min()`` over the vector returns NaN in that case. The guard reads one number.
+* a check vector computed with every inference, ``[|obs| | slack]``: ``|obs|`` is the
+  observation's absolute value (its top byte is below 0x7F exactly when the element is
+  finite and |x| < 2**127, the guard's observation rule), and ``slack`` holds, per action
+  element, ``r+prev-a, r-prev+a, s0, a-low, high-a`` where ``a`` is the raw action,
+  ``prev`` the last applied action, ``low/high`` the bounds, ``r`` the max change per
+  tick and ``s0 = 0*a + 1`` (NaN exactly where ``a`` is non-finite). Every entry is >= +0
+  and < 2**127 exactly when the observation is usable and the action finite, within
+  bounds and within the rate limit, so ONE byte test (:func:`all_pass` with
+  :data:`SLACK_FLAGS`) covers both; the guard reads no float.
 
-For ONNX policies the check is one ``Gemm`` node appended to the model's own graph at
-load time (``guard/_onnx_proto.py``): ``[slack | next_bias] = actions @ MN + bias``. The
-same arithmetic in numpy is the reference implementation (``CallablePolicy`` and the tests
-use it).
+For ONNX policies the check is two nodes appended to the model's own graph at load time
+(``_onnx_proto.graph_extension``): ``Abs(obs)``, and one ``Gemm`` that takes the action
+as a ``[1, A]`` row and a constant ``[7, 1]`` column of signs,
+``check[7, A] = signs @ actions + bias[7, A]``: its memory is linear in the action size.
+Rows 5-6 (``r+a, r-a``) are the next tick's rate bias; they sit right before the constant
+rows in the same buffer, so the next inference reads them in place. The same arithmetic
+in numpy is the reference implementation (``CallablePolicy`` and the tests use it).
 """
 
 from __future__ import annotations
@@ -26,23 +32,40 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
-from tailguard.errors import PolicyLoadError
+from tailguard.errors import ConfigError, PolicyLoadError
 from tailguard.runtime import _onnx_proto as proto
 
 __all__ = [
     "OnnxPolicy",
     "CallablePolicy",
     "TensorInfo",
+    "PolicyBuffers",
+    "RunFn",
+    "InferenceWrapper",
     "session_options",
     "all_pass",
     "OBS_FLAGS",
     "SLACK_FLAGS",
+    "MAX_OBS_SIZE",
+    "MAX_ACTION_SIZE",
+    "MAX_STATE_SIZE",
 ]
+
+#: One inference into the buffers of a slot: ``run(run_args[slot])``.
+RunFn = Callable[[Any], Any]
+#: Takes the policy's own run function, returns the one the guard calls instead.
+InferenceWrapper = Callable[[RunFn], RunFn]
+
+#: Load-time bounds on what a model may declare (a 91-byte file can declare any size).
+#: Far above any robot policy; they keep the buffers (and onnxruntime's own) small.
+MAX_OBS_SIZE = 1 << 16
+MAX_ACTION_SIZE = 1 << 12
+MAX_STATE_SIZE = 1 << 20  # elements of one recurrent state tensor
 
 RECURRENT_PAIRS = (("h_in", "h_out"), ("c_in", "c_out"))
 
@@ -69,7 +92,13 @@ def all_pass(buffer: memoryview, flags: bytes) -> bool:
     return buffer.tobytes()[TOP_BYTES].translate(flags).isascii()
 
 
-_CHECK_IN, _CHECK_OUT, _CHECK_MATRIX = "tailguard_check_bias", "tailguard_check", "tailguard_MN"
+_CHECK_IN, _CHECK_OUT, _CHECK_SIGNS = "tailguard_check_bias", "tailguard_check", "tailguard_signs"
+_OBS_ABS = "tailguard_obs_abs"
+#: Rows of the check: r+prev-a, r-prev+a, s0, a-low, high-a | next r+a, r-a. The first five
+#: are the slack, the last two the next tick's rate bias; ``CONST_ROWS`` follow them in
+#: the buffer, so ``rows[5:12]`` of one slot is the bias of the other slot's next check.
+CHECK_SIGNS = np.array([[-1.0], [1.0], [0.0], [1.0], [-1.0], [1.0], [-1.0]], dtype=np.float32)
+SLACK_ROWS, CHECK_ROWS, CONST_ROWS = 5, 7, 5
 
 
 @dataclass(frozen=True)
@@ -81,47 +110,63 @@ class TensorInfo:
     type: str
 
 
-def _check_matrix(action_size: int) -> np.ndarray:
-    """MN [A, 2n] with n = 4A+1: ``a @ MN`` gives the action terms of slack and next bias."""
-    a, n = action_size, 4 * action_size + 1
-    eye = np.eye(a, dtype=np.float32)
-    mn = np.zeros((a, 2 * n), dtype=np.float32)
-    mn[:, 1 : 1 + a] = eye  # a - low
-    mn[:, 1 + a : 1 + 2 * a] = -eye  # high - a
-    mn[:, 1 + 2 * a : 1 + 3 * a] = -eye  # r + prev - a
-    mn[:, 1 + 3 * a : 1 + 4 * a] = eye  # r - prev + a
-    mn[:, n + 1 + 2 * a : n + 1 + 3 * a] = eye  # next: r + a
-    mn[:, n + 1 + 3 * a : n + 1 + 4 * a] = -eye  # next: r - a
-    return mn
+@dataclass(frozen=True)
+class PolicyBuffers:
+    """The preallocated buffers and run function of a policy (see the module docstring).
+
+    Attributes:
+        obs: float32 [O]; write the observation here before ``run``.
+        actions: float32 [2, A]; ``run(run_args[slot])`` writes row ``slot``.
+        check: float32 [2, O + 12*A]; per slot ``[|obs| | check rows | const rows]``.
+        slack_bytes: per slot, a byte view of what the guard's one byte test covers.
+        run: the run function (with the inference wrapper, if one is set).
+        run_args: the argument of ``run`` for slot 0 and slot 1.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    check: np.ndarray
+    slack_bytes: tuple[memoryview, memoryview]
+    run: RunFn
+    run_args: tuple[Any, Any]
 
 
 class _CheckedPolicy:
     """Buffers, limits and the reference check shared by every policy kind.
 
     Guard-facing ("friend") attributes, stable for the hot path:
-        _obs: float32 [O] input buffer; _act: float32 [2, A]; _chk: float32 [2, 3n]
-        ([slack | next_bias | const] per slot); _slack_bytes: per slot, a byte view of the
-        slack entries; _obs_bytes: the same of _obs (see :func:`all_pass`);
-        _run_fn(_run_args[slot]) runs one inference into slot ``slot``.
+        _obs: float32 [O] input buffer; _act: float32 [2, A]; _chk: float32 [2, O + 12A]
+        ([|obs| | 7 check rows | 5 const rows] per slot, rows A wide); _slack_bytes: per
+        slot, a byte view of the entries the byte test covers (``[|obs| | slack]`` when
+        ``checks_observation``, else the slack alone); _obs_bytes: a byte view of _obs
+        (see :func:`all_pass`); _run_fn(_run_args[slot]) runs one inference into slot
+        ``slot``. Only this module assigns them: others use :meth:`set_inference_wrapper`.
     """
 
     obs_size: int
     action_size: int
     sha256: str | None
     name: str
+    #: True when the check vector also tests the observation (``[|obs| | slack]``): a
+    #: non-finite or |x| >= 2**127 observation element fails the same byte test as a bad
+    #: action, so the guard needs no observation test of its own before the inference.
+    checks_observation: bool = False
     # The hot path calls _run_fn(_run_args[slot]): one inference into buffers of `slot`.
-    _run_fn: Callable[[Any], Any]
+    _run_fn: RunFn
     _run_args: tuple[Any, Any]
 
-    def _init_buffers(self, obs_size: int, action_size: int) -> None:
+    def _init_buffers(self, obs_size: int, action_size: int, checks_observation: bool) -> None:
         self.obs_size, self.action_size = obs_size, action_size
-        a = action_size
-        self._n = n = 4 * a + 1
-        self._obs = np.zeros(obs_size, dtype=np.float32)
+        self.checks_observation = checks_observation
+        o, a = obs_size, action_size
+        self._obs = np.zeros(o, dtype=np.float32)
         self._act = np.zeros((2, a), dtype=np.float32)
-        self._chk = np.zeros((2, 3 * n), dtype=np.float32)
-        self._mn = _check_matrix(a)
-        self._slack_bytes = tuple(self._chk[s, :n].data.cast("B") for s in (0, 1))
+        self._chk = np.zeros((2, o + (CHECK_ROWS + CONST_ROWS) * a), dtype=np.float32)
+        self._rows = self._chk[:, o:].reshape(2, CHECK_ROWS + CONST_ROWS, a)  # a view
+        first = 0 if checks_observation else o
+        self._slack_bytes = tuple(
+            self._chk[s, first : o + SLACK_ROWS * a].data.cast("B") for s in (0, 1)
+        )
         self._obs_bytes = self._obs.data.cast("B")
         self._low = np.full(a, -UNLIMITED, dtype=np.float32)
         self._high = np.full(a, UNLIMITED, dtype=np.float32)
@@ -129,6 +174,37 @@ class _CheckedPolicy:
         self._write_const()
         for slot in (0, 1):
             self._set_applied(slot, self._act[slot])
+
+    # -- the inference hook ----------------------------------------------------------------
+    def _set_run(self, run: RunFn, run_args: tuple[Any, Any]) -> None:
+        """Install the policy's own run function (the wrapper, if set, goes around it)."""
+        self._base_run, self._run_args = run, run_args
+        wrapper = getattr(self, "_wrapper", None)
+        self._run_fn = run if wrapper is None else wrapper(run)
+
+    def set_inference_wrapper(self, wrapper: InferenceWrapper | None) -> None:
+        """Put ``wrapper`` around every inference (simulated inference time, timing).
+
+        ``wrapper(run)`` receives the policy's own run function and returns the one the
+        guard calls instead, with the same signature (one argument, the slot's run
+        argument). A new wrapper replaces the previous one, it never stacks; None removes
+        it. Set it before building a ``Guard``: the guard binds the run function once.
+        """
+        base = self.__dict__.get("_base_run", self._run_fn)
+        self._base_run = base
+        self._wrapper = wrapper
+        self._run_fn = base if wrapper is None else wrapper(base)
+
+    @property
+    def buffers(self) -> PolicyBuffers:
+        """The policy's preallocated buffers and its (possibly wrapped) run function."""
+        return PolicyBuffers(
+            self._obs, self._act, self._chk, self._slack_bytes, self._run_fn, self._run_args
+        )
+
+    def run_slot(self, slot: int) -> None:
+        """One inference of the observation in ``buffers.obs`` into slot ``slot`` (0 or 1)."""
+        self._run_fn(self._run_args[slot])
 
     # -- limits ----------------------------------------------------------------------------
     def set_limits(
@@ -142,6 +218,9 @@ class _CheckedPolicy:
         Args:
             low, high: float [A] bounds, or None for unbounded.
             max_delta: float [A] max |a_t - a_{t-1}| per tick, or None for no limit.
+
+        Raises:
+            ConfigError: a vector of the wrong length, or a NaN limit.
         """
         a = self.action_size
         self._low = _limit_vector(low, a, -UNLIMITED, "low")
@@ -165,30 +244,26 @@ class _CheckedPolicy:
         return out.astype(np.float32, copy=False)
 
     def _write_const(self) -> None:
-        n = self._n
-        const = np.concatenate(([1.0], -self._low, self._high, self._rate, self._rate))
-        self._chk[:, 2 * n :] = const.astype(np.float32) + np.float32(0.0)  # no -0.0 (see top)
+        const = np.stack((np.ones_like(self._low), -self._low, self._high, self._rate, self._rate))
+        self._rows[:, CHECK_ROWS:] = const + np.float32(0.0)  # no -0.0 (see top)
 
     def _set_applied(self, slot: int, action: np.ndarray) -> None:
         """Record ``action`` as the last applied action in ``slot`` (its bias for next tick)."""
-        n, a = self._n, self.action_size
         self._act[slot] = action
-        nb = self._chk[slot, n : 2 * n]
-        nb[0] = 1.0
-        nb[1 : 1 + a] = -self._low
-        nb[1 + a : 1 + 2 * a] = self._high
-        nb[1 + 2 * a : 1 + 3 * a] = self._rate + self._act[slot]
-        nb[1 + 3 * a :] = self._rate - self._act[slot]
+        rows = self._rows[slot]
+        rows[SLACK_ROWS] = self._rate + self._act[slot]
+        rows[SLACK_ROWS + 1] = self._rate - self._act[slot]
 
     def _reference_check(self, slot: int) -> None:
-        """numpy version of the in-graph Gemm: chk[slot, :2n] = a @ MN + chk[other, n:3n]."""
-        n = self._n
-        other = self._chk[1 - slot, n:]
+        """numpy version of the in-graph nodes: |obs|, and rows[slot, :7] = signs * a + bias
+        where bias = rows[other, 5:12] (each entry one product by -1, 0 or 1 and one
+        rounded add, as the Gemm computes it)."""
+        if self.checks_observation:
+            np.abs(self._obs, out=self._chk[slot, : self.obs_size])
+        bias = self._rows[1 - slot, SLACK_ROWS:]
         a = self._act[slot].astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore"):
-            self._chk[slot, : 2 * n] = a @ self._mn + other
-            # matmul may skip 0 * inf; the sentinel must be NaN for any non-finite action
-            self._chk[slot, 0] = 1.0 + 0.0 * float(np.sum(a, dtype=np.float64))
+            self._rows[slot, :CHECK_ROWS] = CHECK_SIGNS * a + bias
 
     def reset_state(self) -> None:
         """Clear recurrent state (no-op for feed-forward policies)."""
@@ -199,9 +274,9 @@ def _limit_vector(values: Any, size: int, default: float, what: str) -> np.ndarr
         return np.full(size, default, dtype=np.float32)
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if arr.size != size:
-        raise ValueError(f"{what}: expected {size} values (one per action), got {arr.size}")
+        raise ConfigError(f"{what}: expected {size} values (one per action), got {arr.size}")
     if np.isnan(arr).any():
-        raise ValueError(f"{what}: NaN is not a limit")
+        raise ConfigError(f"{what}: NaN is not a limit; use None (or omit it) for no limit")
     return arr.astype(np.float32)
 
 
@@ -271,14 +346,18 @@ class OnnxPolicy(_CheckedPolicy):
             ) from None
         self.sha256 = hashlib.sha256(data).hexdigest()
         try:
-            self.ir_version, self.opsets, external = proto.model_header(data)
-        except ValueError as exc:
+            header = proto.model_header(data)
+        except PolicyLoadError as exc:
             raise PolicyLoadError(
                 f"not an ONNX model ({exc}); expected a .onnx file written by an ONNX exporter",
                 path,
             ) from None
-        if external:
-            _check_external_data(data, self.path)
+        self.ir_version, self.opsets = header.ir_version, dict(header.opsets)
+        external = header.uses_external_data
+        #: "name version" of the exporter (ModelProto producer_name/producer_version).
+        self.producer = f"{header.producer_name} {header.producer_version}".strip()
+        if _check_external_data(data, self.path):
+            external = True
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._intra = intra_op_threads
         so = session_options(intra_op_threads)
@@ -290,10 +369,11 @@ class OnnxPolicy(_CheckedPolicy):
         self.outputs = _infos(plain.get_outputs())
         meta = plain.get_modelmeta()
         self.metadata: dict[str, str] = dict(meta.custom_metadata_map)
-        self.producer = f"{meta.producer_name} {getattr(meta, 'version', '')}".strip()
         self._plain = plain
         self._resolve_interface()
-        self._init_buffers(self.obs_size, self.action_size)
+        # The in-graph check tests the observation too (Abs node); the reference path
+        # computes the same |obs| in numpy, so both report checks_observation.
+        self._init_buffers(self.obs_size, self.action_size, checks_observation=True)
         self.fast_checks = False
         if fast_checks:
             self._session = self._build_checked_session(data, so, external)
@@ -356,6 +436,17 @@ class OnnxPolicy(_CheckedPolicy):
                     "batch 1 or dynamic and a fixed size",
                     path,
                 )
+        for t, what, limit in (
+            (obs, "observation input", MAX_OBS_SIZE),
+            (act, "action output", MAX_ACTION_SIZE),
+        ):
+            size = int(t.shape[1])  # type: ignore[arg-type]
+            if not 1 <= size <= limit:
+                raise PolicyLoadError(
+                    f"{what} '{t.name}' declares {size} elements; tailguard accepts 1 to "
+                    f"{limit}. Check the export (a real policy's {what} is far smaller)",
+                    path,
+                )
         self.obs_name, self.action_name = obs.name, act.name
         self.obs_size, self.action_size = int(obs.shape[1]), int(act.shape[1])  # type: ignore[arg-type]
         self._state_shapes: dict[str, tuple[int, ...]] = {}
@@ -374,7 +465,14 @@ class OnnxPolicy(_CheckedPolicy):
                     "[layers, batch, hidden] with batch 1 or dynamic",
                     path,
                 )
-            self._state_shapes[i_name] = (shape[0], 1, shape[2])  # type: ignore[assignment]
+            layers, hidden = int(shape[0]), int(shape[2])  # type: ignore[arg-type]
+            if not (layers >= 1 and hidden >= 1 and layers * hidden <= MAX_STATE_SIZE):
+                raise PolicyLoadError(
+                    f"recurrent state '{i_name}' declares {list(shape)}; tailguard accepts "
+                    f"layers * hidden from 1 to {MAX_STATE_SIZE}",
+                    path,
+                )
+            self._state_shapes[i_name] = (layers, 1, hidden)
             out_shape = outs[o_name].shape
             if len(out_shape) == 3 and out_shape[0] != shape[0] and isinstance(out_shape[0], int):
                 raise PolicyLoadError(
@@ -390,20 +488,7 @@ class OnnxPolicy(_CheckedPolicy):
     def _build_checked_session(self, data: bytes, so: Any, external: bool) -> Any:
         import onnxruntime as ort
 
-        a, n = self.action_size, self._n
-        ext = proto.graph_extension(
-            nodes=[
-                proto.node(
-                    "Gemm",
-                    [self.action_name, _CHECK_MATRIX, _CHECK_IN],
-                    [_CHECK_OUT],
-                    "tailguard_check_gemm",
-                )
-            ],
-            inputs=[proto.value_info(_CHECK_IN, [1, 2 * n])],
-            outputs=[proto.value_info(_CHECK_OUT, [1, 2 * n])],
-            initializers=[proto.tensor(_CHECK_MATRIX, _check_matrix(a))],
-        )
+        ext = check_extension(self.obs_name, self.action_name, self.obs_size, self.action_size)
         if external:  # bytes have no location; tell onnxruntime where the data file lives
             so.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path",
@@ -413,7 +498,7 @@ class OnnxPolicy(_CheckedPolicy):
             return ort.InferenceSession(data + ext, so, providers=self._providers)
         except Exception as exc:
             raise PolicyLoadError(
-                f"could not add the guard's check node to the model ({exc}); load it with "
+                f"could not add the guard's check nodes to the model ({exc}); load it with "
                 "OnnxPolicy(..., fast_checks=False) to use the slower reference checks",
                 self.path,
             ) from None
@@ -423,7 +508,8 @@ class OnnxPolicy(_CheckedPolicy):
         self._states = {
             i: np.zeros((2, *shape), dtype=np.float32) for i, shape in self._state_shapes.items()
         }
-        n, a = self._n, self.action_size
+        a, o = self.action_size, self.obs_size
+        rows = [CHECK_ROWS, a]
         obs2d = self._obs.reshape(1, -1)
         bindings = []
         for slot in (0, 1):
@@ -438,11 +524,10 @@ class OnnxPolicy(_CheckedPolicy):
                 shape = list(buf.shape[1:])
                 b.bind_output(o_name, "cpu", 0, np.float32, shape, buf[slot].ctypes.data)
             if self.fast_checks:
-                bias = self._chk[1 - slot, n:]
-                b.bind_input(_CHECK_IN, "cpu", 0, np.float32, [1, 2 * n], bias.ctypes.data)
-                b.bind_output(
-                    _CHECK_OUT, "cpu", 0, np.float32, [1, 2 * n], self._chk[slot].ctypes.data
-                )
+                bias = self._rows[1 - slot, SLACK_ROWS:]  # the other slot's next rows + const
+                b.bind_input(_CHECK_IN, "cpu", 0, np.float32, rows, bias.ctypes.data)
+                b.bind_output(_CHECK_OUT, "cpu", 0, np.float32, rows, self._rows[slot].ctypes.data)
+                b.bind_output(_OBS_ABS, "cpu", 0, np.float32, [1, o], self._chk[slot].ctypes.data)
             bindings.append(b)
         self._bindings = tuple(bindings)
         if self.fast_checks:
@@ -451,12 +536,13 @@ class OnnxPolicy(_CheckedPolicy):
             c_bindings = tuple(getattr(b, "_iobinding", None) for b in bindings)
             if c_run is not None and all(cb is not None for cb in c_bindings):
                 # functools.partial calls through C: cheaper than a lambda frame.
-                self._run_fn = functools.partial(_call_with_none, c_run)
-                self._run_args = (c_bindings[0], c_bindings[1])
+                self._set_run(
+                    functools.partial(_call_with_none, c_run), (c_bindings[0], c_bindings[1])
+                )
             else:
-                self._run_fn, self._run_args = sess.run_with_iobinding, self._bindings
+                self._set_run(sess.run_with_iobinding, (self._bindings[0], self._bindings[1]))
         else:
-            self._run_fn, self._run_args = self._run_reference, (0, 1)
+            self._set_run(self._run_reference, (0, 1))
 
     def _run_reference(self, slot: int) -> None:
         self._session.run_with_iobinding(self._bindings[slot])
@@ -514,33 +600,95 @@ class OnnxPolicy(_CheckedPolicy):
         }
 
 
+def check_extension(obs_name: str, action_name: str, obs_size: int, action_size: int) -> bytes:
+    """The serialized graph fragment that, appended to a model, adds the guard's check.
+
+    Two nodes: ``Abs(obs) -> [1, O]`` and ``Gemm(signs [7, 1], actions [1, A], bias [7, A])
+    -> [7, A]``, one new input (the bias) and two new outputs (see the module docstring).
+    """
+    rows = [CHECK_ROWS, action_size]
+    return proto.graph_extension(
+        nodes=[
+            proto.node("Abs", [obs_name], [_OBS_ABS], "tailguard_obs_abs"),
+            proto.node(
+                "Gemm", [_CHECK_SIGNS, action_name, _CHECK_IN], [_CHECK_OUT], "tailguard_check_gemm"
+            ),
+        ],
+        inputs=[proto.value_info(_CHECK_IN, rows)],
+        outputs=[proto.value_info(_OBS_ABS, [1, obs_size]), proto.value_info(_CHECK_OUT, rows)],
+        initializers=[proto.tensor(_CHECK_SIGNS, CHECK_SIGNS)],
+    )
+
+
 def _call_with_none(c_run: Callable[[Any, Any], Any], binding: Any) -> Any:
     return c_run(binding, None)
 
 
-def _check_external_data(data: bytes, path: Path) -> None:
-    """Fail early and clearly when a model's external data file is missing."""
-    marker = b"location"
-    folder = path.resolve().parent
-    missing = set()
+_LOCATION_ENTRY = b"\x0a\x08location\x12"  # StringStringEntryProto key=1 "location", value=2
+
+
+def _external_locations(data: bytes) -> list[str]:
+    """Every ``location`` of an external-data entry in the model's bytes.
+
+    A byte search rather than a parse, so nested graphs and attribute tensors are covered
+    too; a stray match can only make the check stricter.
+    """
+    names = []
     start = 0
-    while (i := data.find(marker, start)) != -1:
-        start = i + len(marker)
-        # StringStringEntryProto: key=1 "location", value=2 <len><name>
-        j = start
-        if j < len(data) and data[j] == 0x12:
-            length = data[j + 1]
-            name = data[j + 2 : j + 2 + length].decode(errors="replace")
-            if name and not (folder / name).exists():
-                missing.add(name)
-    if missing:
-        names = ", ".join(sorted(missing))
+    while (i := data.find(_LOCATION_ENTRY, start)) != -1:
+        start = i + len(_LOCATION_ENTRY)
+        try:
+            length, pos = proto.read_varint(data, start)
+        except PolicyLoadError:
+            continue
+        names.append(data[pos : pos + length].decode(errors="replace"))
+    return names
+
+
+def _location_problem(name: str) -> str | None:
+    """Why an external-data location is refused, or None when it names a file beside."""
+    if not name:
+        return "an empty location"
+    if "\x00" in name:
+        return "a NUL byte"
+    for flavour in (PurePosixPath, PureWindowsPath):
+        pure = flavour(name)
+        if pure.is_absolute() or pure.drive or pure.root:
+            return "an absolute path"
+        if ".." in pure.parts:
+            return "a path that leaves the model's folder ('..')"
+    return None
+
+
+def _check_external_data(data: bytes, path: Path) -> bool:
+    """Refuse external-data locations outside the model's folder, and missing files.
+
+    onnxruntime 1.17 (allowed by the dependency range) still follows absolute and ``../``
+    locations, so the check is ours, before onnxruntime sees the file.
+
+    Returns:
+        True when the model references external data at all.
+    """
+    names = _external_locations(data)
+    folder = path.resolve().parent
+    refused = {n: why for n in names if (why := _location_problem(n)) is not None}
+    if refused:
+        listing = "; ".join(f"{n!r}: {why}" for n, why in sorted(refused.items()))
         raise PolicyLoadError(
-            f"the model keeps its weights in external data file(s) {names}, not found in "
-            f"{folder}; copy them next to the .onnx file, or re-export as one self-contained "
-            "file (tailguard export writes self-contained files)",
+            f"the model's external data location(s) are refused ({listing}); a policy's "
+            "data file must sit in the model's own folder, named without a directory. "
+            "Re-export as one self-contained file (tailguard export writes such files)",
             path,
         )
+    missing = sorted({n for n in names if not (folder / n).is_file()})
+    if missing:
+        raise PolicyLoadError(
+            f"the model keeps its weights in external data file(s) {', '.join(missing)}, not "
+            f"found in {folder}; copy them next to the .onnx file, or re-export as one "
+            "self-contained file (tailguard export writes self-contained files)",
+            path,
+        )
+    return bool(names)
 
 
 class CallablePolicy(_CheckedPolicy):
@@ -564,20 +712,31 @@ class CallablePolicy(_CheckedPolicy):
         action_size: int,
         name: str = "callable",
     ) -> None:
-        if obs_size <= 0 or action_size <= 0:
-            raise ValueError(f"sizes must be positive, got obs {obs_size}, action {action_size}")
+        if not (1 <= obs_size <= MAX_OBS_SIZE and 1 <= action_size <= MAX_ACTION_SIZE):
+            raise ConfigError(
+                f"sizes must be obs 1..{MAX_OBS_SIZE} and action 1..{MAX_ACTION_SIZE}, got "
+                f"obs {obs_size}, action {action_size}"
+            )
         self._fn = fn
         self.name = name
         self.path = None
         self.is_recurrent = False
         self.fast_checks = False
-        self._init_buffers(obs_size, action_size)
-        self._run_fn, self._run_args = self._run_reference, (0, 1)
+        self._init_buffers(obs_size, action_size, checks_observation=True)
+        self._set_run(self._run_reference, (0, 1))
 
     def _run_reference(self, slot: int) -> None:
+        o = self.obs_size
+        np.abs(self._obs, out=self._chk[slot, :o])
+        if not all_pass(self._chk[slot, :o].data.cast("B"), SLACK_FLAGS):
+            # A function need not survive NaN input: no call, no action (the |obs| entries
+            # already fail the check, and a reader of the action sees NaN, not a stale one).
+            self._act[slot] = np.nan
+            self._reference_check(slot)
+            return
         out = np.asarray(self._fn(self._obs), dtype=np.float32).reshape(-1)
         if out.size != self.action_size:
-            raise ValueError(f"policy returned {out.size} values, expected {self.action_size}")
+            raise ConfigError(f"policy returned {out.size} values, expected {self.action_size}")
         self._act[slot] = out
         self._reference_check(slot)
 

@@ -190,7 +190,7 @@ def _run(
 
         return call
 
-    policy._run_fn = timed(policy._run_fn)
+    policy.set_inference_wrapper(timed)
 
     def fallback(obs: np.ndarray) -> np.ndarray:
         return -FALLBACK_GAIN @ obs.astype(np.float64)

@@ -25,14 +25,15 @@ def inspect_policy(path: str | Path, ticks: int = 2000) -> dict[str, Any]:
     """
     policy = OnnxPolicy(path)
     rng = np.random.default_rng(0)
-    run, args = policy._run_fn, policy._run_args
+    bufs = policy.buffers
+    run, args, obs = bufs.run, bufs.run_args, bufs.obs
     hist = LogLinearHistogram(2, 10**11)
     for i in range(min(200, ticks)):  # warm-up
         run(args[i & 1])
     gc.collect()
     clock = time.perf_counter_ns
     for i in range(ticks):
-        policy._obs[:] = rng.standard_normal(policy.obs_size)
+        obs[:] = rng.standard_normal(policy.obs_size)
         t = clock()
         run(args[i & 1])
         hist.record(clock() - t)
@@ -59,6 +60,7 @@ def _log_buckets(hist: LogLinearHistogram) -> list[tuple[int, int]]:
 
 
 def format_inspection(r: dict[str, Any]) -> str:
+    """The text `tailguard inspect` prints for an :func:`inspect_policy` report."""
     lines = [f"policy   {r['path']}", f"sha256   {r['sha256']}", f"producer {r['producer']}"]
     lines.append(f"opsets   {r['opsets']}  ir_version {r['ir_version']}")
     for kind in ("inputs", "outputs"):
@@ -70,7 +72,7 @@ def format_inspection(r: dict[str, Any]) -> str:
         lines.append(f"metadata {k} = {v}")
     lat = r["latency_ns"]
     lines.append(
-        f"\nlatency over {r['ticks_timed']} bound inferences with the guard's check node "
+        f"\nlatency over {r['ticks_timed']} bound inferences with the guard's check nodes "
         f"({r['machine']}):"
     )
     lines.append(
