@@ -144,6 +144,11 @@ class PdRobotTask:
         self._mj_step = mujoco.mj_step
         self._mj_forward = mujoco.mj_forward
         model.opt.timestep = 1.0 / cfg.physics_hz
+        self._timestep_s = float(model.opt.timestep)
+        self._state_spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+        self._state_size = int(mujoco.mj_stateSize(model, self._state_spec))
+        self._get_state, self._set_state = mujoco.mj_getState, mujoco.mj_setState
+        self._scratch: Any = None  # MjData for observe_ahead, made on first use
         self.substep_ns = 1_000_000_000 // cfg.physics_hz
         self.frame_skip = cfg.physics_hz // cfg.policy_hz
         self.period_ns = self.substep_ns * self.frame_skip
@@ -268,9 +273,89 @@ class PdRobotTask:
         effort = float(np.sum(np.square(d.actuator_force / self.tau_max)))
         return frac * (float(healthy) - self.config.ctrl_cost_weight * effort)
 
+    def run_ns(
+        self,
+        ctrl: np.ndarray,
+        start_ns: int,
+        stop_ns: int,
+        after_step: Callable[[int, int], None] | None = None,
+    ) -> float:
+        """Hold the targets of ``ctrl`` from episode time ``start_ns`` to ``stop_ns`` (ns since
+        reset); return the reward. Parts of a physics step at either end run as one step
+        shortened to that part (see ``MujocoTask.run_ns``); the servo, evaluated by MuJoCo
+        at every step start, so also re-reads the target at a split instant."""
+        m, d, sub = self.model, self.data, self.substep_ns
+        d.ctrl[:] = self.targets(ctrl)
+        t_ns = start_ns
+        head_ns = min(-t_ns % sub, stop_ns - t_ns)
+        if head_ns:
+            self._short_step(d, head_ns)
+            t_ns = self._after(after_step, t_ns, t_ns + head_ns)
+        n = (stop_ns - t_ns) // sub
+        if n:
+            if after_step is None:
+                self._mj_step(m, d, nstep=n)
+                t_ns += n * sub
+            else:
+                for _ in range(n):
+                    self._mj_step(m, d)
+                    t_ns = self._after(after_step, t_ns, t_ns + sub)
+        if stop_ns > t_ns:
+            self._short_step(d, stop_ns - t_ns)
+            self._after(after_step, t_ns, stop_ns)
+        self.healthy = healthy = self._is_healthy()
+        frac = (stop_ns - start_ns) / self.period_ns
+        effort = float(np.sum(np.square(d.actuator_force / self.tau_max)))
+        return frac * (float(healthy) - self.config.ctrl_cost_weight * effort)
+
+    @staticmethod
+    def _after(after_step: Callable[[int, int], None] | None, start_ns: int, stop_ns: int) -> int:
+        if after_step is not None:
+            after_step(start_ns, stop_ns)
+        return stop_ns
+
+    def _short_step(self, data: Any, duration_ns: int) -> None:
+        """One physics step of ``duration_ns`` (< a step): ``model.opt.timestep`` is set for
+        this one ``mj_step`` and restored at once (see ``MujocoTask._short_step``)."""
+        m = self.model
+        m.opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
+        try:
+            self._mj_step(m, data)
+        finally:
+            m.opt.timestep = self._timestep_s
+
+    def save_state(self) -> np.ndarray:
+        """The full integration state (``mjSTATE_INTEGRATION``), a new float64 array."""
+        out = np.empty(self._state_size)
+        self._get_state(self.model, self.data, out, self._state_spec)
+        return out
+
+    def observe_ahead(
+        self, ctrl: np.ndarray, duration_ns: int, state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The observation ``duration_ns`` after ``state`` (default: now) under the targets of
+        ``ctrl``, integrated on a scratch copy (the task's own state is untouched)."""
+        m = self.model
+        if self._scratch is None:
+            mujoco, _ = import_mujoco()
+            self._scratch = mujoco.MjData(m)
+        scratch = self._scratch
+        if state is None:
+            state = self.save_state()
+        self._set_state(m, scratch, state, self._state_spec)
+        scratch.ctrl[:] = self.targets(ctrl)
+        n, rest_ns = divmod(int(duration_ns), self.substep_ns)
+        if n:
+            self._mj_step(m, scratch, nstep=n)
+        if rest_ns:
+            self._short_step(scratch, rest_ns)
+        return self._observe_data(scratch)
+
     def observe(self) -> np.ndarray:
         """``qpos`` without the root's horizontal position, then ``qvel`` (a new array)."""
-        d = self.data
+        return self._observe_data(self.data)
+
+    def _observe_data(self, d: Any) -> np.ndarray:
         return np.concatenate((d.qpos[self._skip_q :], d.qvel))
 
     def terminated(self) -> bool:

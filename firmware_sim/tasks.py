@@ -60,6 +60,11 @@ class Task(Protocol):
         max_episode_steps: episode horizon in control periods.
         nu: command size; action_dtype: its dtype; obs_size: observation size.
         action_low, action_high: command bounds, shape (nu,).
+
+    A task that also has ``run_ns(ctrl, start_ns, stop_ns, after_step)``, ``save_state()``
+    and ``observe_ahead(ctrl, duration_ns, state)`` (as :class:`MujocoTask` and
+    ``PdRobotTask`` do) is simulated at exact event times; without them the loop rounds
+    every event up to the substep grid (``SimLoop.exact_timing`` says which).
     """
 
     substep_ns: int
@@ -137,7 +142,8 @@ class MujocoTask:
         self.u = u
         self.model, self.data = u.model, u.data
         self.frame_skip = int(u.frame_skip)
-        self.substep_ns = round(float(self.model.opt.timestep) * 1e9)
+        self._timestep_s = float(self.model.opt.timestep)
+        self.substep_ns = round(self._timestep_s * 1e9)
         self.period_ns = self.substep_ns * self.frame_skip
         self.env_dt = float(u.dt)
         spec = getattr(env, "spec", None)
@@ -159,6 +165,7 @@ class MujocoTask:
         # Views of the MjData buffers (the env keeps one MjData for its lifetime).
         self._qpos, self._qvel, self._xpos = self.data.qpos, self.data.qvel, self.data.xpos
         self._ctrl_written: np.ndarray | None = None
+        self._planar = False
         if name in _PLANAR_OBS and type(u)._get_obs is _PLANAR_OBS[name]:
             exclude = bool(getattr(u, "_exclude_current_positions_from_observation", True))
             self._skip_q = 1 if exclude else 0
@@ -166,10 +173,15 @@ class MujocoTask:
             size = self.model.nq - self._skip_q + self.model.nv
             self._obs_template = np.zeros(size, np.float64)
             self.observe = self._observe_planar  # type: ignore[method-assign]
+            self._planar = True
         self.healthy = True
         self._w_ctrl = float(u._ctrl_cost_weight)
         self._cost_ctrl: np.ndarray | None = None
         self._cost: Any = 0.0
+        self._state_spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+        self._state_size = int(mujoco.mj_stateSize(self.model, self._state_spec))
+        self._get_state, self._set_state = mujoco.mj_getState, mujoco.mj_setState
+        self._scratch: Any = None  # MjData for observe_ahead, made on first use
 
     def reset(self, seed: int) -> np.ndarray:
         """Reset through the env with ``seed``; return the first observation."""
@@ -203,9 +215,8 @@ class MujocoTask:
                 recording observations; the reward is still computed once per segment.
         """
         model, data = self.model, self.data
-        body_x = self._body_x
         # x_position() inlined (hot path); numpy float64 either way.
-        x_before = self._xpos[self._main_body, 0] if body_x else self._qpos[0]
+        x_before = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
         if ctrl is not self._ctrl_written:  # the same command object: already in data.ctrl
             data.ctrl[:] = ctrl
             self._ctrl_written = ctrl
@@ -217,10 +228,81 @@ class MujocoTask:
                 if self._has_contact:
                     self._rne_post(model, data)  # Ant observes cfrc_ext
                 after_substep(i)
-        self._rne_post(model, data)
-        x_after = self._xpos[self._main_body, 0] if body_x else self._qpos[0]
+        return self._segment_reward(ctrl, x_before, n_substeps / self.frame_skip)
+
+    def run_ns(
+        self,
+        ctrl: np.ndarray,
+        start_ns: int,
+        stop_ns: int,
+        after_step: Callable[[int, int], None] | None = None,
+    ) -> float:
+        """Hold ``ctrl`` from episode time ``start_ns`` to ``stop_ns``; return the reward.
+
+        Times are ns since the episode's reset; the substep grid is 0, substep, 2 substep ...
+        Whole substeps of the span run as usual; a part of a substep at either end runs as
+        one integration step shortened to that part (see :meth:`_short_step`). A span on the
+        grid is exactly ``run(ctrl, n)``.
+
+        Args:
+            ctrl: the command, shape (nu,).
+            start_ns, stop_ns: the span, ns, ``start_ns < stop_ns``.
+            after_step: called with (step start, step end) ns after each integration step.
+        """
+        model, data, sub = self.model, self.data, self.substep_ns
+        x_before = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
+        if ctrl is not self._ctrl_written:
+            data.ctrl[:] = ctrl
+            self._ctrl_written = ctrl
+        t_ns = start_ns
+        head_ns = min(-t_ns % sub, stop_ns - t_ns)
+        if head_ns:
+            self._short_step(data, head_ns)
+            t_ns = self._after(after_step, t_ns, t_ns + head_ns)
+        n = (stop_ns - t_ns) // sub
+        if n:
+            if after_step is None:
+                self._mj_step(model, data, nstep=n)
+                t_ns += n * sub
+            else:
+                for _ in range(n):
+                    self._mj_step(model, data)
+                    t_ns = self._after(after_step, t_ns, t_ns + sub)
+        if stop_ns > t_ns:
+            self._short_step(data, stop_ns - t_ns)
+            self._after(after_step, t_ns, stop_ns)
+        return self._segment_reward(ctrl, x_before, (stop_ns - start_ns) / self.period_ns)
+
+    def _after(
+        self, after_step: Callable[[int, int], None] | None, start_ns: int, stop_ns: int
+    ) -> int:
+        if after_step is not None:
+            if self._has_contact:
+                self._rne_post(self.model, self.data)  # Ant observes cfrc_ext
+            after_step(start_ns, stop_ns)
+        return stop_ns
+
+    def _short_step(self, data: Any, duration_ns: int) -> None:
+        """One integration step of ``duration_ns`` (< a substep) on ``data``.
+
+        ``model.opt.timestep`` is set to the shortened length for this one ``mj_step`` and
+        restored at once. Every integrator (Euler, implicit, RK4) reads the timestep at call
+        time and keeps nothing across steps but the state; the constraint solver's warm
+        start (``qacc_warmstart``) is an acceleration, valid whatever the step length.
+        """
+        model = self.model
+        model.opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
+        try:
+            self._mj_step(model, data)
+        finally:
+            model.opt.timestep = self._timestep_s
+
+    def _segment_reward(self, ctrl: np.ndarray, x_before: Any, frac: float) -> float:
+        """The env's reward terms for a segment that moved x from ``x_before``, ``frac`` of
+        an env step long (ends with the env's ``mj_rnePostConstraint``)."""
+        self._rne_post(self.model, self.data)
+        x_after = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
         forward = self._w_forward * ((x_after - x_before) / self.env_dt)
-        frac = n_substeps / self.frame_skip
         u = self.u
         if ctrl is not self._cost_ctrl:
             # Same arithmetic as the env's control_cost (np.sum is np.add.reduce), computed
@@ -238,19 +320,68 @@ class MujocoTask:
             costs = frac * ctrl_cost + frac * u.contact_cost
         return float((forward + frac * healthy) - costs)
 
+    def save_state(self) -> np.ndarray:
+        """The full integration state (``mjSTATE_INTEGRATION``: time, qpos, qvel, act,
+        warm start, ctrl ...), a new float64 array."""
+        out = np.empty(self._state_size)
+        self._get_state(self.model, self.data, out, self._state_spec)
+        return out
+
+    def observe_ahead(
+        self, ctrl: np.ndarray, duration_ns: int, state: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The observation ``duration_ns`` after ``state`` (default: now) under ``ctrl``.
+
+        Integrates a scratch copy of the state (whole substeps, then one shortened step),
+        so the task's own trajectory is untouched: an observation between step boundaries
+        costs one extra ``mj_step`` and changes nothing else.
+        """
+        model = self.model
+        if self._scratch is None:
+            mujoco, _ = import_mujoco()
+            self._scratch = mujoco.MjData(model)
+        scratch = self._scratch
+        if state is None:
+            state = self.save_state()
+        self._set_state(model, scratch, state, self._state_spec)
+        scratch.ctrl[:] = ctrl
+        n, rest_ns = divmod(int(duration_ns), self.substep_ns)
+        if n:
+            self._mj_step(model, scratch, nstep=n)
+        if rest_ns:
+            self._short_step(scratch, rest_ns)
+        self._rne_post(model, scratch)  # as after an env step: the obs may read cfrc_ext
+        return self._observe_data(scratch)
+
+    def _observe_data(self, data: Any) -> np.ndarray:
+        """The env's observation of another MjData of the same model."""
+        if self._planar:
+            return self._observe_planar(data.qpos, data.qvel)
+        u = self.u
+        main, u.data = u.data, data  # the env's _get_obs reads self.data
+        try:
+            return np.asarray(u._get_obs())
+        finally:
+            u.data = main
+
     def observe(self) -> np.ndarray:
         """The env's observation of the current state (a new array)."""
         return self.u._get_obs()
 
-    def _observe_planar(self) -> np.ndarray:
-        """HalfCheetah/Hopper/Walker2d ``_get_obs`` without its temporaries (same values)."""
+    def _observe_planar(
+        self, qpos_all: np.ndarray | None = None, qvel: np.ndarray | None = None
+    ) -> np.ndarray:
+        """HalfCheetah/Hopper/Walker2d ``_get_obs`` without its temporaries (same values), of
+        the env's state or of the given ``qpos``/``qvel``."""
         obs = self._obs_template.copy()
-        qpos = self._qpos[self._skip_q :]
+        qpos = (self._qpos if qpos_all is None else qpos_all)[self._skip_q :]
+        if qvel is None:
+            qvel = self._qvel
         obs[: qpos.shape[0]] = qpos
         if self._clip_qvel:
-            np.clip(self._qvel, -10.0, 10.0, out=obs[qpos.shape[0] :])
+            np.clip(qvel, -10.0, 10.0, out=obs[qpos.shape[0] :])
         else:
-            obs[qpos.shape[0] :] = self._qvel
+            obs[qpos.shape[0] :] = qvel
         return obs
 
     def terminated(self) -> bool:

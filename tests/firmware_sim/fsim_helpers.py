@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,28 @@ def write_linear_onnx(path: Path, obs_dim: int, act_dim: int, seed: int = 0) -> 
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def plain_rollout(
+    env_id: str, policy: Callable, seed: int, action_lag: int = 0, obs_lag: int = 0
+) -> tuple[float, int, bool]:
+    """Reference: plain gymnasium with actions applied ``action_lag`` steps late (zero before
+    the first) and the policy seeing the observation ``obs_lag`` steps old."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    zero = np.zeros(env.action_space.shape, env.action_space.dtype)
+    actions: list[np.ndarray] = []
+    observations = [obs]
+    ret, n = 0.0, 0
+    while True:
+        seen = observations[max(len(observations) - 1 - obs_lag, 0)]
+        actions.append(np.asarray(policy(seen, 0), env.action_space.dtype))
+        k = len(actions) - 1 - action_lag
+        obs, r, term, trunc, _ = env.step(actions[k] if k >= 0 else zero)
+        observations.append(obs)
+        ret += float(r)
+        n += 1
+        if term or trunc:
+            return ret, n, bool(term)
