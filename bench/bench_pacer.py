@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tailguard.runtime.pacer import Pacer
+from tailguard.stats.percentile import percentiles
 
 FULL_RUN_S = 2.0
 SMOKE_RUN_S = 0.05  # with --benchmark-disable the file is a smoke test
@@ -36,11 +37,12 @@ def _pace(rate_hz: float, spin_ns: int, duration_s: float) -> tuple[np.ndarray, 
 
 
 def _tails_us(lateness_ns: np.ndarray) -> dict[str, float]:
-    p50, p99, p999 = np.percentile(lateness_ns, [50.0, 99.0, 99.9]) / 1e3
+    """Nearest-rank p50/p99/p99.9 (tailguard's one percentile rule) and max, us."""
+    q = percentiles(lateness_ns, (50.0, 99.0, 99.9))
     return {
-        "p50_us": round(float(p50), 3),
-        "p99_us": round(float(p99), 3),
-        "p99_9_us": round(float(p999), 3),
+        "p50_us": round(q[50.0] / 1e3, 3),
+        "p99_us": round(q[99.0] / 1e3, 3),
+        "p99_9_us": round(q[99.9] / 1e3, 3),
         "max_us": round(float(lateness_ns.max()) / 1e3, 3),
     }
 

@@ -14,6 +14,7 @@ import numpy as np
 from tailguard.protocol.telemetry_wire import HIST_DIGITS, HIST_MAX_NS, decode_message
 from tailguard.runtime.state import GuardState
 from tailguard.stats.histogram import LogLinearHistogram
+from tailguard.stats.percentile import percentiles
 
 __all__ = ["MonitorState", "PERCENTILES"]
 
@@ -265,8 +266,9 @@ class MonitorState:
         lat = np.concatenate([x[2] for x in w]) if w else np.empty(0, np.int64)
         flags = np.concatenate([x[3] for x in w]) if w else np.empty(0, np.int64)
         for name, arr in (("dt", dt), ("latency", lat)):
+            ranked = percentiles(arr, PERCENTILES)  # the nearest rank, as the guard's
             for p in PERCENTILES:
-                v = int(np.percentile(arr, p, method="higher")) if len(arr) else None
+                v = int(ranked[p]) if len(arr) else None
                 m[f"{name}_{_pkey(p)}_ns"] = v
                 m[f"{name}_{_pkey(p)}_period"] = (
                     None if v is None or period_ns is None else v / period_ns
