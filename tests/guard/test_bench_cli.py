@@ -270,10 +270,28 @@ def test_cyclictest_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_bench_cost_measurement_has_its_fields() -> None:
-    """measure_bench_cost reports median/p90/max per-tick cost over the blocks."""
-    cost = bench_cli.measure_bench_cost(blocks=4, per_block=200)
-    assert set(cost) == {"median_ns", "p90_ns", "max_ns", "blocks", "ticks_per_block"}
-    assert cost["median_ns"] <= cost["max_ns"]
+    """measure_bench_cost is the clock time per tick the measured loop adds over the bare one."""
+    step_ns = 1000
+    reads = [0]
+
+    def clock() -> int:  # advances step_ns on every read: each read costs exactly step_ns
+        reads[0] += 1
+        return reads[0] * step_ns
+
+    blocks, per_block = 4, 200
+    cost = bench_cli.measure_bench_cost(blocks=blocks, per_block=per_block, clock=clock)
+    # Per block, two reads bracket the measured loop and two the bare loop; every other
+    # read is the measured loop's own per-tick bookkeeping, which is what it reports.
+    own_reads = reads[0] / blocks - 4
+    assert own_reads >= per_block  # the measured loop reads the clock on every tick
+    added_ns = round(own_reads * step_ns / per_block, 1)
+    assert cost == {
+        "median_ns": added_ns,
+        "p90_ns": added_ns,
+        "max_ns": added_ns,
+        "blocks": blocks,
+        "ticks_per_block": per_block,
+    }
 
 
 # ----------------------------------------------------------------------------- the CLI

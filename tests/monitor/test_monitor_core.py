@@ -88,9 +88,11 @@ def test_malformed_messages_counted(data: bytes, reason: str) -> None:
     """Each malformed message is refused with its reason and counted, never raised."""
     st = MonitorState()
     assert st.ingest(data, T0) == []
+    assert st.received == 0
     if reason == "version":
-        assert st.unknown_version == 1
+        assert (st.unknown_version, st.malformed) == (1, 0)
     else:
+        assert (st.unknown_version, st.malformed) == (0, 1)
         assert st.malformed_reasons == {reason: 1}
 
 

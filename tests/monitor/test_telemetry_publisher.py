@@ -12,9 +12,10 @@ import pytest
 import zmq
 from tg_monitor_util import free_port
 
-from tailguard import CallablePolicy, Guard, starter_envelope
+from tailguard import CallablePolicy, Guard, GuardState, Violation, starter_envelope
 from tailguard.errors import TailguardError
 from tailguard.protocol.telemetry_wire import SCHEMA_VERSION
+from tailguard.runtime.tick_ring import STATE_CODES, VIOLATION_BITS, decode_flags
 from tailguard.sinks.flight_recorder import read_flight_record
 from tailguard.sinks.telemetry import TelemetryPublisher, is_loopback_endpoint
 
@@ -85,8 +86,17 @@ def _receive_all(sub: zmq.Socket, until: float) -> list[dict]:
     return out
 
 
+def _flags_of(tick: int) -> int:
+    """Flags as the guard writes them: 0 on nominal ticks, state code | violation bits else."""
+    if tick % 7:
+        return 0
+    state = (GuardState.HOLD, GuardState.FALLBACK, GuardState.LATCHED)[tick % 3]
+    violation = (Violation.DT_MAX, Violation.LATENCY_P99, Violation.ACTION_RATE)[tick % 5 % 3]
+    return STATE_CODES[state] | VIOLATION_BITS[violation]
+
+
 def test_wire_schema_end_to_end() -> None:
-    """Every message carries v/seq/gid; ticks arrive intact; hist counts what was read."""
+    """Every message carries v/seq/gid; ticks and their flags arrive intact; hist counts them."""
     ep = f"tcp://127.0.0.1:{free_port()}"
     pub = TelemetryPublisher(
         ep,
@@ -103,13 +113,13 @@ def test_wire_schema_end_to_end() -> None:
         deadline = time.monotonic() + 10
         while pub.subscribers == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert pub.subscribers == 1
         ring = pub.ring
         for t in range(1, 2001):
             # As the guard does: tick 1 has no period, marked by a negative dt.
-            ring.write(t, 1000 + t if t > 1 else -1, 10 * t, t & 0xF and 0)
+            ring.write(t, 1000 + t if t > 1 else -1, 10 * t, _flags_of(t))
         pub.append(("violation", 7, 123, {"kind": "dt_max"}))
-        time.sleep(0.2)
-        pub.close()
+        pub.close()  # publishes everything written, then the closing heartbeat
         msgs = _receive_all(sub, time.monotonic() + 10)
     finally:
         sub.close(0)
@@ -126,6 +136,10 @@ def test_wire_schema_end_to_end() -> None:
     np.testing.assert_array_equal(dt[1:], 1000 + np.arange(2, 2001))
     assert dt[0] < 0
     np.testing.assert_array_equal(lat, 10 * np.arange(1, 2001))
+    flags = np.concatenate([np.frombuffer(m["flags"], "<i8") for m in batches])
+    np.testing.assert_array_equal(flags, [_flags_of(t) for t in range(1, 2001)])
+    assert np.count_nonzero(flags) == 2000 // 7
+    assert decode_flags(int(flags[14 - 1])) == (GuardState.LATCHED, [Violation.LATENCY_P99])
     ev = next(m for m in msgs if m["type"] == "events")
     assert ev["events"] == [["violation", 7, 123, {"kind": "dt_max"}]]
     last_hist = [m for m in msgs if m["type"] == "hist"][-1]
