@@ -11,10 +11,20 @@ Variants, timed per call in interleaved blocks (see bench/conftest.py):
   own overhead "excluding the policy";
 * bare -- the fastest plain call style: copy obs into the bound input, C-level
   run_with_iobinding (as the guard calls it);
+* checked -- bare plus the guard's check nodes (``Abs(obs)`` and the check ``Gemm``
+  appended to the graph), no Python test: ``checked - bare`` is what the nodes cost, i.e.
+  the most that fusing the check into the policy's last layer could save;
 * floor -- the work of a nominal guarded tick and nothing else (two clock reads, obs copy,
-  both byte-level checks, the checked inference, one compare, two list stores), every
-  object in a local: what a pure-Python guard could cost at best with these checks;
-* guard -- Guard.step on the same model (check node folded into the graph).
+  the observation's byte test, the checked inference, the check vector's byte test, one
+  compare, two list stores), every object in a local: what a pure-Python guard could cost
+  at best with these checks;
+* floor_one_test -- the same with the observation's own byte test dropped, because the
+  check vector already covers it (``OnnxPolicy.checks_observation``): the floor of a
+  ``step()`` that relies on the folded observation test;
+* guard -- Guard.step on the same model (check nodes appended to the graph).
+
+Results: ``ratio_p50`` (guard / bare) and ``floor*_ratio_p50`` are medians over rounds of
+each round's p50 ratio.
 """
 
 from __future__ import annotations
@@ -88,6 +98,43 @@ def _bare(path: Path) -> tuple[Any, np.ndarray]:
         c_run(c_binding, None)
 
     return call, obs
+
+
+def _checked(policy: OnnxPolicy, obs: np.ndarray) -> Any:
+    """Bare call style on the checked graph: obs copy + the policy's run, no Python test."""
+    flat, run, arg = policy._obs, policy._run_fn, policy._run_args[0]
+
+    def call() -> None:
+        flat[...] = obs
+        run(arg)
+
+    call.policy = policy  # type: ignore[attr-defined]  # its bound buffers must outlive the call
+    return call
+
+
+def _floor_one_test(policy: OnnxPolicy, obs: np.ndarray) -> Any:
+    """The floor when the check vector covers the observation: one byte test per tick."""
+    assert policy.checks_observation
+    clock, flat = time.perf_counter_ns, policy._obs
+    sb = policy._slack_bytes[0]
+    run, arg = policy._run_fn, policy._run_args[0]
+    ring_lat, ring_dt, last = [0] * 1024, [0] * 1024, [clock()]
+    view = policy._act[0]
+
+    def call() -> Any:
+        t0 = clock()
+        flat[...] = obs
+        run(arg)
+        if sb.tobytes()[TOP_BYTES].translate(SLACK_FLAGS).isascii():
+            lat = clock() - t0
+            if lat < 10**9:
+                ring_lat[5] = lat
+                ring_dt[5] = t0 - last[0]
+                return view
+        return None
+
+    call.policy = policy  # type: ignore[attr-defined]  # its bound buffers must outlive the call
+    return call
 
 
 def _floor(policy: OnnxPolicy, obs: np.ndarray) -> Any:
@@ -170,14 +217,18 @@ def bench_guard_vs_bare(
     path = model_dir / f"{model}.onnx"
     bare, obs = _bare(path)
     policy = OnnxPolicy(path)
-    floor = _floor(OnnxPolicy(path), obs)
+    variants = {
+        "bare": bare,
+        "checked": _checked(OnnxPolicy(path), obs),
+        "floor": _floor(OnnxPolicy(path), obs),
+        "floor_one_test": _floor_one_test(OnnxPolicy(path), obs),
+    }
     guard = Guard(policy, _envelope(policy.obs_size, policy.action_size))
     guard.warm_up(obs, freeze_gc=False)
+    variants["guard"] = lambda: guard.step(obs)
     for _ in range(200):
-        guard.step(obs)
-        bare()
-        floor()
-    variants = {"bare": bare, "floor": floor, "guard": lambda: guard.step(obs)}
+        for fn in variants.values():
+            fn()
 
     def run() -> dict[str, Any]:
         pooled: dict[str, Any] = {}
@@ -195,7 +246,10 @@ def bench_guard_vs_bare(
         s = {k: summary_us(h) for k, h in pooled.items()}
         bare_p50 = np.array(per_round["bare"], dtype=np.float64)
         guard_ratios = np.array(per_round["guard"]) / bare_p50
-        floor_ratios = np.array(per_round["floor"]) / bare_p50
+
+        def median_ratio(name: str) -> float:
+            return float(np.median(np.array(per_round[name]) / bare_p50))
+
         return {
             "gc_collections": gcs,
             "rounds": rounds,
@@ -203,7 +257,9 @@ def bench_guard_vs_bare(
             "ratio_p50": float(np.median(guard_ratios)),
             "ratio_p50_min": float(guard_ratios.min()),
             "ratio_p50_max": float(guard_ratios.max()),
-            "floor_ratio_p50": float(np.median(floor_ratios)),
+            "checked_ratio_p50": median_ratio("checked"),
+            "floor_ratio_p50": median_ratio("floor"),
+            "floor_one_test_ratio_p50": median_ratio("floor_one_test"),
             "ratio_p50_pooled": s["guard"]["p50"] / s["bare"]["p50"],
             "ratio_p99_pooled": s["guard"]["p99"] / s["bare"]["p99"],
             "checks_observation": bool(getattr(policy, "checks_observation", False)),
@@ -215,6 +271,9 @@ def bench_guard_vs_bare(
         print(
             f"\n{model}: guard/bare p50 median of {rounds} rounds {info['ratio_p50']:.3f} "
             f"(range {info['ratio_p50_min']:.3f}-{info['ratio_p50_max']:.3f}), "
-            f"floor/bare {info['floor_ratio_p50']:.3f}"
+            f"checked/bare {info['checked_ratio_p50']:.3f}, floor/bare "
+            f"{info['floor_ratio_p50']:.3f}, floor_one_test/bare "
+            f"{info['floor_one_test_ratio_p50']:.3f}; p50 us: "
+            + ", ".join(f"{k} {info[k]['p50']:.2f}" for k in variants)
         )
     assert sum(guard.stats()["violations"].values()) == 0

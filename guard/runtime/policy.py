@@ -155,7 +155,9 @@ class _CheckedPolicy:
     _run_fn: RunFn
     _run_args: tuple[Any, Any]
 
-    def _init_buffers(self, obs_size: int, action_size: int, checks_observation: bool) -> None:
+    def _init_buffers(
+        self, obs_size: int, action_size: int, checks_observation: bool = False
+    ) -> None:
         self.obs_size, self.action_size = obs_size, action_size
         self.checks_observation = checks_observation
         o, a = obs_size, action_size
