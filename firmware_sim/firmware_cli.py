@@ -299,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         spin_us=args.spin_us,
         should_stop=stop,
         connect_timeout_s=args.connect_timeout_s,
+        on_ready=lambda line: _err(f"run: {line}"),
     )
     text = json.dumps(summary, indent=2, sort_keys=True)
     if args.json_out is not None:

@@ -197,6 +197,7 @@ def run_policy(
     spin_us: float = 150.0,
     should_stop: Callable[[], bool] = lambda: False,
     connect_timeout_s: float = 10.0,
+    on_ready: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run a guarded policy against a firmware process in wall-clock time.
 
@@ -214,6 +215,8 @@ def run_policy(
         spin_us: pacer busy-spin before each deadline, us.
         should_stop: polled once per tick, and between the pacer's sleep slices.
         connect_timeout_s: how long to wait for the firmware's answer, s.
+        on_ready: called with a one-line description once the firmware answered and the
+            guard is built, just before the loop starts.
 
     Returns:
         A JSON-ready summary: ticks, pacer lateness, observation age, guard stats, the
@@ -264,6 +267,11 @@ def run_policy(
         stale_ticks = 0
         t_start = clock()
         end_ns = None if duration_s is None else t_start + round(duration_s * _NS_PER_S)
+        if on_ready is not None:
+            on_ready(
+                f"connected to {info.env} at {endpoint}; {rate_hz:g} Hz, obs {info.obs_size}, "
+                f"actions {info.action_size}"
+            )
         pacer.start()
         pacer.stop_at_ns = end_ns  # a slow rate still ends on time
         exit_reason = "signal"
