@@ -1,0 +1,281 @@
+"""Envelope derivation: from the audit's tolerated conditions to the guard's thresholds.
+
+Per dimension, the ladder is walked from its mildest level; the most severe level of the
+unbroken run of tolerated levels (lower bound meets the required rating) is the dimension's
+tolerated boundary. A harsher level that is tolerated after a milder one was not
+(non-monotone) is reported and ignored: the boundary stays at the last level before the
+first failure (conservative). The tolerated set is nominal plus, per dimension, the levels up
+to its boundary (plus any tolerated custom or measured condition).
+
+Thresholds come from the measured per-tick samples of the tolerated set, with the guard's own
+nearest-rank percentile (``tailguard.stats.percentile``):
+
+- latency / dt ``p50_ns``, ``p95_ns``, ``p99_ns``: the largest value of that percentile over
+  every full guard window (``window.ticks`` consecutive ticks, every start position) of every
+  tolerated episode — what the guard itself would have computed — so a tolerated condition
+  does not trip a window check by sampling noise; the pooled percentile when no episode
+  fills a window. ``max_ns``: the largest single tick. (A quantity whose dimension was not
+  swept is left unchecked and the note says so.)
+- ``obs_age_max_ns``: the largest observation age seen in the tolerated set.
+- ``max_consecutive_overruns``: one more than the longest run of overrun ticks (latency
+  above the period) in the tolerated set.
+- ``actions.max_delta``: 1.5 x the largest per-element |a_t - a_{t-1}| in the tolerated set.
+
+Responses are the guard's defaults (``action_bounds`` is logged instead of clipped when the
+policy's outputs routinely leave the bounds the env clamps to anyway): hold on a single late
+tick, fallback on window violations (the fallback controller is ``--fallback``, else
+"hold": repeat the last action), latch when the fallback fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from tailguard.audit.results import ConditionResult
+from tailguard.audit.sweep import DIMENSIONS
+from tailguard.stats.percentile import nearest_rank, percentiles
+
+__all__ = ["ACTION_MARGIN", "derive_envelope", "tolerated_boundaries", "window_ticks_for"]
+
+ACTION_MARGIN = 1.5
+_KEYS = ("p50_ns", "p95_ns", "p99_ns")
+_PS = (50.0, 95.0, 99.0)
+
+
+def window_ticks_for(period_ns: int) -> int:
+    """About one second of ticks, within [50, 500]."""
+    return int(min(500, max(50, round(1e9 / period_ns))))
+
+
+def tolerated_boundaries(results: Sequence[ConditionResult]) -> dict[str, dict[str, Any]]:
+    """Per swept dimension: its levels, the tolerated boundary and non-monotone levels."""
+    out: dict[str, dict[str, Any]] = {}
+    for dim in DIMENSIONS:
+        levels = sorted(
+            (r for r in results if r.condition.dimension == dim), key=lambda r: r.condition.level
+        )
+        if not levels:
+            continue
+        boundary = None
+        broken = False
+        non_monotone = []
+        for r in levels:
+            ok = bool(r.rating is not None and r.rating.tolerated)
+            if ok and not broken:
+                boundary = r.condition.name
+            elif ok and broken:
+                non_monotone.append(r.condition.name)
+            else:
+                broken = True
+        out[dim] = {
+            "envelope": DIMENSIONS[dim].envelope,
+            "unit": DIMENSIONS[dim].unit,
+            "levels": [
+                {
+                    "name": r.condition.name,
+                    "severity": r.condition.severity,
+                    "rating": r.rating.rating.value if r.rating else None,
+                    "tolerated": bool(r.rating and r.rating.tolerated),
+                }
+                for r in levels
+            ],
+            "tolerated_level": boundary,
+            "non_monotone": non_monotone,
+        }
+    return out
+
+
+def _tolerated_set(
+    results: Sequence[ConditionResult], bounds: dict[str, dict[str, Any]]
+) -> list[ConditionResult]:
+    keep = []
+    for r in results:
+        c = r.condition
+        if c.is_nominal:
+            keep.append(r)
+        elif c.dimension in bounds:
+            info = bounds[c.dimension]
+            upto = [lv["name"] for lv in info["levels"]]
+            b = info["tolerated_level"]
+            if b is not None and upto.index(c.name) <= upto.index(b):
+                keep.append(r)
+        elif r.rating is not None and r.rating.tolerated:
+            keep.append(r)
+    return keep
+
+
+def _window_max(series: list[np.ndarray], window: int) -> dict[str, int] | None:
+    """Largest nearest-rank p50/p95/p99 over every full window; None without one."""
+    best = [-1, -1, -1]
+    ranks = [nearest_rank(p, window) - 1 for p in _PS]
+    for s in series:
+        if s.size < window:
+            continue
+        views = np.lib.stride_tricks.sliding_window_view(s, window)
+        part = np.partition(views, ranks, axis=1)
+        for i, rk in enumerate(ranks):
+            best[i] = max(best[i], int(part[:, rk].max()))
+    if best[0] < 0:
+        return None
+    return dict(zip(_KEYS, best, strict=True))
+
+
+def _thresholds(series: list[np.ndarray], window: int) -> tuple[dict[str, int], dict[str, Any]]:
+    pooled = np.concatenate(series) if series else np.zeros(0, np.int64)
+    got = percentiles(pooled, _PS)
+    pooled_q = {k: int(got[p]) for k, p in zip(_KEYS, _PS, strict=True)}
+    win = _window_max(series, window)
+    chosen = dict(win if win is not None else pooled_q)
+    chosen["max_ns"] = int(pooled.max()) if pooled.size else 0
+    # Positive integers, ordered p50 <= p95 <= p99 <= max (the envelope's rules).
+    last = 1
+    for k in (*_KEYS, "max_ns"):
+        chosen[k] = max(last, int(chosen[k]))
+        last = chosen[k]
+    basis = "max over full guard windows" if win is not None else "pooled (no full window)"
+    return chosen, {"pooled": pooled_q, "basis": basis}
+
+
+def derive_envelope(
+    results: Sequence[ConditionResult],
+    *,
+    period_ns: int,
+    obs_size: int,
+    action_size: int,
+    action_low: Sequence[float] | None,
+    action_high: Sequence[float] | None,
+    provenance: dict[str, Any],
+    tool_version: str,
+) -> tuple[Any, dict[str, Any]]:
+    """The audited envelope and the derivation record.
+
+    Args:
+        results: every condition result (nominal first).
+        period_ns, obs_size, action_size, action_low, action_high: the task and policy.
+        provenance: recorded under ``provenance.results`` (policy hash, env, seeds, ...).
+        tool_version: tailguard's version.
+
+    Returns:
+        (Envelope, derivation dict written to the summary).
+    """
+    from tailguard.envelope.model import (
+        ActionLimits,
+        Envelope,
+        PolicyBinding,
+        Provenance,
+        Thresholds,
+        Timing,
+        Window,
+    )
+
+    bounds = tolerated_boundaries(results)
+    keep = _tolerated_set(results, bounds)
+    swept = {info["envelope"] for info in bounds.values()}
+    window = window_ticks_for(period_ns)
+    notes: list[str] = []
+    record: dict[str, Any] = {
+        "dimensions": bounds,
+        "tolerated_conditions": [r.condition.name for r in keep],
+        "window_ticks": window,
+    }
+    for dim, info in bounds.items():
+        if info["non_monotone"]:
+            notes.append(
+                f"{dim}: non-monotone: {info['non_monotone']} tolerated after a milder level was "
+                f"not; boundary kept at {info['tolerated_level']} (conservative)"
+            )
+        if info["tolerated_level"] is None:
+            notes.append(f"{dim}: not even the mildest level was tolerated")
+
+    def series(attr: str) -> list[np.ndarray]:
+        return [getattr(e, attr) for r in keep for e in r.episodes]
+
+    lat_t: Thresholds = Thresholds()
+    dt_t: Thresholds = Thresholds()
+    if "latency" in swept or "overruns" in swept:
+        lat, info = _thresholds(series("latency_ns"), window)
+        lat_t = Thresholds(**lat)
+        record["latency"] = {**lat, **info}
+    else:
+        notes.append("latency not swept: latency checks left disabled")
+    if "dt" in swept:
+        dt, info = _thresholds(series("dt_ns"), window)
+        dt_t = Thresholds(**dt)
+        record["dt"] = {**dt, **info}
+    else:
+        notes.append("dt not swept: period checks left disabled")
+    obs_age_max = None
+    if "obs_age" in swept:
+        ages = series("obs_age_ns")
+        obs_age_max = max(1, max((int(a.max()) for a in ages if a.size), default=0))
+        record["obs_age_max_ns"] = obs_age_max
+    else:
+        notes.append("obs_age not swept: observation-age check left disabled")
+    streak = max((e.max_overrun_streak for r in keep for e in r.episodes), default=0)
+    overruns = streak + 1
+    record["max_consecutive_overruns"] = overruns
+    deltas = [e.max_abs_daction for r in keep for e in r.episodes if e.max_abs_daction.size]
+    max_delta = None
+    if deltas:
+        per = np.max(np.stack(deltas), axis=0) * ACTION_MARGIN
+        max_delta = [float(max(v, 1e-3)) for v in per]
+        record["action_max_delta"] = max_delta
+    oob = sum(e.out_of_bounds_ticks for r in keep for e in r.episodes)
+    ticks = sum(e.length for r in keep for e in r.episodes)
+    responses: dict[str, str] = {}
+    if ticks and oob / ticks > 0.001:
+        responses["action_bounds"] = "log"
+        notes.append(
+            f"the policy's outputs leave the action bounds on {oob / ticks:.1%} of tolerated "
+            "ticks (the env clamps them): action_bounds is logged, not clipped, so clamping "
+            "the env does anyway is not counted as an intervention"
+        )
+    record["notes"] = notes
+    finite = (
+        action_low is not None
+        and action_high is not None
+        and bool(np.all(np.isfinite(action_low)))
+        and bool(np.all(np.isfinite(action_high)))
+    )
+    envelope = Envelope(
+        policy=PolicyBinding(
+            sha256=provenance.get("policy_sha256"),
+            obs_size=obs_size,
+            action_size=action_size,
+            action_low=list(action_low) if finite and action_low is not None else None,
+            action_high=list(action_high) if finite and action_high is not None else None,
+        ),
+        timing=Timing(
+            period_ns=period_ns,
+            dt=dt_t,
+            latency=lat_t,
+            obs_age_max_ns=obs_age_max,
+            max_consecutive_overruns=overruns,
+        ),
+        actions=ActionLimits(max_delta=max_delta),
+        window=Window(ticks=window, check_every_ticks=max(1, window // 10)),
+        responses=responses,
+        provenance=Provenance(
+            source="audit",
+            audited=True,
+            tool_version=tool_version,
+            created_utc=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            notes="Derived by `tailguard audit` from the tolerated conditions. " + " ".join(notes),
+            results={**provenance, "derivation": _jsonable(record)},
+        ),
+    )
+    return envelope, record
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
