@@ -116,6 +116,9 @@ class Number:
         max_open: bool = False,
     ) -> None:
         ns = _NS_PER_UNIT.get(unit)
+        # A positive duration must be at least 1 ns, or it rounds to a zero the runtime refuses.
+        self._min_ns = 1.0 if ns is not None and min_open and minimum == 0.0 else None
+        self._ns = ns or 1.0
         if ns is not None:
             cap = INT64_MAX / ns
             maximum = cap if maximum is None else min(maximum, cap)
@@ -137,7 +140,8 @@ class Number:
         left = "(" if self.min_open or lo is None else "["
         right = ")" if self.max_open else "]"
         low = "-inf" if lo is None else _fmt(lo)
-        return f"a finite number{unit} in {left}{low}, {_fmt(hi)}{right}"
+        text = f"a finite number{unit} in {left}{low}, {_fmt(hi)}{right}"
+        return text if self._min_ns is None else f"{text}, at least 1 ns"
 
     def check(self, value: float) -> bool:
         """Whether ``value`` is finite and in range."""
@@ -145,6 +149,8 @@ class Number:
             return False
         lo, hi = self.minimum, self.maximum
         if lo is not None and (value <= lo if self.min_open else value < lo):
+            return False
+        if self._min_ns is not None and value * self._ns < self._min_ns:
             return False
         return not (hi is not None and (value >= hi if self.max_open else value > hi))
 
@@ -258,7 +264,10 @@ def endpoint(*, bind: bool) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"cannot connect to host '*'; {expected}")
         if port_text == "*" and bind:
             return text
-        if not port_text.isdigit() or not 1 <= int(port_text[:6]) <= 65535:
+        if (
+            not (port_text.isascii() and port_text.isdigit())
+            or not 1 <= int(port_text[:6]) <= 65535
+        ):
             raise argparse.ArgumentTypeError(
                 f"port {port_text!r} is not a TCP port (1..65535{', or *' if bind else ''}); "
                 f"{expected}"

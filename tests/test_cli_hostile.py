@@ -18,18 +18,23 @@ import signal
 import subprocess
 import sys
 import time
+from argparse import ArgumentTypeError
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tailguard import cli_args as ca
 from tailguard.cli_args import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from tailguard.tools.cli import main
 
 NUMBER_BAD = ["nan", "inf", "-inf", "1e400", "abc", ""]
 POSITIVE_BAD = [*NUMBER_BAD, "0", "-1"]
 NON_NEGATIVE_BAD = [*NUMBER_BAD, "-1", "-1e-9"]
+DURATION_BAD = [*POSITIVE_BAD, "1e-300"]  # rounds to 0 ns
 INTEGER_BAD = ["1.5", "abc", "1e3", "9" * 25, "", "0x10"]
 SEED_BAD = [*INTEGER_BAD, "-1"]
 ENDPOINT_BAD = ["garbage", "tcp://", "tcp://127.0.0.1", "tcp://127.0.0.1:99999", "http://x:1"]
@@ -44,7 +49,7 @@ CASES: list[tuple[list[str], str, list[str]]] = [
     (["demo"], "--seconds", [*POSITIVE_BAD, "1e9"]),
     (["demo"], "--seed", SEED_BAD),
     (["demo"], "--json", FILE_BAD),
-    (["envelope", "init", "--policy", P, "-o", "{dir}/e.json"], "--period-ms", POSITIVE_BAD),
+    (["envelope", "init", "--policy", P, "-o", "{dir}/e.json"], "--period-ms", DURATION_BAD),
     (["envelope", "init", "--policy", P, "--period-ms", "10"], "--output", FILE_BAD),
     (
         ["envelope", "init", "--policy", P, "--period-ms", "10", "-o", "{dir}/e.json"],
@@ -52,7 +57,7 @@ CASES: list[tuple[list[str], str, list[str]]] = [
         POSITIVE_BAD,
     ),
     (["inspect", P], "--ticks", [*INTEGER_BAD, "-5", "0"]),
-    (["replay", "--policy", P, "--env", "Hopper-v5"], "--deadline-ms", POSITIVE_BAD),
+    (["replay", "--policy", P, "--env", "Hopper-v5"], "--deadline-ms", DURATION_BAD),
     (["replay", "--policy", P, "--env", "Hopper-v5"], "--drop-prob", [*NUMBER_BAD, "1.5"]),
     (["replay", "--policy", P, "--env", "Hopper-v5"], "--drop-burst", [*INTEGER_BAD, "0"]),
     (["replay", "--policy", P, "--env", "Hopper-v5"], "--episodes", [*INTEGER_BAD, "0", "-3"]),
@@ -62,38 +67,38 @@ CASES: list[tuple[list[str], str, list[str]]] = [
     (["firmware"], "--seed", SEED_BAD),
     (["firmware"], "--physics-rate-hz", [*POSITIVE_BAD, "1e9"]),
     (["firmware"], "--publish-every", [*INTEGER_BAD, "0"]),
-    (["firmware"], "--command-timeout-ms", [*POSITIVE_BAD, "1e20"]),
+    (["firmware"], "--command-timeout-ms", [*DURATION_BAD, "1e20"]),
     (["firmware"], "--link-latency", ["fixed:s=1e10", "fixed:s=7200", "lognormx"]),
     (["firmware"], "--drop-prob", [*NUMBER_BAD, "2"]),
     (["firmware"], "--cpu-burn", [*INTEGER_BAD, "-1", "65"]),
     (["firmware"], "--spin-us", [*NON_NEGATIVE_BAD, "1e12"]),
     (["firmware"], "--report-every-s", [*NON_NEGATIVE_BAD, "1e12"]),
-    (["firmware"], "--duration-s", [*POSITIVE_BAD, "1e12"]),
+    (["firmware"], "--duration-s", [*DURATION_BAD, "1e12"]),
     (["firmware"], "--summary", FILE_BAD),
     (["firmware"], "--ready-file", FILE_BAD),
     (["run", "--policy", P], "--connect", ENDPOINT_BAD),
     (["run", "--policy", P], "--rate-hz", [*POSITIVE_BAD, "1e9", "1e-9"]),
-    (["run", "--policy", P], "--deadline-ms", POSITIVE_BAD),
-    (["run", "--policy", P], "--duration-s", POSITIVE_BAD),
+    (["run", "--policy", P], "--deadline-ms", DURATION_BAD),
+    (["run", "--policy", P], "--duration-s", DURATION_BAD),
     (["run", "--policy", P], "--spin-us", [*NON_NEGATIVE_BAD, "1e12"]),
-    (["run", "--policy", P], "--connect-timeout-s", POSITIVE_BAD),
+    (["run", "--policy", P], "--connect-timeout-s", DURATION_BAD),
     (["run", "--policy", P], "--json", FILE_BAD),
     (["monitor"], "--connect", ENDPOINT_BAD),
     (["monitor"], "--prometheus", PORT_BAD),
     (["monitor"], "--record-max-mb", POSITIVE_BAD),
-    (["monitor"], "--window-s", POSITIVE_BAD),
+    (["monitor"], "--window-s", DURATION_BAD),
     (["monitor"], "--heartbeat-misses", [*INTEGER_BAD, "0"]),
-    (["monitor"], "--eval-interval-s", POSITIVE_BAD),
-    (["monitor"], "--duration-s", POSITIVE_BAD),
+    (["monitor"], "--eval-interval-s", DURATION_BAD),
+    (["monitor"], "--duration-s", DURATION_BAD),
     (["monitor"], "--receive-buffer-bytes", [*INTEGER_BAD, "-1"]),
     (["monitor"], "--command-connect", ENDPOINT_BAD),
-    (["monitor"], "--command-timeout-s", POSITIVE_BAD),
+    (["monitor"], "--command-timeout-s", DURATION_BAD),
     (["monitor"], "--alerts", FILE_BAD),
     (["monitor"], "--record", FILE_BAD),
     (["monitor"], "--summary-json", FILE_BAD),
     (["keys"], "--dir", DIR_BAD),
     (["bench", "--policy", P, "--out", "{dir}/o"], "--rate-hz", [*POSITIVE_BAD, "1e9"]),
-    (["bench", "--policy", P, "--out", "{dir}/o"], "--duration-s", POSITIVE_BAD),
+    (["bench", "--policy", P, "--out", "{dir}/o"], "--duration-s", DURATION_BAD),
     (["bench", "--policy", P, "--out", "{dir}/o"], "--spin-us", [*NON_NEGATIVE_BAD, "1e12"]),
     (["bench", "--policy", P, "--out", "{dir}/o"], "--threads", [*INTEGER_BAD, "0"]),
     (["bench", "--policy", P, "--out", "{dir}/o"], "--warmup-ticks", [*INTEGER_BAD, "-1"]),
@@ -330,3 +335,48 @@ def test_run_at_a_low_rate_answers_sigterm(
     os.killpg(proc.pid, signal.SIGTERM)
     assert _finish(proc, 20) == EXIT_OK, (tmp_path / "run.err").read_text()
     assert json.loads(out.read_text())["exit_reason"] == "signal"
+
+
+# ------------------------------------------------------------------- parser properties --
+
+_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+)
+
+
+@given(_TEXT)
+def test_number_parser_returns_an_in_range_value_or_refuses(text: str) -> None:
+    """A Number parser returns a finite value inside its range, or raises ArgumentTypeError."""
+    parse = ca.duration("ms", maximum=60_000.0)
+    try:
+        value = parse(text)
+    except ArgumentTypeError as exc:
+        assert "expected a finite number of ms in (0, 60000]" in str(exc)
+        return
+    assert 0 < value <= 60_000.0 and round(value * 1e6) >= 1
+
+
+@given(_TEXT)
+def test_integer_parser_returns_an_in_range_int_or_refuses(text: str) -> None:
+    """An Integer parser returns an int inside its range, or raises ArgumentTypeError."""
+    try:
+        value = ca.seed()(text)
+    except ArgumentTypeError as exc:
+        assert "expected an integer in 0..4294967295" in str(exc)
+        return
+    assert isinstance(value, int) and 0 <= value < 1 << 32
+
+
+@given(st.one_of(st.text(max_size=60), st.text(max_size=30).map(lambda t: "tcp://" + t)))
+def test_endpoint_parser_accepts_only_well_formed_endpoints(text: str) -> None:
+    """An endpoint parser returns its input only for tcp://HOST:PORT, ipc://, inproc://."""
+    try:
+        value = ca.endpoint(bind=False)(text)
+    except ArgumentTypeError:
+        return
+    assert value == text and value.startswith(("tcp://", "ipc://", "inproc://"))
+    if value.startswith("tcp://"):
+        port = value.rpartition(":")[2]
+        assert port.isascii() and 1 <= int(port) <= 65535
