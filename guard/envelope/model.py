@@ -2,8 +2,9 @@
 
 The envelope lives in small modules of this package: ``rules`` (every rule, one function
 per section), ``schema`` (the frozen dataclasses), ``json_io`` (bounded reading, one parse,
-atomic writing), ``starter`` (placeholder envelopes) and ``period`` (does an envelope fit
-the loop's period). New code imports from ``tailguard.envelope``.
+atomic writing; its docstring shows the JSON layout of an envelope file), ``starter``
+(placeholder envelopes) and ``period`` (does an envelope fit the loop's period). New code
+imports from ``tailguard.envelope``.
 """
 
 from __future__ import annotations
