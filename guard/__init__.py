@@ -30,10 +30,11 @@ from tailguard.stats.histogram import LogLinearHistogram
 __version__ = "0.1.0"
 
 
-def _recorder(path: object) -> object:
+def _recorder(path: object, **kwargs: object) -> object:
+    # kwargs: clock= (the guard's time base, so one file has one clock)
     from tailguard.sinks.flight_recorder import FlightRecorder
 
-    return FlightRecorder(path)  # type: ignore[arg-type]
+    return FlightRecorder(path, **kwargs)  # type: ignore[arg-type]
 
 
 def _telemetry(endpoint: str, **kwargs: object) -> object:

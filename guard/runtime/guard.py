@@ -3,15 +3,19 @@
 One tick, when everything is in order (the common case), costs: two clock reads, copying
 the observation into the policy's bound input buffer, a byte-level finiteness test over
 it, the inference (with the action check folded into the ONNX graph, see
-``guard/policy.py``), the same byte-level test over the check vector, a handful of integer
+``runtime/policy.py``), the same byte-level test over the check vector, a handful of integer
 compares and two stores into the tick ring. Nothing is allocated that the GC tracks,
 nothing is logged, nothing blocks. The ring is folded into the histograms every 1024
 ticks.
 
-Anything unusual -- a violation, a non-nominal state, deadline mode, the first tick, a
-latency or period above the smallest percentile threshold, a window check that is due --
-leaves the plain path for :meth:`Guard._resolve`, which re-checks with the plain numpy
-reference, applies the one transition table (``guard/state.py``) and picks the action.
+There is exactly one copy of that plain path: the inlined lines of :meth:`Guard.step` and
+their continuation :meth:`Guard._resolve` (a clean tick that crossed a percentile threshold
+or a periodic duty). Anything else -- a violation, a non-nominal state, deadline mode, the
+first tick, a pending command -- goes through the general path (:meth:`Guard._judge`),
+which re-checks with the plain numpy reference, asks :func:`~tailguard.runtime.state.decide`
+what the tick does, applies the one transition table and picks the action. Both paths give
+the same actions, states, records and counters (``tests/guard/test_step_differential.py``).
+What every check and response means is stated once, in ``tailguard.runtime.state``.
 Percentile checks over the sliding window are exact and O(1) per tick: the guard keeps the
 tick numbers of samples above each threshold and compares their count with what the
 percentile allows (p_q <= T over n samples <=> at most n - ceil(q*n) samples > T).
@@ -23,19 +27,20 @@ import gc
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tailguard.envelope.model import Envelope, load_envelope
-from tailguard.errors import EnvelopeError, HashMismatchError
+from tailguard.errors import ConfigError, EnvelopeError, HashMismatchError
 from tailguard.runtime.deadline import (
     InlineDeadlineRunner,
     ThreadDeadlineRunner,
     make_deadline_runner,
 )
+from tailguard.runtime.events import FaultRecord, NoteRecord, StateChangeRecord, ViolationRecord
 from tailguard.runtime.policy import (
     OBS_FLAGS,
     SLACK_FLAGS,
@@ -45,11 +50,14 @@ from tailguard.runtime.policy import (
     _CheckedPolicy,
     all_pass,
 )
+from tailguard.runtime.state import ActionSource as _Source
 from tailguard.runtime.state import Event as _Event
 from tailguard.runtime.state import (
     GuardState,
+    Hysteresis,
     Response,
     Violation,
+    decide,
     event_for,
     next_state,
 )
@@ -69,12 +77,14 @@ def register_sink_factory(kind: str, factory: Callable[..., Any]) -> None:
     """Make ``Guard(recorder=PATH)`` / ``Guard(telemetry=ENDPOINT)`` build sinks with ``factory``.
 
     Args:
-        kind: ``"recorder"`` (called with the path) or ``"telemetry"`` (called with the
-            endpoint, ``hello=`` and ``allow_non_loopback=``).
+        kind: ``"recorder"`` (called with the path and ``clock=``, the guard's time base) or
+            ``"telemetry"`` (called with the endpoint, ``hello=`` and ``allow_non_loopback=``).
         factory: returns an object with ``append(record)`` (and ``ring`` for telemetry).
     """
     if kind not in ("recorder", "telemetry"):
-        raise ValueError(f"unknown sink kind {kind!r}; valid choices are ['recorder', 'telemetry']")
+        raise ConfigError(
+            f"unknown sink kind {kind!r}; valid choices are ['recorder', 'telemetry']"
+        )
     _SINK_FACTORIES[kind] = factory
 
 
@@ -82,7 +92,7 @@ def _sink_factory(kind: str) -> Callable[..., Any]:
     try:
         return _SINK_FACTORIES[kind]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"no {kind} sink is registered: import tailguard (the package root wires them in) "
             f"or pass a sink object instead of a path/endpoint"
         ) from None
@@ -113,12 +123,17 @@ def _ns(value: int | None) -> int:
 class Guard:
     """Wraps a policy in the control loop and enforces an envelope on every tick.
 
+    What each check, response and state does -- including the first tick, the rate limit,
+    the fallback, hold and overrun streaks, recovery, windows and timestamps -- is stated
+    once, in the docstring of ``tailguard.runtime.state``.
+
     Args:
         policy: an :class:`OnnxPolicy` (or :class:`CallablePolicy`).
         envelope: the :class:`Envelope` to enforce (see ``load_envelope``).
         fallback: who acts in FALLBACK: ``"hold"`` (repeat the last applied action),
-            ``"zero"`` (zeros clipped to bounds), a callable ``f(obs) -> action``, or a
-            second policy (e.g. a timing-robust OnnxPolicy with the same interface).
+            ``"zero"`` (zeros clipped to bounds, reached at ``max_delta`` per tick), a
+            callable ``f(obs) -> action``, or a second policy (e.g. a timing-robust
+            OnnxPolicy with the same interface); its output is limited like the policy's.
         clock: integer-nanosecond monotonic clock. Inject a simulated clock to run the
             same guard in simulated time.
         deadline_ns: if set, inference must finish within this many ns of tick start, or
@@ -127,7 +142,9 @@ class Guard:
         deadline_mode: ``"thread"`` (worker thread, answers at the deadline; wall clock) or
             ``"inline"`` (judged after the call; for simulated clocks).
         recorder: a ``FlightRecorder`` (or a path to create one) that receives every
-            violation and state change; written off the hot path by its own thread.
+            violation and state change; written off the hot path by its own thread. A
+            recorder the guard creates stamps its own records on the guard's time base
+            (one file, one clock); pass ``clock=`` yourself to a recorder you create.
         telemetry: a ZMQ endpoint (``"tcp://127.0.0.1:5555"``, ``"ipc://..."``) to publish
             per-tick records, events and histograms on (off by default), or a publisher
             object with ``ring``/``append``/``close``. The hot path only writes the ring.
@@ -137,6 +154,8 @@ class Guard:
     Raises:
         EnvelopeError: the envelope does not fit the policy (sizes, bounds).
         HashMismatchError: the policy file is not the one the envelope was written for.
+        ConfigError: an unknown fallback or deadline mode, a non-positive ``deadline_ns``.
+        TypeError: ``clock()`` does not return a Python int.
     """
 
     def __init__(
@@ -185,7 +204,7 @@ class Guard:
         self._deadline: InlineDeadlineRunner | ThreadDeadlineRunner | None = None
         if deadline_ns is not None:
             if deadline_ns <= 0:
-                raise ValueError(f"deadline_ns must be positive, got {deadline_ns}")
+                raise ConfigError(f"deadline_ns must be a positive int of ns, got {deadline_ns}")
             self._deadline = make_deadline_runner(deadline_mode, policy._run_fn, clock)
 
         # -- thresholds (disabled checks become _NEVER) --
@@ -194,6 +213,7 @@ class Guard:
         self._dt_max = _ns(timing.dt.max_ns)
         self._ok_lat = min(self._lat_max, self._period_ns)  # above: a violation or overrun
         self._age_max = _ns(timing.obs_age_max_ns)
+        self._age_on = timing.obs_age_max_ns is not None
         self._max_overruns = timing.max_consecutive_overruns
         lat_t = [_ns(getattr(timing.latency, f"p{q}_ns")) for q in (50, 95, 99)]
         dt_t = [_ns(getattr(timing.dt, f"p{q}_ns")) for q in (50, 95, 99)]
@@ -212,7 +232,11 @@ class Guard:
         self._window_active: set[Violation] = set()
         self._counted_window: set[Violation] = set()
         self._responses = dict(env.responses)
-        self._rec = env.recovery
+        rec = env.recovery
+        self._rule = Hysteresis(rec.recovery_ticks, rec.dwell_ns, rec.max_hold_ticks)
+        # First tick with a latency / a period sample since the start or the last reset():
+        # a window is judged once it holds window.ticks samples (_window_due).
+        self._lat_from, self._dt_from = 1, 2
 
         # -- histograms: interval (hot path) + lifetime (merged every window) --
         self._h_dt = LogLinearHistogram(2, _HIST_MAX)
@@ -235,28 +259,33 @@ class Guard:
         self._zero_action = policy.clip(np.zeros(policy.action_size, dtype=np.float32))
 
         # -- recorder --
+        self._last_t0 = probe  # the guard's time before its first tick (recorder clock)
         self._recorder = self._make_recorder(recorder)
         self._telemetry = self._make_telemetry(telemetry, allow_non_loopback)
         self._sinks = tuple(x for x in (self._recorder, self._telemetry) if x is not None)
         # trip/reset requests from other threads, applied in order at the next tick
         self._pending: deque[tuple[str, str]] = deque(maxlen=64)
-        self._posted_events: deque[tuple] = deque(maxlen=256)  # from request_event
+        self._posted_events: deque[tuple[Any, ...]] = deque(maxlen=256)  # request_event
         if hasattr(self._telemetry, "attach"):  # reads tick_ring; may request trip/reset
             self._telemetry.attach(self)
         self._tick_bits = 0
 
         # -- state and counters --
         self._state = GuardState.NOMINAL
-        self._set_fast(False)  # the first tick has no dt: it goes through _resolve
+        self._plain_path = True  # False: every tick takes the general path (tests compare)
+        self._set_fast(False)  # the first tick has no dt: it goes through _judge
         self._skip_dt = True
+        self._has_prev = False  # no action applied yet: the first one is not rate-limited
         self._policy_on = True  # False while LATCHED: the policy is not run
         self._tick = 0
-        self._last_t0 = 0
         self._next_check = self._check_every  # window percentiles due (_window_due)
         self._next_flush = _FLUSH_EVERY  # ring -> histograms due (_flush_ring)
         self._reschedule()  # _next_due: either of them
         self._next_roll = _INTERVAL
+        # The latest run of overruns: its length and the tick it ended on. Consecutive
+        # means on consecutive ticks, so no path needs to reset it on a clean tick.
         self._overruns = 0
+        self._last_overrun_tick = -2
         self._hold_streak = 0
         self._clean_streak = 0
         self._state_since_ns: int | None = None
@@ -299,14 +328,14 @@ class Guard:
     def _resolve_fallback(self, fallback: Fallback, policy: _CheckedPolicy) -> tuple[str, Any]:
         if isinstance(fallback, str):
             if fallback not in ("hold", "zero"):
-                raise ValueError(
+                raise ConfigError(
                     f"unknown fallback '{fallback}'; valid choices are ['hold', 'zero'], a "
                     "callable, or a policy"
                 )
             return fallback, None
         if isinstance(fallback, _CheckedPolicy):
             if (fallback.obs_size, fallback.action_size) != (policy.obs_size, policy.action_size):
-                raise ValueError(
+                raise ConfigError(
                     f"fallback policy sizes {fallback.obs_size}/{fallback.action_size} differ "
                     f"from the policy's {policy.obs_size}/{policy.action_size}"
                 )
@@ -316,7 +345,7 @@ class Guard:
             return "policy", CallablePolicy(
                 fallback, policy.obs_size, policy.action_size, name="fallback"
             )
-        raise ValueError(
+        raise ConfigError(
             f"fallback must be 'hold', 'zero', a callable or a policy; got {fallback!r}"
         )
 
@@ -335,7 +364,7 @@ class Guard:
             allow_non_loopback=allow_non_loopback,
         )
 
-    def _emit(self, record: tuple) -> None:
+    def _emit(self, record: tuple[Any, ...]) -> None:
         """Hand an event to every sink (flight recorder, telemetry); never blocks."""
         for sink in self._sinks:
             sink.append(record)
@@ -348,36 +377,47 @@ class Guard:
         """Reset the guard at its next tick (safe to call from another thread)."""
         self._post(self._pending, ("reset", reason), "commands_dropped")
 
-    def request_event(self, record: tuple) -> None:
+    def request_event(self, record: tuple[Any, ...]) -> None:
         """Emit ``record`` through the guard's event path (flight recorder, telemetry) at
         its next tick, from the loop's thread: the sinks have one producer. Safe to call
         from another thread (e.g. the telemetry thread reporting a refused command)."""
         self._post(self._posted_events, record, "events_dropped")
 
-    def _post(self, queue: deque, item: tuple, drop_counter: str) -> None:
+    def _post(self, queue: deque[Any], item: tuple[Any, ...], drop_counter: str) -> None:
         if len(queue) == queue.maxlen:  # full: the oldest entry goes, and is counted
             self._faults[drop_counter] = self._faults.get(drop_counter, 0) + 1
         queue.append(item)
         self._set_fast(False)  # after the append: see the end of _resolve_inner
 
-    @staticmethod
-    def _make_recorder(recorder: Any) -> Any:
+    def _make_recorder(self, recorder: Any) -> Any:
         if recorder is None or hasattr(recorder, "append"):
             return recorder
-        return _sink_factory("recorder")(recorder)
+        # The recorder stamps the records it adds itself (faults about its own queue or
+        # file) from its writer thread. It gets the guard's time base, read without calling
+        # the guard's clock from that thread: a simulated clock may not be thread-safe,
+        # and reading it must not disturb the loop's time.
+        return _sink_factory("recorder")(recorder, clock=self._time_of_last_tick)
+
+    def _time_of_last_tick(self) -> int:
+        """The start of the latest tick on the guard's clock, ns (any thread may call)."""
+        return self._last_t0
 
     # ------------------------------------------------------------------ the hot path --
     def step(self, obs: Any, obs_timestamp_ns: int | None = None) -> np.ndarray:
         """Run one guarded tick: observation in, safe action out. Never raises.
 
+        What each check and response does is stated once, in ``tailguard.runtime.state``.
+
         Args:
-            obs: float observation, shape [obs_size] or [1, obs_size] (any real dtype).
-            obs_timestamp_ns: when the observation was taken, on the guard's clock; enables
-                the obs-age check.
+            obs: float observation, shape [obs_size] or [1, obs_size]: a numpy array of any
+                real dtype, or any array-like (list, tuple, ...); all are timed alike.
+            obs_timestamp_ns: when the observation was taken, on the guard's clock; used by
+                the obs-age check when the envelope sets ``timing.obs_age_max_ns``.
 
         Returns:
-            float32 [action_size], finite and within the envelope's bounds. Read-only; it
-            stays valid until the next call (copy it to keep it).
+            float32 [action_size], finite, and within the envelope's bounds and rate limit
+            unless its response for that action check is ``log``. Read-only; it stays
+            valid until the next call (copy it to keep it).
         """
         t0 = self._clock()
         if self._general:  # not nominal, deadline mode, a command or window check pending
@@ -392,9 +432,9 @@ class Guard:
             if obs.size == self._obs_size:
                 self._obs_flat[...] = obs
             else:
-                bad = _OBS_SHAPE
-        except Exception:
-            bad = _OBS_SHAPE
+                bad = self._convert_obs(obs)
+        except Exception:  # a list, a tuple, ...: converted here, so it is timed like any
+            bad = self._convert_obs(obs)
         if not bad:
             if not self._obs_bytes.tobytes()[TOP_BYTES].translate(OBS_FLAGS).isascii():
                 bad = _OBS_NONFINITE  # NaN, inf or |x| >= 2**127 somewhere
@@ -412,57 +452,88 @@ class Guard:
                     ):
                         bad = _ACTION  # some check failed: _resolve finds which
         lat = self._clock() - t0
-        if (
-            not bad
-            and lat <= self._fast_lat
-            and dt <= self._fast_dt
-            and tick < self._next_due
-            and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
-        ):
-            j = tick & self._ring_mask
-            self._ring_lat[j] = lat
-            self._ring_dt[j] = dt
-            self._cur = cur ^ 1
-            return self._views[cur]
-        return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
+        try:  # a timestamp that is not a number raises here: _resolve judges it
+            if (
+                not bad
+                and lat <= self._fast_lat
+                and dt <= self._fast_dt
+                and tick < self._next_due
+                and (obs_timestamp_ns is None or 0 <= t0 - obs_timestamp_ns <= self._age_max)
+            ):
+                j = tick & self._ring_mask
+                self._ring_lat[j] = lat
+                self._ring_dt[j] = dt
+                self._cur = cur ^ 1
+                return self._views[cur]
+        except Exception:
+            pass
+        return self._resolve(t0, dt, lat, bad, obs_timestamp_ns)
 
     # ------------------------------------------------------------ off the hot path --
-    def _step_general(self, t0: int, obs: Any, obs_timestamp_ns: int | None) -> np.ndarray:
-        """``step`` outside the plain nominal case: the policy may be off (LATCHED) or run
-        against a deadline; everything else is decided by :meth:`_resolve`."""
-        tick = self._tick + 1
-        self._tick = tick
-        dt = t0 - self._last_t0
-        self._last_t0 = t0
-        cur = self._cur
-        bad = 0
-        if self._policy_on:
-            bad = self._take_obs(obs)
-            if not bad:
-                bad = self._run_checked(cur, t0)
-                if not bad and not all_pass(self._slack_bytes[cur], SLACK_FLAGS):
-                    bad = _ACTION
-        lat = self._clock() - t0
-        if bad == _DEADLINE and lat > self._deadline_ns:
-            lat = self._deadline_ns  # the guard answered at the deadline (inline mode: modeled)
-        return self._resolve(t0, dt, lat, bad, obs, obs_timestamp_ns)
+    def _step_general(self, t0: int, obs: Any, obs_timestamp_ns: Any) -> np.ndarray:
+        """The general path: every tick that may not take step()'s plain path (not nominal,
+        deadline mode, a command pending, a window violation active). The policy may be off
+        (LATCHED) or run against a deadline; :meth:`_judge` decides everything else."""
+        try:
+            tick = self._tick + 1
+            self._tick = tick
+            dt = t0 - self._last_t0
+            self._last_t0 = t0
+            cur = self._cur
+            bad = 0
+            if self._policy_on:
+                bad = self._take_obs(obs)
+                if not bad:
+                    bad = self._run_checked(cur, t0)
+                    if not bad and not all_pass(self._slack_bytes[cur], SLACK_FLAGS):
+                        bad = _ACTION
+            lat = self._clock() - t0
+            if bad == _DEADLINE and lat > self._deadline_ns:
+                lat = self._deadline_ns  # the guard answered at the deadline (inline: modeled)
+            return self._judge(t0, dt, lat, bad, obs_timestamp_ns)
+        except Exception as exc:  # a bug of ours must not crash the robot's loop
+            return self._emergency_latch(t0, exc)
 
     def _take_obs(self, obs: Any) -> int:
         """Copy ``obs`` into the policy's input and test it: 0 or an outcome code.
 
         ``step`` inlines the same lines (a method call costs ~0.1 us there)."""
         try:
-            if obs.size != self._obs_size:
+            if obs.size == self._obs_size:
+                self._obs_flat[...] = obs
+                bad = 0
+            else:
+                bad = self._convert_obs(obs)
+        except Exception:
+            bad = self._convert_obs(obs)
+        if bad:
+            return bad
+        return 0 if all_pass(self._obs_bytes, OBS_FLAGS) else _OBS_NONFINITE
+
+    def _convert_obs(self, obs: Any) -> int:
+        """Any array-like of shape [O] or [1, O] into the input buffer: 0 or _OBS_SHAPE."""
+        try:
+            arr = np.asarray(obs, dtype=np.float32)
+            if arr.shape not in ((self._obs_size,), (1, self._obs_size)):
                 return _OBS_SHAPE
-            self._obs_flat[...] = obs
+            self._obs_flat[...] = arr.reshape(-1)
         except Exception:
             return _OBS_SHAPE
-        return 0 if all_pass(self._obs_bytes, OBS_FLAGS) else _OBS_NONFINITE
+        return 0
+
+    def _age_ok(self, t0: int, obs_timestamp_ns: Any) -> bool:
+        """The obs-age rule (see ``tailguard.runtime.state``); never raises."""
+        if obs_timestamp_ns is None or not self._age_on:
+            return True
+        try:
+            return bool(0 <= t0 - obs_timestamp_ns <= self._age_max)
+        except Exception:  # not a number, or an array of several
+            return False
 
     def _set_fast(self, fast: bool) -> None:
         """Whether the next tick may take the plain nominal path of :meth:`step`."""
         self._fast = fast
-        self._general = not fast or self._deadline is not None
+        self._general = not (fast and self._plain_path) or self._deadline is not None
 
     @staticmethod
     def _note_exceed(queues: list[deque[int]], thresholds: list[int], tick: int, v: int) -> None:
@@ -486,7 +557,7 @@ class Guard:
         # < 0 marks "no measurement" (see TelemetryRing): _NO_SAMPLE where there was none,
         # anything else a clock that went backwards (step() stores what it measured).
         # Nothing exceeds _HIST_MAX: the fast path only passes values <= its caps (<=
-        # _NEVER) and _resolve clamps.
+        # _NEVER) and _judge clamps.
         try:
             lat_ok, dt_ok = lat >= 0, dt >= 0
             if not (lat_ok.all() and dt_ok.all()):
@@ -505,41 +576,50 @@ class Guard:
         """Ticks whose ring record is complete (read by the telemetry thread)."""
         return self._tick - 1
 
-    def _resolve(
-        self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
-    ) -> np.ndarray:
-        """Everything the fast path does not handle. Never raises (last resort: latch)."""
+    def _resolve(self, t0: int, dt: int, lat: int, bad: int, obs_timestamp_ns: Any) -> np.ndarray:
+        """The rest of step()'s plain path: a tick that left it. A clean tick that only
+        crossed a percentile threshold or a periodic duty is finished here; anything else
+        is judged by :meth:`_judge`. Never raises (last resort: latch)."""
         try:
             tick = self._tick
-            skip_dt = self._skip_dt  # first tick, or first after reset(): no meaningful dt
-            if lat > self._lat_p50:
-                self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
-            if dt > self._dt_p50 and not skip_dt:
-                self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
             if (
                 self._fast
                 and not bad
                 and 0 <= lat <= self._ok_lat
                 and 0 <= dt <= self._dt_max
-                and (obs_timestamp_ns is None or t0 - obs_timestamp_ns <= self._age_max)
-                and (tick < self._next_check or not self._window_due(tick))
+                and not self._skip_dt
+                and self._age_ok(t0, obs_timestamp_ns)
             ):
-                # A clean tick that only crossed a percentile threshold or a periodic duty.
-                j = tick & self._ring_mask
-                self._ring_lat[j] = lat
-                self._ring_dt[j] = dt
-                cur = self._cur
-                self._cur = cur ^ 1
-                if tick >= self._next_flush:
-                    self._flush_ring(tick)
-                return self._views[cur]
-            return self._resolve_inner(t0, dt, lat, bad, obs, obs_timestamp_ns)
+                if lat > self._lat_p50:
+                    self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
+                if dt > self._dt_p50:
+                    self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
+                if tick < self._next_check or not self._window_due(tick):
+                    j = tick & self._ring_mask
+                    self._ring_lat[j] = lat
+                    self._ring_dt[j] = dt
+                    cur = self._cur
+                    self._cur = cur ^ 1
+                    if tick >= self._next_flush:
+                        self._flush_ring(tick)
+                    return self._views[cur]
+                return self._judge(t0, dt, lat, bad, obs_timestamp_ns, noted=True)
+            return self._judge(t0, dt, lat, bad, obs_timestamp_ns)
         except Exception as exc:  # a bug of ours must not crash the robot's loop
             return self._emergency_latch(t0, exc)
 
-    def _resolve_inner(
-        self, t0: int, dt: int, lat: int, bad: int, obs: Any, obs_timestamp_ns: int | None
+    def _judge(
+        self,
+        t0: int,
+        dt: int,
+        lat: int,
+        bad: int,
+        obs_timestamp_ns: Any,
+        noted: bool = False,
     ) -> np.ndarray:
+        """The general path's judgement of one tick: every check with the numpy reference,
+        :func:`decide`, the transition table, the action. ``noted``: this tick's samples
+        above the percentile thresholds are already in the window queues."""
         tick, cur = self._tick, self._cur
         self._tick_bits = 0
         if self._state_since_ns is None:
@@ -548,8 +628,13 @@ class Guard:
             self._emit(self._posted_events.popleft())
         while self._pending:
             self._apply_command(t0, tick, *self._pending.popleft())
-        first = self._skip_dt
+        first = self._skip_dt  # first tick, or first after reset(): no meaningful dt
         self._skip_dt = False
+        if not noted:
+            if lat > self._lat_p50:
+                self._note_exceed(self._lat_exceed, self._lat_thr, tick, lat)
+            if dt > self._dt_p50 and not first:
+                self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
         viols: list[Violation] = []
 
         # -- timing of this tick (into the ring; < 0 marks "no measurement") --
@@ -562,22 +647,19 @@ class Guard:
         if lat > self._lat_max:
             viols.append(Violation.LATENCY_MAX)
         if lat > self._period_ns:
-            self._overruns += 1
             self._overrun_total += 1
+            # Consecutive means on consecutive ticks, whichever path the ticks between took.
+            in_a_row = self._last_overrun_tick == tick - 1
+            self._overruns = self._overruns + 1 if in_a_row else 1
+            self._last_overrun_tick = tick
             if self._max_overruns is not None and self._overruns > self._max_overruns:
                 viols.append(Violation.OVERRUN_STREAK)
-        else:
-            self._overruns = 0
-        if obs_timestamp_ns is not None and t0 - obs_timestamp_ns > self._age_max:
+        if not self._age_ok(t0, obs_timestamp_ns):
             viols.append(Violation.OBS_AGE)
 
         # -- observation, policy, action (re-checked with the numpy reference) --
-        if self._policy_on and bad == _OBS_SHAPE:
-            bad = self._retry_obs(obs)  # lists and other array-likes of the right size
-            if not bad:
-                bad = self._run_checked(cur, t0)
         policy_valid = False
-        clip_needed = False
+        over_bounds = over_rate = False
         if self._policy_on:
             if bad == _OBS_SHAPE:
                 viols.append(Violation.OBS_SHAPE)
@@ -587,66 +669,56 @@ class Guard:
                 viols.append(Violation.POLICY_ERROR)
             elif bad == _DEADLINE:
                 viols.append(Violation.DEADLINE_MISS)
-            else:
-                action_viols, clip_needed = self._classify_action(cur)
+            elif bad == _ACTION:  # the byte test failed: find out which check and by how much
+                action_viols, over_bounds, over_rate = self._classify_action(cur)
                 viols.extend(action_viols)
                 policy_valid = Violation.ACTION_NONFINITE not in action_viols
-                clip_needed = clip_needed and policy_valid
+            else:
+                policy_valid = True
 
         # -- window percentiles (evaluated every check_every_ticks by _window_due) --
         if tick >= self._next_check:
             self._window_due(tick)
-        if self._window_active and self._state in (GuardState.NOMINAL, GuardState.HOLD):
-            viols.extend(sorted(self._window_active, key=lambda v: v.value))
 
-        # -- responses and the state machine --
-        responses = self._responses
-        worst = max((responses[v] for v in viols), key=lambda r: r.severity, default=Response.LOG)
-        event = event_for(worst)
-        if event is _Event.HOLD and self._state in (GuardState.NOMINAL, GuardState.HOLD):
-            self._hold_streak += 1
-            if self._hold_streak > self._rec.max_hold_ticks:
-                viols.append(Violation.HOLD_LIMIT)
-                r = responses[Violation.HOLD_LIMIT]
-                worst = max(worst, r, key=lambda x: x.severity)
-                event = event_for(worst)
-        elif event is not _Event.HOLD:
-            self._hold_streak = 0
-        if self._state is GuardState.FALLBACK:
-            if event is _Event.TICK_OK and not self._window_active:
-                self._clean_streak += 1
-                since = self._state_since_ns if self._state_since_ns is not None else t0
-                if (
-                    self._clean_streak >= self._rec.recovery_ticks
-                    and t0 - since >= self._rec.dwell_ns
-                ):
-                    event = _Event.RECOVERED
-            else:
-                self._clean_streak = 0
-        self._count(viols, tick, t0, dt, lat)
-        self._transition(next_state(self._state, event), t0, tick, viols)
+        # -- the decision and the state machine --
+        state = self._state
+        since = self._state_since_ns
+        d = decide(
+            state,
+            viols,
+            self._window_active,
+            self._responses,
+            self._rule,
+            hold_streak=self._hold_streak,
+            clean_streak=self._clean_streak,
+            in_state_ns=t0 - since,
+            action_ok=policy_valid,
+            fallback_reads_obs=self._fallback_kind == "policy",
+        )
+        self._hold_streak, self._clean_streak = d.hold_streak, d.clean_streak
+        self._count(d.violations, tick, t0, dt, lat)
+        self._transition(d.state, t0, tick, d.violations)
 
         # -- the action --
-        state = self._state
+        source = d.source
         applied: np.ndarray | None = None  # None: the policy's own action in slot cur
-        if state is GuardState.NOMINAL:
-            if policy_valid and clip_needed:
-                applied = self.policy.clip(self.policy._act[cur], self.policy._act[1 - cur])
-            elif not policy_valid:  # recovered/reset on a tick without a usable action
-                applied = self.policy._act[1 - cur].copy()
-        elif state is GuardState.HOLD:
+        if source is _Source.POLICY:
+            if over_bounds or over_rate:
+                applied = self._limited(cur, over_bounds, over_rate, d.violations)
+        elif source is _Source.HOLD:
             applied = self.policy._act[1 - cur].copy()
-        elif state is GuardState.FALLBACK:
+        elif source is _Source.FALLBACK:
             applied = self._fallback_action(t0, tick)
-        if self._state is GuardState.LATCHED:  # may have latched inside _fallback_action
+        if self._state is GuardState.LATCHED:  # also when it latched in _fallback_action
             applied = self._latched_action(cur)
-        if state is not GuardState.NOMINAL or applied is not None:
+        if self._state is not GuardState.NOMINAL or applied is not None:
             self._interventions += 1
             self._state_ticks[self._state] += 1
-        if policy_valid:
+        if policy_valid:  # advance (recurrent state); an unused action is overwritten below
             self._cur = cur ^ 1
         if applied is not None:
             self.policy._set_applied(self._cur ^ 1, applied)
+        self._has_prev = True
         self._set_fast(self._state is GuardState.NOMINAL and not self._window_active)
         if self._pending or self._posted_events:  # raced the line above: next tick
             self._set_fast(False)
@@ -656,25 +728,35 @@ class Guard:
             self._flush_ring(tick)
         return self._views[self._cur ^ 1]
 
+    def _limited(
+        self, slot: int, over_bounds: bool, over_rate: bool, viols: tuple[Violation, ...]
+    ) -> np.ndarray | None:
+        """The policy's action in ``slot`` limited as the responses say (``log``: not)."""
+        responses = self._responses
+        log_bounds = (
+            Violation.ACTION_BOUNDS in viols and responses[Violation.ACTION_BOUNDS] is Response.LOG
+        )
+        log_rate = (
+            Violation.ACTION_RATE in viols and responses[Violation.ACTION_RATE] is Response.LOG
+        )
+        if not ((over_bounds and not log_bounds) or (over_rate and not log_rate)):
+            return None
+        out = self.policy._act[slot].copy()
+        if over_rate and not log_rate:
+            prev = self.policy._act[1 - slot]
+            np.clip(out, prev - self._rate, prev + self._rate, out=out)
+        if not log_bounds:
+            np.clip(out, self._low, self._high, out=out)
+        return out
+
     def _apply_command(self, t0: int, tick: int, kind: str, reason: str) -> None:
-        self._emit(("note", tick, t0, {"command": kind, "reason": reason}))
+        self._emit(NoteRecord.command(tick, t0, kind, reason))
         if kind == "reset":
             self.reset()
             self._skip_dt = False  # this tick's dt is real: the loop did not pause
+            self._dt_from = tick  # ... and so is the window's period sample of this tick
         elif kind == "trip":
-            self._transition(next_state(self._state, _Event.LATCH), t0, tick, [])
-
-    def _retry_obs(self, obs: Any) -> int:
-        try:
-            arr = np.asarray(obs, dtype=np.float32)
-        except Exception:
-            return _OBS_SHAPE
-        if arr.shape not in ((self._obs_size,), (1, self._obs_size)):
-            return _OBS_SHAPE
-        self._obs_flat[:] = arr.reshape(-1)
-        if not (np.abs(self._obs_flat) < 2.0**127).all():  # same rule as the fast path
-            return _OBS_NONFINITE
-        return 0
+            self._transition(next_state(self._state, _Event.LATCH), t0, tick, ["command"])
 
     def _run_checked(self, slot: int, t0: int) -> int:
         try:
@@ -686,44 +768,54 @@ class Guard:
             return _POLICY_ERROR
         return 0
 
-    def _classify_action(self, slot: int) -> tuple[list[Violation], bool]:
-        """Reference check of the action in ``slot``: (violations, clipping needed).
+    def _classify_action(self, slot: int) -> tuple[list[Violation], bool, bool]:
+        """Reference check of the action in ``slot``: (violations, beyond bounds, beyond rate).
 
-        Any excursion beyond a limit is clipped, so the output is always within bounds and
-        rate; excursions within float32 rounding of the limit (a few ulps, e.g. a Tanh
-        head that returns 1.0000001) are clipped without counting as a violation.
+        Excursions within float32 rounding of a limit (a few ulps, e.g. a Tanh head that
+        returns 1.0000001) are reported as beyond the limit (so they get clipped) without
+        counting as a violation. The first tick the guard runs has no previous applied
+        action, so the rate limit does not apply to it.
         """
         a = self.policy._act[slot].astype(np.float64)
         if not np.isfinite(a).all():
-            return [Violation.ACTION_NONFINITE], False
+            return [Violation.ACTION_NONFINITE], False, False
         low, high, rate = self._low, self._high, self._rate
-        prev = self.policy._act[1 - slot].astype(np.float64)
-        step = np.abs(a - prev)
         over_bounds = np.maximum(low - a, a - high)
-        over_rate = step - rate
         out = []
         if (over_bounds > _ulps(np.maximum(np.abs(low), np.abs(high)))).any():
             out.append(Violation.ACTION_BOUNDS)
-        if (over_rate > _ulps(np.abs(a) + np.abs(prev) + rate)).any():
-            out.append(Violation.ACTION_RATE)
-        return out, bool((over_bounds > 0).any() or (over_rate > 0).any())
+        beyond_rate = False
+        if self._has_prev:
+            prev = self.policy._act[1 - slot].astype(np.float64)
+            over_rate = np.abs(a - prev) - rate
+            if (over_rate > _ulps(np.abs(a) + np.abs(prev) + rate)).any():
+                out.append(Violation.ACTION_RATE)
+            beyond_rate = bool((over_rate > 0).any())
+        return out, bool((over_bounds > 0).any()), beyond_rate
 
     def _window_due(self, tick: int) -> bool:
         """Evaluate the window percentiles; True when a window violation is active.
 
-        Cheap when the window holds no sample above any threshold (the common case).
+        A window is judged only once it holds ``window.ticks`` samples since the start or
+        the last reset (see ``tailguard.runtime.state``). Cheap when the window holds no
+        sample above any threshold (the common case).
         """
         self._next_check = tick + self._check_every
         self._reschedule()
         if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active):
             return False
         active: set[Violation] = set()
-        oldest = tick - self._window_ticks
-        for queues, kinds in ((self._lat_exceed, _LAT_WINDOW), (self._dt_exceed, _DT_WINDOW)):
+        w = self._window_ticks
+        oldest = tick - w
+        for queues, kinds, start in (
+            (self._lat_exceed, _LAT_WINDOW, self._lat_from),
+            (self._dt_exceed, _DT_WINDOW, self._dt_from),
+        ):
+            full = tick - start + 1 >= w
             for q, allowed, kind in zip(queues, self._allowed, kinds, strict=True):
                 while q and q[0] <= oldest:
                     q.popleft()
-                if tick >= self._window_ticks and len(q) > allowed:
+                if full and len(q) > allowed:
                     active.add(kind)
         self._window_active = active
         self._counted_window &= active  # a kind that cleared counts again next time
@@ -742,7 +834,9 @@ class Guard:
         self._h_dt.reset()
         self._h_lat.reset()
 
-    def _count(self, viols: list[Violation], tick: int, t0: int, dt: int, lat: int) -> None:
+    def _count(
+        self, viols: tuple[Violation, ...] | list[Violation], tick: int, t0: int, dt: int, lat: int
+    ) -> None:
         """Count and record violations; a window violation counts once per episode."""
         for v in viols:
             if v in _WINDOW_KINDS:
@@ -750,10 +844,14 @@ class Guard:
                     continue
                 self._counted_window.add(v)
             self._counts[v] += 1
-            self._emit(("violation", tick, t0, {"kind": v.value, "dt_ns": dt, "latency_ns": lat}))
+            self._emit(ViolationRecord.of(tick, t0, v, dt, lat))
             self._tick_bits |= VIOLATION_BITS[v]
 
-    def _transition(self, new: GuardState, t0: int, tick: int, viols: list[Violation]) -> None:
+    def _transition(
+        self, new: GuardState, t0: int, tick: int, cause: Sequence[Violation | str]
+    ) -> None:
+        """Enter ``new`` (a result of the transition table): time-per-state accounting,
+        side effects of entering it, and the state record."""
         old = self._state
         if new is old:
             return
@@ -769,40 +867,35 @@ class Guard:
                 self._fallback.reset_state()
         if new is GuardState.LATCHED:
             self._latch_action = None
-        self._emit(
-            (
-                "state",
-                tick,
-                t0,
-                {"from": old.value, "to": new.value, "cause": [v.value for v in viols]},
-            )
-        )
+        self._emit(StateChangeRecord.of(tick, t0, old, new, cause))
 
     def _fallback_action(self, t0: int, tick: int) -> np.ndarray:
         """The fallback controller's action, checked and limited; latches if it fails."""
         policy = self.policy
         last = policy._act[1 - self._cur]
+        prev = last if self._has_prev else None
         if self._fallback_kind == "hold":
             return last.copy()
         if self._fallback_kind == "zero":
-            return policy.clip(self._zero_action, last)
+            return policy.clip(self._zero_action, prev)
         fb = self._fallback
+        slot = self._fb_cur
         try:
-            slot = self._fb_cur
             fb._obs[:] = self._obs_flat
             fb._run_fn(fb._run_args[slot])
             action = fb._act[slot]
-            if not np.isfinite(action).all():
-                raise ValueError("fallback produced a non-finite action")
-            self._fb_cur = slot ^ 1  # advance its recurrent state (double-buffered)
-            return policy.clip(action, last)
+            problem = None if np.isfinite(action).all() else "a non-finite action"
         except Exception as exc:
-            viols = [Violation.FALLBACK_ERROR]
-            self._count(viols, tick, t0, 0, 0)
-            self._emit(("fault", tick, t0, {"fallback_error": repr(exc)[:200]}))
-            event = event_for(self._responses[Violation.FALLBACK_ERROR])
-            self._transition(next_state(self._state, event), t0, tick, viols)
-            return last.copy()
+            problem = repr(exc)[:200]
+        if problem is None:
+            self._fb_cur = slot ^ 1  # advance its recurrent state (double-buffered)
+            return policy.clip(action, prev)
+        viols = (Violation.FALLBACK_ERROR,)
+        self._count(viols, tick, t0, 0, 0)
+        self._emit(FaultRecord.of(tick, t0, "fallback_error", problem))
+        event = event_for(self._responses[Violation.FALLBACK_ERROR])
+        self._transition(next_state(self._state, event), t0, tick, viols)
+        return last.copy()
 
     def _latched_action(self, cur: int) -> np.ndarray:
         if self._latch_action is None:
@@ -813,15 +906,20 @@ class Guard:
         return self._latch_action
 
     def _emergency_latch(self, t0: int, exc: Exception) -> np.ndarray:
-        """Last line of defence against a bug in _resolve: latch and hold, never raise."""
+        """Last line of defence against a bug in the general path: latch through the
+        transition table (state record, time per state) and hold, never raise."""
         try:
             self._faults["internal_error"] = self._faults.get("internal_error", 0) + 1
-            self._emit(("fault", self._tick, t0, {"internal_error": repr(exc)}))
-            self._state = GuardState.LATCHED
-            self._policy_on = False
-            self._set_fast(False)
+            self._emit(FaultRecord.of(self._tick, t0, "internal_error", repr(exc)[:200]))
         except Exception:
             pass
+        new = next_state(self._state, _Event.LATCH)  # defined from every state
+        try:
+            self._transition(new, t0, self._tick, ["internal_error"])
+        except Exception:  # the books may be what broke: still the table's state
+            self._state = new
+            self._policy_on = False
+        self._set_fast(False)
         return self._views[self._cur ^ 1]
 
     # ------------------------------------------------------------------ public API --
@@ -838,18 +936,21 @@ class Guard:
     def reset(self) -> None:
         """Leave any state (including a latched stop) and start a fresh episode.
 
-        Clears recurrent policy state, streaks and the percentile window; keeps lifetime
-        statistics and the last applied action (so the rate limit stays continuous).
+        Clears recurrent policy state, streaks and the percentile windows (they are judged
+        again once full, as at start-up); keeps lifetime statistics and the last applied
+        action (so the rate limit stays continuous).
         """
         t0 = self._clock()
         tick = self._tick
-        self._transition(next_state(self._state, _Event.RESET), t0, tick, [])
+        self._transition(next_state(self._state, _Event.RESET), t0, tick, ["reset"])
         self.policy.reset_state()
         if self._fallback is not None:
             self._fallback.reset_state()
         self._hold_streak = self._clean_streak = self._overruns = 0
+        self._last_overrun_tick = -2
         for q in (*self._lat_exceed, *self._dt_exceed):
             q.clear()
+        self._lat_from, self._dt_from = tick + 1, tick + 2
         self._window_active = set()
         self._counted_window = set()
         self._policy_on = True
@@ -908,11 +1009,18 @@ class Guard:
             "overruns": self._overrun_total,
             "faults": {
                 **self._faults,
+                **self._deadline_faults(),
                 "histogram_clamped": sum(h.clamped_count for h in (self._h_dt, self._h_lat)),
             },
             "dt_ns": self._summaries(self._h_dt, self._h_dt_life, self._h_dt_last),
             "latency_ns": self._summaries(self._h_lat, self._h_lat_life, self._h_lat_last),
         }
+
+    def _deadline_faults(self) -> dict[str, int]:
+        d = self._deadline
+        if d is None:
+            return {}
+        return {"late_results": d.late_results, "late_errors": d.late_errors}
 
     def histograms(self) -> dict[str, LogLinearHistogram]:
         """Lifetime dt and latency histograms (copies, current interval included)."""

@@ -1,11 +1,67 @@
-"""The guard's states, the violations it detects, and its one transition table.
+"""The guard's states, what it checks, its one transition table and its decision rule.
 
-Every state change of a ``Guard`` goes through :func:`next_state`. Enum values are stable
-lowercase strings: they appear in logs, flight-recorder files and telemetry.
+Every state change of a ``Guard`` goes through :func:`next_state`; what a tick's violations
+do (which event, hold escalation, recovery hysteresis, window gating, who acts) is the pure
+function :func:`decide`. Enum values are stable lowercase strings: they appear in logs,
+flight-recorder files and telemetry.
+
+The guard's semantics, in one place (``Guard`` and its tests follow this text):
+
+* **Responses.** ``log`` counts (and records) a violation and changes nothing -- on the
+  action checks too: the policy's action is applied as it is, outside bounds or rate if so
+  (a shadow-mode trial). ``clip`` applies the action limited to the bounds and the rate
+  window. ``hold`` repeats the last applied action this tick. ``fallback`` hands control to
+  the fallback controller until recovery. ``latch`` stops safely until ``Guard.reset()``.
+  The worst response among a tick's violations decides the tick (``Response.severity``).
+* **States.** NOMINAL applies the policy's (checked, possibly clipped) action; HOLD repeats
+  the last applied action; FALLBACK applies the fallback controller's action; LATCHED
+  applies the safe action (``safe_action``: zeros clipped to bounds, or the last applied
+  action) and does not run the policy. Only RESET leaves LATCHED.
+* **The fallback and the observation.** In FALLBACK a ``hold`` response to an observation
+  check (``obs_shape``, ``obs_nonfinite``, ``obs_age``) holds the last applied action this
+  tick, as in NOMINAL: the fallback is not run on an observation the envelope says not to
+  act on. Whatever the response, a fallback that reads the observation (a callable or a
+  policy) is never handed one the guard rejected (``obs_shape``, ``obs_nonfinite``): that
+  tick holds the last applied action instead (no ``fallback_error``). Violations about the
+  policy's own output or timing do not stop the fallback, which does not depend on them.
+* **Limits on the applied action.** Outside LATCHED, every applied action is within the
+  bounds and within ``max_delta`` of the previous applied action, unless ``log`` was
+  configured for that action check. This holds for the fallback's output too: a
+  ``"zero"`` fallback reaches zero at ``max_delta`` per tick. The safe action of LATCHED is
+  an emergency stop and is applied at once. The first tick after the guard is built has no
+  previous applied action: the rate limit does not apply to it (bounds do); ``reset()``
+  keeps the last applied action, so the rate limit stays continuous across it.
+* **Hold escalation.** A held tick is one answered with the last applied action because of
+  a ``hold`` response. ``max_hold_ticks`` = N allows N held ticks in a row; the (N+1)-th
+  in a row is ``hold_limit`` (whose response then applies). Any tick that is not held
+  ends the streak.
+* **Overrun streak.** An overrun is a tick whose latency exceeds ``period_ns``.
+  ``max_consecutive_overruns`` = N allows N overruns in a row; the (N+1)-th consecutive
+  overrun is ``overrun_streak``. Any tick that is not an overrun ends the streak, on every
+  path through ``step()``.
+* **Recovery.** FALLBACK returns to NOMINAL on the tick on which both hold: at least
+  ``recovery_ticks`` consecutive clean ticks in FALLBACK (nothing worse than ``log`` /
+  ``clip``, no window violation active) and at least ``dwell_ns`` since FALLBACK was
+  entered. Any other tick restarts the count.
+* **Windows.** Each percentile check covers the last ``window.ticks`` (W) samples of its
+  quantity and is evaluated every ``check_every_ticks``. A window is judged only once it
+  holds W samples since the start or the last ``reset()`` (latency: from the W-th tick;
+  period: from the (W+1)-th, since the first tick has no period), always with the allowance
+  for W samples: p_q <= T <=> at most W - ceil(q*W) samples > T. An active window
+  violation counts once per episode and acts (its response) in NOMINAL and HOLD; in
+  FALLBACK it does not act again but blocks recovery; in LATCHED it is ignored.
+* **Observations and timestamps.** Any real array-like of shape [O] or [1, O] is accepted
+  (numpy arrays of any real dtype, lists, tuples, ...) and every accepted kind is timed the
+  same way (the conversion is part of the tick's latency). ``obs_timestamp_ns`` is ignored
+  unless the envelope sets ``timing.obs_age_max_ns``; then the age ``tick start -
+  obs_timestamp_ns`` must be a number in [0, obs_age_max_ns]: anything else -- too old,
+  ahead of the guard's clock, NaN, infinite, not a number -- is ``obs_age``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from enum import Enum
 
 from tailguard.errors import IllegalTransitionError
@@ -18,8 +74,14 @@ __all__ = [
     "TRANSITIONS",
     "DEFAULT_RESPONSES",
     "ALLOWED_RESPONSES",
+    "OBSERVATION_CHECKS",
+    "REJECTED_OBSERVATION",
+    "ActionSource",
+    "Hysteresis",
+    "Decision",
     "event_for",
     "next_state",
+    "decide",
 ]
 
 
@@ -195,3 +257,140 @@ def next_state(state: GuardState, event: Event) -> GuardState:
             f"event '{event.value}' is not accepted in state '{state.value}'; "
             f"accepted there: {sorted(e.value for (s, e) in TRANSITIONS if s is state)}"
         ) from None
+
+
+#: Checks about the observation itself (not the policy's output or the loop's timing).
+OBSERVATION_CHECKS = frozenset({Violation.OBS_SHAPE, Violation.OBS_NONFINITE, Violation.OBS_AGE})
+#: Observations the guard refuses to hand to anyone (the policy or a fallback).
+REJECTED_OBSERVATION = frozenset({Violation.OBS_SHAPE, Violation.OBS_NONFINITE})
+
+
+class ActionSource(Enum):
+    """Where the action applied on a tick comes from."""
+
+    POLICY = "policy"  # the policy's action of this tick (limited as the responses say)
+    HOLD = "hold"  # the last applied action, repeated
+    FALLBACK = "fallback"  # the fallback controller's action
+    SAFE = "safe"  # the latched safe action
+
+
+@dataclass(frozen=True, slots=True)
+class Hysteresis:
+    """The envelope's recovery rules as :func:`decide` needs them.
+
+    Attributes:
+        recovery_ticks: consecutive clean ticks in FALLBACK needed to recover, >= 1.
+        dwell_ns: minimum time in FALLBACK before recovering, ns, >= 0.
+        max_hold_ticks: held ticks allowed in a row; one more is ``hold_limit``, >= 1.
+    """
+
+    recovery_ticks: int
+    dwell_ns: int
+    max_hold_ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one tick does (the result of :func:`decide`).
+
+    Attributes:
+        event: the state machine's input this tick.
+        state: the state after the event (``TRANSITIONS[(state, event)]``).
+        source: who supplies this tick's action.
+        violations: what counts this tick: the tick's own violations, the window
+            violations that act in this state, then ``hold_limit`` if it was reached.
+        hold_streak: held ticks in a row, this one included.
+        clean_streak: clean ticks in a row in FALLBACK, this one included (0 elsewhere).
+    """
+
+    event: Event
+    state: GuardState
+    source: ActionSource
+    violations: tuple[Violation, ...]
+    hold_streak: int
+    clean_streak: int
+
+
+def _worst(responses: Mapping[Violation, Response], viols: Sequence[Violation]) -> Response:
+    worst = Response.LOG
+    for v in viols:
+        r = responses[v]
+        if r.severity > worst.severity:
+            worst = r
+    return worst
+
+
+def decide(
+    state: GuardState,
+    tick_violations: Sequence[Violation],
+    window_active: Set[Violation],
+    responses: Mapping[Violation, Response],
+    rule: Hysteresis,
+    *,
+    hold_streak: int,
+    clean_streak: int,
+    in_state_ns: int,
+    action_ok: bool,
+    fallback_reads_obs: bool,
+) -> Decision:
+    """Decide one tick (pure: no clock, no I/O, no mutation). See the module docstring.
+
+    Args:
+        state: the state at the start of the decision.
+        tick_violations: the per-tick violations found this tick (no window kinds).
+        window_active: window violations active after this tick's window evaluation.
+        responses: the envelope's response per violation (complete).
+        rule: recovery ticks, dwell and the hold limit.
+        hold_streak: held ticks in a row before this tick.
+        clean_streak: clean FALLBACK ticks in a row before this tick.
+        in_state_ns: time since ``state`` was entered, ns (at this tick's start).
+        action_ok: the policy produced a usable (finite) action this tick.
+        fallback_reads_obs: the fallback controller reads the observation (a callable or
+            a policy, not ``"hold"`` / ``"zero"``).
+
+    Returns:
+        The :class:`Decision`.
+    """
+    viols = list(tick_violations)
+    if window_active and state in (GuardState.NOMINAL, GuardState.HOLD):
+        viols.extend(sorted(window_active, key=lambda v: v.value))
+    worst = _worst(responses, viols)
+    event = _EVENT_FOR[worst]
+    # A hold response to an observation check holds in FALLBACK too; elsewhere any hold
+    # response holds (LATCHED never holds: it applies its safe action).
+    obs_hold = any(responses[v] is Response.HOLD for v in viols if v in OBSERVATION_CHECKS)
+    held = event is Event.HOLD and (
+        state in (GuardState.NOMINAL, GuardState.HOLD)
+        or (state is GuardState.FALLBACK and obs_hold)
+    )
+    if held:
+        hold_streak += 1
+        if hold_streak > rule.max_hold_ticks:
+            viols.append(Violation.HOLD_LIMIT)
+            limit = responses[Violation.HOLD_LIMIT]
+            if limit.severity > worst.severity:
+                worst = limit
+            event = _EVENT_FOR[worst]
+            held = event is Event.HOLD
+    if not held:
+        hold_streak = 0
+    if state is GuardState.FALLBACK:
+        if event is Event.TICK_OK and not window_active:
+            clean_streak += 1
+            if clean_streak >= rule.recovery_ticks and in_state_ns >= rule.dwell_ns:
+                event = Event.RECOVERED
+        else:
+            clean_streak = 0
+    new = next_state(state, event)
+    if new is not GuardState.FALLBACK or state is not GuardState.FALLBACK:
+        clean_streak = 0  # counted only while in FALLBACK; entering it starts from zero
+    if new is GuardState.LATCHED:
+        source = ActionSource.SAFE
+    elif held or new is GuardState.HOLD:
+        source = ActionSource.HOLD
+    elif new is GuardState.FALLBACK:
+        rejected = fallback_reads_obs and any(v in REJECTED_OBSERVATION for v in viols)
+        source = ActionSource.HOLD if rejected else ActionSource.FALLBACK
+    else:
+        source = ActionSource.POLICY if action_ok else ActionSource.HOLD
+    return Decision(event, new, source, tuple(viols), hold_streak, clean_streak)

@@ -7,9 +7,11 @@ than ``capacity`` ticks behind, the oldest records are overwritten and counted a
 (:attr:`TelemetryRing.overflowed`). The guard uses the same ring for its own histograms,
 so telemetry adds no work to a nominal tick.
 
-Per tick: ``dt_ns``, ``latency_ns`` and ``flags`` = guard state code in bits 0-3 (index of
-``GuardState``) and one bit per ``Violation`` (bit ``4 + index``) for the kinds counted on
-that tick. Nominal ticks have flags 0.
+Per tick: ``dt_ns``, ``latency_ns`` and ``flags`` = the guard state's code in bits 0-3
+(:data:`STATE_CODES`) and one bit per ``Violation`` counted on that tick
+(:data:`VIOLATION_BITS`). Both are explicit tables, part of the telemetry wire format: they
+do not follow the Enums' order, so adding or reordering an Enum member never changes what
+a monitor decodes. A new kind takes the next free bit. Nominal ticks have flags 0.
 """
 
 from __future__ import annotations
@@ -22,18 +24,57 @@ from typing import Any
 
 import numpy as np
 
+from tailguard.errors import ConfigError
 from tailguard.runtime.state import GuardState, Violation
 
 __all__ = ["TelemetryRing", "TickBatch", "STATE_CODES", "VIOLATION_BITS", "decode_flags"]
 
-STATE_CODES: dict[GuardState, int] = {s: i for i, s in enumerate(GuardState)}
-VIOLATION_BITS: dict[Violation, int] = {v: 1 << (4 + i) for i, v in enumerate(Violation)}
-_STATES = list(GuardState)
+#: Wire code of each state (bits 0-3 of a tick's flags). Never renumber: monitors decode it.
+STATE_CODES: dict[GuardState, int] = {
+    GuardState.NOMINAL: 0,
+    GuardState.HOLD: 1,
+    GuardState.FALLBACK: 2,
+    GuardState.LATCHED: 3,
+}
+_V = Violation
+#: Wire bit of each violation kind (bits 4-62 of a tick's flags). Never renumber.
+VIOLATION_BITS: dict[Violation, int] = {
+    _V.LATENCY_MAX: 1 << 4,
+    _V.DT_MAX: 1 << 5,
+    _V.OVERRUN_STREAK: 1 << 6,
+    _V.OBS_AGE: 1 << 7,
+    _V.OBS_NONFINITE: 1 << 8,
+    _V.OBS_SHAPE: 1 << 9,
+    _V.ACTION_NONFINITE: 1 << 10,
+    _V.ACTION_BOUNDS: 1 << 11,
+    _V.ACTION_RATE: 1 << 12,
+    _V.POLICY_ERROR: 1 << 13,
+    _V.DEADLINE_MISS: 1 << 14,
+    _V.HOLD_LIMIT: 1 << 15,
+    _V.FALLBACK_ERROR: 1 << 16,
+    _V.DT_P50: 1 << 17,
+    _V.DT_P95: 1 << 18,
+    _V.DT_P99: 1 << 19,
+    _V.LATENCY_P50: 1 << 20,
+    _V.LATENCY_P95: 1 << 21,
+    _V.LATENCY_P99: 1 << 22,
+}
+del _V
+_STATE_OF_CODE = {code: s for s, code in STATE_CODES.items()}
+_BITS_IN_ORDER = sorted(VIOLATION_BITS.items(), key=lambda item: item[1])
 
 
 def decode_flags(flags: int) -> tuple[GuardState, list[Violation]]:
-    """(state, violations) of one tick's flags value."""
-    return _STATES[flags & 0xF], [v for v, bit in VIOLATION_BITS.items() if flags & bit]
+    """(state, violations) of one tick's flags value (violations in bit order).
+
+    Raises:
+        ConfigError: bits 0-3 hold no known state code.
+    """
+    try:
+        state = _STATE_OF_CODE[flags & 0xF]
+    except KeyError:
+        raise ConfigError(f"flags {flags:#x}: unknown state code {flags & 0xF}") from None
+    return state, [v for v, bit in _BITS_IN_ORDER if flags & bit]
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ class FlightRecorder:
         max_bytes: bound on the combined size of ``PATH`` and ``PATH.1``, bytes (>= 4096).
         max_queue: records that may wait for the writer; more are dropped and counted.
         flush_interval_s: how often the writer drains the queue, s.
-        clock: monotonic ns clock for the ``t_ns`` of records the writer adds itself.
+        clock: integer-ns clock for the ``t_ns`` of records the writer adds itself,
+            called from the writer thread. Give it the producer's time base, so that one
+            file holds one clock: a ``Guard`` that creates its recorder passes the start
+            of its latest tick on its own clock.
 
     Raises:
         RecorderError: the file cannot be created (missing directory, permissions), or

@@ -406,3 +406,28 @@ def test_records_survive_sigkill_of_the_writer_process(tmp_path: Path) -> None:
     cut = read_flight_record(path)
     assert cut.truncated_tail is True and cut.corrupt_frames == 0
     assert cut.records == log.records[:-1]
+
+
+def test_a_guard_made_recorder_uses_the_guards_time_base(tmp_path: Path) -> None:
+    """A recorder the guard creates stamps its own records (here: a malformed record it
+    replaces with a fault) on the guard's simulated clock: one file, one time base."""
+    from tailguard import CallablePolicy, Guard, starter_envelope
+
+    sim_start_ns = 10**18  # far from any monotonic_ns reading
+    now = [sim_start_ns]
+    period_ns = 10_000_000
+    env = starter_envelope(obs_size=2, action_size=1, period_ns=period_ns)
+    path = tmp_path / "sim.tgfr"
+    guard = Guard(CallablePolicy(lambda o: [0.0], 2, 1), env, clock=lambda: now[0], recorder=path)
+    for tick in range(20):
+        if tick == 5:
+            guard.request_event(("fault", "not a tick", 0, {}))  # the recorder re-stamps it
+        guard.step(np.full(2, np.nan) if tick == 10 else np.zeros(2))
+        now[0] += period_ns
+    guard.close()
+    log = read_flight_record(path)
+    reasons = [r["fields"].get("reason") for r in log.records]
+    assert "malformed_record" in reasons and len(log.records) >= 3
+    assert all(sim_start_ns <= r["t_ns"] <= now[0] for r in log.records), [
+        r["t_ns"] for r in log.records
+    ]

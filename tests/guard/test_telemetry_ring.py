@@ -159,3 +159,53 @@ def test_a_full_command_queue_counts_what_it_drops() -> None:
     run(g, clock, 1)
     assert g.state is GuardState.LATCHED
     assert g.stats()["faults"]["commands_dropped"] == 6
+
+
+def test_wire_codes_are_pinned() -> None:
+    """State codes and violation bits are the wire format the monitor decodes: they are
+    fixed numbers (the values shipped so far), not derived from Enum order."""
+    assert {s.value: c for s, c in STATE_CODES.items()} == {
+        "nominal": 0,
+        "hold": 1,
+        "fallback": 2,
+        "latched": 3,
+    }
+    assert {v.value: b.bit_length() - 1 for v, b in VIOLATION_BITS.items()} == {
+        "latency_max": 4,
+        "dt_max": 5,
+        "overrun_streak": 6,
+        "obs_age": 7,
+        "obs_nonfinite": 8,
+        "obs_shape": 9,
+        "action_nonfinite": 10,
+        "action_bounds": 11,
+        "action_rate": 12,
+        "policy_error": 13,
+        "deadline_miss": 14,
+        "hold_limit": 15,
+        "fallback_error": 16,
+        "dt_p50": 17,
+        "dt_p95": 18,
+        "dt_p99": 19,
+        "latency_p50": 20,
+        "latency_p95": 21,
+        "latency_p99": 22,
+    }
+    assert all(b & (b - 1) == 0 for b in VIOLATION_BITS.values())  # one bit each
+
+
+def test_decode_flags_inverts_the_tables() -> None:
+    """decode_flags returns the state and exactly the violations whose bits are set; an
+    unknown state code is refused."""
+    import pytest
+
+    from tailguard.errors import ConfigError
+
+    for state, code in STATE_CODES.items():
+        for v, bit in VIOLATION_BITS.items():
+            assert decode_flags(code | bit | VIOLATION_BITS[Violation.DT_MAX]) == (
+                state,
+                sorted({v, Violation.DT_MAX}, key=lambda x: VIOLATION_BITS[x]),
+            )
+    with pytest.raises(ConfigError, match="unknown state code 9"):
+        decode_flags(9)
