@@ -295,13 +295,6 @@ def _nesting_depth(raw: bytes) -> int:
 
 def _parse(path: str | os.PathLike[str], raw: bytes) -> Any:
     """The JSON data in ``raw``, bounded in depth; every failure is an EnvelopeError."""
-    depth = _nesting_depth(raw)
-    if depth > MAX_NESTING_DEPTH:
-        raise _file_error(
-            path,
-            f"JSON nested at most {MAX_NESTING_DEPTH} levels deep",
-            f"{depth} levels of nesting",
-        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -311,6 +304,14 @@ def _parse(path: str | os.PathLike[str], raw: bytes) -> Any:
             f"a byte that is not UTF-8 at offset {exc.start}",
             "pass the envelope .json file, not the policy",
         ) from exc
+    # Bounded before parsing: the parser recurses once per level.
+    depth = _nesting_depth(raw)
+    if depth > MAX_NESTING_DEPTH:
+        raise _file_error(
+            path,
+            f"JSON nested at most {MAX_NESTING_DEPTH} levels deep",
+            f"{depth} levels of nesting",
+        )
     try:
         return json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:

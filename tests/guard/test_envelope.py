@@ -303,10 +303,11 @@ def test_duplicate_keys_in_file_are_problems(tmp_path: Path) -> None:
         (b'{"schema_version": 1,\n  "policy": {,}}', "line 2, column 14"),
         (b"", "line 1, column 1"),
         (b"\x08\x07\x12\x04\xff\xfe", "not UTF-8"),
+        (b"[{" * 1000 + b"\xff\xfe", "not the policy"),  # a binary file: not called "deep"
         (b"[" * 100_000 + b"]" * 100_000, f"at most {MAX_NESTING_DEPTH} levels deep"),
         (b'{"schema_version": ' + b"9" * 5000 + b"}", "JSON of a sane size"),
     ],
-    ids=["syntax", "empty", "binary", "deep", "long-integer"],
+    ids=["syntax", "empty", "binary", "binary-brackets", "deep", "long-integer"],
 )
 def test_unparsable_file_is_one_problem(tmp_path: Path, content: bytes, fragment: str) -> None:
     """Invalid JSON or non-text raises EnvelopeError naming the file and where it broke."""
