@@ -78,6 +78,29 @@ def test_latency_delays_target_changes(ant: PdRobotTask) -> None:
     assert first == 200 * MS + 15 * MS
 
 
+def test_off_grid_latency_switches_the_target_at_its_release(ant: PdRobotTask) -> None:
+    """A 15.3 ms latency (off the 1 ms PD/physics grid): the target decided at 200 ms takes
+    effect at exactly 215.3 ms, the 1 ms step it falls in split at that instant; the robot
+    then moves less by the next tick than with 15 ms and more than with 16 ms."""
+    moved = {}
+    for latency_us in (15_000, 15_300, 16_000):
+        seen: list[np.ndarray] = []
+        loop = SimLoop(ant, _switching(ant, 10, seen), latency=FixedProfile(latency_us * 1000))
+        r = loop.run_episode(1, trace=True, substep_ctrl=True)
+        tr = r.trace
+        assert tr is not None and tr.ctrl is not None and tr.ctrl_ns is not None
+        first = tr.ctrl_ns[np.flatnonzero(tr.ctrl[:, 0] == np.float32(0.8))[0]]
+        assert first == 200 * MS + latency_us * 1000
+        moved[latency_us] = seen[11]
+    never: list[np.ndarray] = []
+    SimLoop(ant, _switching(ant, 10_000, never)).run_episode(1)
+
+    def dist(a: np.ndarray) -> float:
+        return float(np.abs(a - never[11]).max())
+
+    assert dist(moved[15_000]) > dist(moved[15_300]) > dist(moved[16_000]) > 1e-6
+
+
 def test_hopper_preset_and_path_load() -> None:
     """The hopper preset loads with gymnasium's observation layout (11) and so does a path."""
     hopper = make_task("mjcf:hopper")
