@@ -173,6 +173,48 @@ def test_simulated_spike_counts_missed_cycles_and_overruns() -> None:
     assert r.guard_stats["overruns"] == 1
 
 
+def test_stop_request_ends_a_slow_run_early_with_the_ticks_it_ran() -> None:
+    """At 0.01 Hz a stop request mid-wait ends the run; the result covers only ticks run."""
+    clock = SimClock()
+    policy = CallablePolicy(lambda obs: np.zeros(2, np.float32), 3, 2)
+    env = Envelope(
+        policy=PolicyBinding(sha256=None, obs_size=3, action_size=2),
+        timing=Timing(period_ns=100 * 10**9),
+    )
+    stop_at_ns = clock.now_ns + 250 * 10**9  # during the third wait
+    r = bench_cli.run_guarded_loop(
+        policy,
+        env,
+        rate_hz=0.01,
+        n_ticks=10,
+        obs=np.zeros(3, np.float32),
+        clock=clock,
+        sleep=clock.sleep,
+        spin_ns=0,
+        warmup_ticks=0,
+        freeze_gc=False,
+        should_stop=lambda: clock.now_ns >= stop_at_ns,
+    )
+    assert r.ticks == 2 and len(r.step_us) == 2 and len(r.lateness_us) == 2
+    assert r.hists["step_ns"].total_count == 2
+    assert stop_at_ns <= clock.now_ns <= stop_at_ns + 50 * MS
+
+
+def test_n_ticks_out_of_range_is_a_config_error() -> None:
+    """n_ticks outside 1..MAX_TICKS raises ConfigError naming it, before the guard is built."""
+    from tailguard.errors import ConfigError
+
+    policy = CallablePolicy(lambda obs: np.zeros(2, np.float32), 3, 2)
+    env = Envelope(
+        policy=PolicyBinding(sha256=None, obs_size=3, action_size=2), timing=Timing(period_ns=MS)
+    )
+    for bad in (0, bench_cli.MAX_TICKS + 1, 2.5):
+        with pytest.raises(ConfigError, match="n_ticks"):
+            bench_cli.run_guarded_loop(
+                policy, env, rate_hz=1000.0, n_ticks=bad, obs=np.zeros(3, np.float32)
+            )
+
+
 # 1000 ticks at 1 kHz: latency 200 us, 2 % of ticks at 900 us (so p99 = 900 us).
 _LAT = [900 * US if i % 50 == 7 else 200 * US for i in range(1000)]
 

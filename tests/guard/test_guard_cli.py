@@ -138,3 +138,34 @@ def test_python_m_guard_runs() -> None:
         [sys.executable, "-m", "tailguard", "--version"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0 and out.stdout.startswith("tailguard ")
+
+
+def test_help_describes_the_demo_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tailguard --help` names the Hopper demo (not "a built-in plant") and every exit code."""
+    from tailguard.cli_args import EXIT_CODES
+
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Hopper" in text and "built-in plant with spikes" not in text
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code} {' '.join(meaning.split())}" in text
+
+
+def test_exit_codes_are_defined_once_and_distinct() -> None:
+    """The table holds 0 ok, 1 failed, 2 usage, 130 interrupted; every code is distinct."""
+    from tailguard import cli_args as ca
+
+    assert (ca.EXIT_OK, ca.EXIT_FAILED, ca.EXIT_USAGE, ca.EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    assert sorted(ca.EXIT_CODES) == [0, 1, 2, 130]
+
+
+def test_envelope_init_refuses_a_directory_as_output_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o DIR is a usage error (2) found at parse time: the policy file is never opened."""
+    code = main(
+        ["envelope", "init", "--policy", str(tmp_path / "absent.onnx"), "--period-ms", "10",
+         "-o", str(tmp_path)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "-o/--output" in err and "is a directory" in err
