@@ -43,6 +43,9 @@ _EXTERNAL = {
     "monitor": ("tailguard.monitor.cli", "watch a running guard (ZMQ sidecar)"),
     "keys": ("tailguard.monitor.cli", "create CURVE keys for the guard/monitor command channel"),
     "bench": ("tailguard.tools.bench_cli", "measure this machine's control-loop latency"),
+    "audit": ("tailguard.tools.audit_cli", "timing audit: paired sweep -> audited envelope"),
+    "certify": ("tailguard.tools.audit_cli", "certify a policy against its envelope (0/1/2)"),
+    "report": ("tailguard.tools.audit_cli", "compare two audit summaries (report diff)"),
 }
 
 
