@@ -6,9 +6,16 @@ would) and replay of whole episodes (reset included) of an ONNX policy
 
 - ``guarded``: the runtime Guard in the loop (``OnnxPolicy`` with bound buffers, starter
   envelope, simulated clock), nominal timing;
-- ``guarded+lognormal``: the same under a long-tail latency profile with a deadline (control
-  periods split into substep segments, deadline misses);
-- ``bare``: plain onnxruntime, no guard, nominal timing.
+- ``guarded+lognormal``: the same under a long-tail latency profile with a deadline (every
+  release and deadline off the substep grid: that substep split in two shortened steps,
+  deadline misses);
+- ``bare``: plain onnxruntime, no guard, nominal timing;
+- ``bare+timing``: plain onnxruntime under latency, period jitter and observation delay
+  together (every event off the grid: split steps, observations integrated ahead from the
+  recorded step boundaries): the cost of exact event timing.
+
+``physics_steps`` counts simulated time in substeps; a split substep is two ``mj_step``
+calls, so the variants with off-grid events do more MuJoCo work per counted step.
 
 The machine is shared and loaded, so absolute rates move a lot: the variants are timed in
 alternating blocks and the ratio replay / raw is taken per block (median reported), both in
@@ -44,7 +51,9 @@ from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5", "Ant-v5"]
 LOGNORMAL = "lognormal:median_ms=2,sigma=0.8,cap_ms=15"
-VARIANTS = ("guarded", "guarded+lognormal", "bare")
+JITTER = "gaussian:std_ms=0.5"
+OBS_DELAY = "uniform:lo_ms=0.1,hi_ms=3"
+VARIANTS = ("guarded", "guarded+lognormal", "bare", "bare+timing")
 MIN_STEPS = 5000
 
 
@@ -91,6 +100,14 @@ def make_loop(env_id: str, variant: str, tmp: Path) -> SimLoop:
     path = _policy(env_id, task, tmp)
     if variant == "bare":
         return SimLoop(task, OnnxController(path))
+    if variant == "bare+timing":
+        return SimLoop(
+            task,
+            OnnxController(path),
+            latency=parse_profile(LOGNORMAL),
+            dt=parse_profile(JITTER, nominal_ns=task.period_ns),
+            obs_delay=parse_profile(OBS_DELAY),
+        )
     policy = OnnxPolicy(path)
     envelope = starter_envelope(
         obs_size=task.obs_size,
