@@ -1,170 +1,114 @@
-"""Gymnasium wrappers that perturb control timing, for robust training and quick evaluation.
+"""Gymnasium wrappers that perturb control timing, drawn from the ns timing profiles.
 
-Timing here is counted in whole environment steps (one step = one control period): an action
-is late by d steps when it missed d control deadlines. ``ActionLatencyWrapper`` applies
-each action only after a sampled delay, holding the last applied action in between (zero-order
-hold), as a robot's firmware does when the next command is late. ``ControlPeriodJitterWrapper``
-varies the number of physics substeps per step of a MuJoCo environment, i.e. the control period.
+The timing models are the same seeded profiles the simulated-time loop replays
+(:mod:`tailguard.firmware_sim.profiles`, built from the same text/JSON specs by
+:func:`~tailguard.firmware_sim.profile_spec.parse_profile`), in integer nanoseconds. A
+gymnasium env steps in whole control periods, so each sample is converted to whole steps in
+one place each:
 
-Delay models are small seeded objects: ``reset`` is called at every episode start (so a model
-may pick a new severity per episode, for domain randomization) and ``sample_steps`` once per
-step. All randomness comes from the wrapper's own ``numpy.random.Generator``, seeded by the
-``seed`` argument and re-seeded by ``env.reset(seed=...)``, so runs are reproducible.
+- :func:`steps_late`: an action with latency ``L`` misses ``floor(L / period)`` control
+  deadlines and is applied that many steps late (a latency below one period meets its
+  deadline, as in the unwrapped env). ``ActionLatencyWrapper`` holds the last applied
+  action in between (zero-order hold), as a robot's firmware does when the next command is
+  late. (The simulated-time loop resolves the same latency at the physics substep instead.)
+- :func:`substeps_for`: a control period ``P`` runs ``round(P / timestep)`` physics
+  substeps (at least one). ``ControlPeriodJitterWrapper`` sets a MuJoCo env's
+  ``frame_skip`` to that every step.
+
+Each wrapper seeds its profiles from its own ``numpy.random.Generator`` (``seed`` argument,
+re-seeded by ``env.reset(seed=...)``): at every episode start it picks one of its profiles
+(domain randomization over a list; one profile = always that one) and reseeds it from the
+generator, so runs are reproducible and episodes differ.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any, Protocol, SupportsFloat
+from collections.abc import Mapping, Sequence
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 
 from tailguard.errors import ProfileError
+from tailguard.firmware_sim.profile_spec import parse_profile
+from tailguard.firmware_sim.profiles import Profile
 
 __all__ = [
     "ActionLatencyWrapper",
     "ControlPeriodJitterWrapper",
-    "DelayModel",
-    "FixedDelay",
-    "LognormalDelay",
-    "RandomizedDelay",
-    "UniformDelay",
+    "ProfileLike",
+    "steps_late",
+    "substeps_for",
 ]
 
-
-class DelayModel(Protocol):
-    """A seeded model of the action delay, in whole control steps."""
-
-    def reset(self, rng: np.random.Generator) -> None:
-        """Start a new episode (may draw per-episode parameters from ``rng``)."""
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        """Return the delay of the action issued now, in control steps (>= 0)."""
-        ...
+#: A profile, or a text/JSON spec that :func:`parse_profile` turns into one.
+ProfileLike = Profile | str | Mapping[str, Any]
+_NS_PER_S = 1_000_000_000
 
 
-class FixedDelay:
-    """Every action is applied exactly ``steps`` control steps after it was issued.
-
-    Args:
-        steps: delay in control steps, >= 0.
-    """
-
-    def __init__(self, steps: int) -> None:
-        if steps < 0:
-            raise ProfileError(f"FixedDelay steps must be >= 0, got {steps}")
-        self.steps = int(steps)
-
-    def reset(self, rng: np.random.Generator) -> None:
-        """No per-episode state."""
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        """Return the fixed delay in control steps."""
-        return self.steps
+def steps_late(latency_ns: int, period_ns: int) -> int:
+    """Control deadlines an action with ``latency_ns`` misses: ``floor(latency / period)``."""
+    return int(latency_ns) // int(period_ns)
 
 
-class UniformDelay:
-    """Delay drawn uniformly from the integers ``low_steps..high_steps`` (inclusive).
-
-    Args:
-        low_steps: smallest delay in control steps, >= 0.
-        high_steps: largest delay in control steps, >= ``low_steps``.
-    """
-
-    def __init__(self, low_steps: int, high_steps: int) -> None:
-        if low_steps < 0 or high_steps < low_steps:
-            raise ProfileError(
-                f"UniformDelay needs 0 <= low_steps <= high_steps, got {low_steps}, {high_steps}"
-            )
-        self.low_steps = int(low_steps)
-        self.high_steps = int(high_steps)
-
-    def reset(self, rng: np.random.Generator) -> None:
-        """No per-episode state."""
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        """Return a uniformly drawn delay in control steps."""
-        return int(rng.integers(self.low_steps, self.high_steps + 1))
+def substeps_for(period_ns: int, timestep_ns: int) -> int:
+    """Physics substeps of one control period: ``round(period / timestep)``, at least 1."""
+    return max(1, (2 * int(period_ns) + int(timestep_ns)) // (2 * int(timestep_ns)))
 
 
-class LognormalDelay:
-    """Long-tail latency: delay = deadlines missed = floor(latency / period), capped.
+class _EpisodeProfiles:
+    """One or several profiles; each episode uses one, picked and reseeded by a generator."""
 
-    The latency, in units of the control period, is lognormal with median ``median_periods``
-    and log-space standard deviation ``sigma``. An action whose latency is below one period
-    meets its deadline (delay 0, as in the unwrapped env); one with latency in [k, k+1)
-    periods misses k deadlines and is applied k steps late, capped at ``max_steps``.
+    def __init__(self, profiles: ProfileLike | Sequence[ProfileLike], nominal_ns: int, what: str):
+        items = (
+            list(profiles)
+            if isinstance(profiles, Sequence) and not isinstance(profiles, str)
+            else [profiles]
+        )
+        if not items:
+            raise ProfileError(f"{what} needs at least one timing profile")
+        self.profiles = [
+            p if isinstance(p, Profile) else parse_profile(p, nominal_ns=nominal_ns) for p in items
+        ]
+        self.current = self.profiles[0]
 
-    Args:
-        median_periods: median latency as a fraction of the control period, > 0.
-        sigma: standard deviation of log(latency), >= 0.
-        max_steps: cap on the delay in control steps, >= 0.
-    """
-
-    def __init__(self, median_periods: float, sigma: float, max_steps: int) -> None:
-        if not median_periods > 0 or sigma < 0 or max_steps < 0:
-            raise ProfileError(
-                "LognormalDelay needs median_periods > 0, sigma >= 0, max_steps >= 0, got "
-                f"{median_periods}, {sigma}, {max_steps}"
-            )
-        self.median_periods = float(median_periods)
-        self.sigma = float(sigma)
-        self.max_steps = int(max_steps)
-
-    def reset(self, rng: np.random.Generator) -> None:
-        """No per-episode state."""
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        """Return floor(lognormal latency / period), capped at ``max_steps``."""
-        latency_periods = self.median_periods * math.exp(self.sigma * rng.standard_normal())
-        return min(self.max_steps, math.floor(latency_periods))
+    def new_episode(self, rng: np.random.Generator) -> None:
+        self.current = self.profiles[int(rng.integers(len(self.profiles)))]
+        self.current.reseed(int(rng.integers(2**63)))
 
 
-class RandomizedDelay:
-    """Domain randomization: each episode uses one model drawn uniformly from ``models``.
-
-    Args:
-        models: the candidate delay models (at least one).
-    """
-
-    def __init__(self, models: Sequence[DelayModel]) -> None:
-        if not models:
-            raise ProfileError("RandomizedDelay needs at least one delay model")
-        self.models = tuple(models)
-        self._current: DelayModel = self.models[0]
-
-    def reset(self, rng: np.random.Generator) -> None:
-        """Pick this episode's model and reset it."""
-        self._current = self.models[int(rng.integers(len(self.models)))]
-        self._current.reset(rng)
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        """Return a delay drawn from this episode's model."""
-        return self._current.sample_steps(rng)
+def _period_ns_of(env: gym.Env[Any, Any]) -> int | None:
+    dt = getattr(env.unwrapped, "dt", None)
+    return round(float(dt) * _NS_PER_S) if isinstance(dt, int | float) and dt > 0 else None
 
 
 class ActionLatencyWrapper(gym.ActionWrapper):
-    """Apply each action only after a sampled delay, holding the last applied action meanwhile.
+    """Apply each action only after a sampled latency, holding the last applied action meanwhile.
 
-    At step t the agent issues action a_t with delay d_t (from ``delay``); it arrives at step
-    t + d_t. The action sent to the inner environment at step t is the most recently *issued*
-    action among those that have arrived; older actions that arrive later are dropped. Before
-    any action has arrived, ``initial_action`` (zeros by default) is applied. Delay 0 for
-    every step reproduces the unwrapped environment exactly.
+    At step t the agent issues action a_t; its latency ``L_t`` (ns, from the episode's
+    profile) makes it arrive at step ``t + steps_late(L_t, period_ns)``. The action sent to
+    the inner environment at step t is the most recently *issued* action among those that
+    have arrived; older actions that arrive later are dropped. Before any action has arrived,
+    ``initial_action`` (zeros by default) is applied. Latency below one period for every
+    step reproduces the unwrapped environment exactly.
 
     Args:
         env: the environment (continuous ``Box`` action space).
-        delay: the delay model, in control steps.
+        latency: the latency profile (or spec), or a list of them to randomize over episodes.
+        period_ns: the control period the latency is compared with, ns; defaults to the
+            env's ``unwrapped.dt`` (MuJoCo tasks).
         seed: seed of the wrapper's random generator; ``reset(seed=s)`` re-seeds it with s.
         initial_action: action held until the first one arrives, shape of the action space.
+
+    Raises:
+        ProfileError: a non-Box action space, no period, or a bad profile spec.
     """
 
     def __init__(
         self,
         env: gym.Env[Any, Any],
-        delay: DelayModel,
+        latency: ProfileLike | Sequence[ProfileLike],
+        period_ns: int | None = None,
         seed: int | None = None,
         initial_action: np.ndarray | None = None,
     ) -> None:
@@ -174,14 +118,23 @@ class ActionLatencyWrapper(gym.ActionWrapper):
             raise ProfileError(
                 f"ActionLatencyWrapper needs a Box action space, got {type(space).__name__}"
             )
-        self._delay = delay
+        period = _period_ns_of(env) if period_ns is None else int(period_ns)
+        if period is None or period <= 0:
+            raise ProfileError(
+                "ActionLatencyWrapper needs the control period: pass period_ns > 0 (the env "
+                f"has no positive unwrapped.dt), got {period_ns!r}"
+            )
+        self.period_ns = period
+        self._latency = _EpisodeProfiles(latency, 0, "ActionLatencyWrapper")
         self._rng = np.random.default_rng(seed)
+        self._latency.new_episode(self._rng)
         default = np.zeros(space.shape, dtype=space.dtype)
         self._initial_action = default if initial_action is None else np.asarray(initial_action)
         self._applied = self._initial_action.copy()
         self._applied_issue_step = -1
         self._pending: list[tuple[int, int, np.ndarray]] = []  # (arrival_step, issue_step, action)
         self._step = 0
+        self.last_latency_ns = 0
         self.last_delay_steps = 0
 
     def reset(
@@ -190,7 +143,7 @@ class ActionLatencyWrapper(gym.ActionWrapper):
         """Reset the inner env and the delay line (re-seeding the generator if given a seed)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self._delay.reset(self._rng)
+        self._latency.new_episode(self._rng)
         self._applied = self._initial_action.copy()
         self._applied_issue_step = -1
         self._pending.clear()
@@ -199,7 +152,8 @@ class ActionLatencyWrapper(gym.ActionWrapper):
 
     def action(self, action: Any) -> np.ndarray:
         """Queue ``action`` and return the action that has arrived by this step."""
-        delay_steps = int(self._delay.sample_steps(self._rng))
+        self.last_latency_ns = self._latency.current.next_ns()
+        delay_steps = steps_late(self.last_latency_ns, self.period_ns)
         self.last_delay_steps = delay_steps
         now = self._step
         self._pending.append((now + delay_steps, now, np.array(action, copy=True)))
@@ -216,45 +170,53 @@ class ActionLatencyWrapper(gym.ActionWrapper):
         return self._applied
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the inner env with the delayed action; ``info['action_delay_steps']`` is d_t."""
+        """Step with the delayed action; ``info`` gets ``action_delay_steps`` and
+        ``action_latency_ns`` of the action issued now."""
         obs, reward, terminated, truncated, info = self.env.step(self.action(action))
         info["action_delay_steps"] = self.last_delay_steps
+        info["action_latency_ns"] = self.last_latency_ns
         return obs, reward, terminated, truncated, info
 
 
 class ControlPeriodJitterWrapper(gym.Wrapper[Any, Any, Any, Any]):
-    """Vary a MuJoCo env's control period by drawing its physics substeps per step.
+    """Vary a MuJoCo env's control period, drawn from a period profile, step by step.
 
-    Each step runs ``rng.integers(low_substeps, high_substeps + 1)`` physics substeps instead
-    of the env's fixed ``frame_skip``; gymnasium's MuJoCo tasks compute velocities and rewards
-    from ``dt = timestep * frame_skip``, so they stay consistent. The nominal value is restored
-    on close.
+    Each step draws a control period (ns) from the episode's profile and runs
+    ``substeps_for(period, timestep)`` physics substeps instead of the env's fixed
+    ``frame_skip``; gymnasium's MuJoCo tasks compute velocities and rewards from
+    ``dt = timestep * frame_skip``, so they stay consistent. ``nominal`` in a spec is the
+    env's own period. The nominal ``frame_skip`` is restored on reset and close.
 
     Args:
-        env: a gymnasium MuJoCo env (its ``unwrapped`` has ``frame_skip``).
-        low_substeps: fewest substeps per step, >= 1.
-        high_substeps: most substeps per step, >= ``low_substeps``.
+        env: a gymnasium MuJoCo env (its ``unwrapped`` has ``frame_skip`` and ``model``).
+        period: the period profile (or spec), or a list of them to randomize over episodes;
+            e.g. ``uniform:jitter_ms=2`` or ``{"kind": "empirical", "counts": {...}}``.
         seed: seed of the wrapper's generator; ``reset(seed=s)`` re-seeds it with s.
+
+    Raises:
+        ProfileError: not a MuJoCo env, or a bad profile spec.
     """
 
     def __init__(
-        self, env: gym.Env[Any, Any], low_substeps: int, high_substeps: int, seed: int | None = None
+        self,
+        env: gym.Env[Any, Any],
+        period: ProfileLike | Sequence[ProfileLike],
+        seed: int | None = None,
     ) -> None:
         super().__init__(env)
-        if not hasattr(env.unwrapped, "frame_skip"):
+        inner = env.unwrapped
+        if not hasattr(inner, "frame_skip") or not hasattr(inner, "model"):
             raise ProfileError(
-                "ControlPeriodJitterWrapper needs a MuJoCo env with frame_skip, got "
-                f"{env.unwrapped!r}"
+                f"ControlPeriodJitterWrapper needs a MuJoCo env with frame_skip, got {inner!r}"
             )
-        if low_substeps < 1 or high_substeps < low_substeps:
-            raise ProfileError(
-                "ControlPeriodJitterWrapper needs 1 <= low_substeps <= high_substeps, got "
-                f"{low_substeps}, {high_substeps}"
-            )
-        self._nominal_substeps = int(env.unwrapped.frame_skip)
-        self.low_substeps = int(low_substeps)
-        self.high_substeps = int(high_substeps)
+        self._nominal_substeps = int(inner.frame_skip)
+        self.timestep_ns = round(float(inner.model.opt.timestep) * _NS_PER_S)
+        self.nominal_period_ns = self.timestep_ns * self._nominal_substeps
+        self._period = _EpisodeProfiles(
+            period, self.nominal_period_ns, "ControlPeriodJitterWrapper"
+        )
         self._rng = np.random.default_rng(seed)
+        self._period.new_episode(self._rng)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -262,15 +224,17 @@ class ControlPeriodJitterWrapper(gym.Wrapper[Any, Any, Any, Any]):
         """Reset the inner env (re-seeding the generator if given a seed)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+        self._period.new_episode(self._rng)
         self.env.unwrapped.frame_skip = self._nominal_substeps  # type: ignore[attr-defined]
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step with a randomly drawn number of substeps (``info['substeps']``)."""
-        substeps = int(self._rng.integers(self.low_substeps, self.high_substeps + 1))
+        """Step with the drawn number of substeps (``info['substeps']``, ``info['period_ns']``)."""
+        substeps = substeps_for(self._period.current.next_ns(), self.timestep_ns)
         self.env.unwrapped.frame_skip = substeps  # type: ignore[attr-defined]
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["substeps"] = substeps
+        info["period_ns"] = substeps * self.timestep_ns
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:

@@ -4,14 +4,14 @@ Each condition runs 20 episodes with reset seeds 0..19 (paired: the same seeds a
 delay streams for every policy). Actions are the ONNX output clipped to the action bounds, as
 during training. Two simulators of the delay:
 
-* ``wrapper``: ``tailguard.firmware_sim.wrappers.ActionLatencyWrapper``, whole control steps (an
-  action
-  is late by the number of 8 ms deadlines its latency missed); episode ``s`` seeds it with
-  ``1000 + s``.
-* ``firmware_sim``: the simulated-time loop (``tailguard.firmware_sim.replay``), where the latency
-  is
-  resolved at the physics substep (2 ms): the previous command is held until the new one
-  arrives, inside the period.
+* ``wrapper``: ``tailguard.firmware_sim.wrappers.ActionLatencyWrapper``, whole control steps
+  (an action is late by the number of 8 ms deadlines its latency missed); episode ``s``
+  seeds it with ``1000 + s``.
+* ``firmware_sim``: the simulated-time loop (``tailguard.firmware_sim.replay``), where the
+  latency is resolved at the physics substep (2 ms): the previous command is held until the
+  new one arrives, inside the period.
+
+Both draw the latency from the same timing-profile specs (ns).
 
 Usage (from the repository root)::
 
@@ -33,18 +33,14 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tailguard.firmware_sim.wrappers import (
-    ActionLatencyWrapper,
-    DelayModel,
-    FixedDelay,
-    LognormalDelay,
-)
+from tailguard.firmware_sim.wrappers import ActionLatencyWrapper
 
-CONDITIONS: dict[str, DelayModel | None] = {
+PERIOD_NS = 8_000_000  # Hopper-v5's control period
+CONDITIONS: dict[str, str | None] = {
     "nominal": None,
-    "wrapper: fixed delay 1 step": FixedDelay(1),
-    "wrapper: lognormal tail (median 0.6 periods, sigma 1.0, cap 5 steps)": LognormalDelay(
-        0.6, 1.0, 5
+    "wrapper: fixed delay 1 step": "fixed:ms=8",
+    "wrapper: lognormal tail (median 0.6 periods, sigma 1.0, cap 5 steps)": (
+        "lognormal:median_ms=4.8,sigma=1.0,cap_ms=40"
     ),
 }
 FIRMWARE_SIM_PROFILES = {
@@ -78,11 +74,11 @@ def run_firmware_sim(path: Path, profile: str, episodes: int) -> list[float]:
     return [float(r.ret) for r in run_episodes(loop, episodes, seed=0)]
 
 
-def run_episode(session: Any, delay: DelayModel | None, seed: int) -> float:
-    """Return the undiscounted return of one deterministic episode."""
+def run_episode(session: Any, latency: str | None, seed: int) -> float:
+    """Return the undiscounted return of one deterministic episode (``latency``: a spec)."""
     env = gym.make("Hopper-v5")
-    if delay is not None:
-        env = ActionLatencyWrapper(env, delay, seed=1000 + seed)
+    if latency is not None:
+        env = ActionLatencyWrapper(env, latency, period_ns=PERIOD_NS, seed=1000 + seed)
     obs, _ = env.reset(seed=seed)  # the wrapper passes the seed on: same initial state
     low, high = env.action_space.low, env.action_space.high
     total = 0.0

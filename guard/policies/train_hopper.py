@@ -4,9 +4,11 @@ Two variants, same network, same observation and action spaces (so one can be th
 fallback):
 
 * ``nominal``: plain timing (every action applied at once, fixed control period).
-* ``robust``: timing-randomized: each episode draws an action-delay model (none, uniform
-  0..2 steps, or a lognormal long tail) and every step draws the control period (3..5 physics
-  substeps instead of 4), through ``tailguard.firmware_sim.wrappers``.
+* ``robust``: timing-randomized: each episode draws an action-latency profile (on time, 0..1
+  or 0..2 periods late, or a lognormal long tail capped at 4 periods) and every step draws
+  the control period (6, 8 or 10 ms, i.e. 3..5 physics substeps instead of 4), through
+  ``tailguard.firmware_sim.wrappers`` and the same ns timing profiles the simulated-time
+  loop replays.
 
 Usage (from the repository root)::
 
@@ -30,32 +32,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tailguard.adapters.rsl_rl_vecenv import GymnasiumVecEnv
-from tailguard.firmware_sim.wrappers import (
-    ActionLatencyWrapper,
-    ControlPeriodJitterWrapper,
-    FixedDelay,
-    LognormalDelay,
-    RandomizedDelay,
-    UniformDelay,
-)
+from tailguard.firmware_sim.wrappers import ActionLatencyWrapper, ControlPeriodJitterWrapper
 
 HIDDEN_SIZES = [64, 64]
+MS = 1_000_000
+PERIOD_NS = 8 * MS  # Hopper-v5: 4 physics substeps of 2 ms
+
+# Timing randomization of the robust variant, as tailguard timing-profile specs (ns).
+ROBUST_PERIOD = {"kind": "empirical", "counts": {str(k * 2 * MS): 1 for k in (3, 4, 5)}}
+ROBUST_LATENCY = [
+    "nominal",  # on time
+    {"kind": "empirical", "counts": {"0": 1, str(PERIOD_NS): 1}},  # 0 or 1 period late
+    {"kind": "empirical", "counts": {"0": 1, str(PERIOD_NS): 1, str(2 * PERIOD_NS): 1}},
+    "lognormal:median_ms=4,sigma=0.9,cap_ms=32",  # long tail, at most 4 periods late
+]
 
 
 def make_env(variant: str, seed: int) -> gym.Env:
     """Build one Hopper-v5 env, timing-randomized for the robust variant."""
     env = gym.make("Hopper-v5")
     if variant == "robust":
-        env = ControlPeriodJitterWrapper(env, 3, 5, seed=seed + 10_000)
-        delay = RandomizedDelay(
-            [
-                FixedDelay(0),
-                UniformDelay(0, 1),
-                UniformDelay(0, 2),
-                LognormalDelay(median_periods=0.5, sigma=0.9, max_steps=4),
-            ]
-        )
-        env = ActionLatencyWrapper(env, delay, seed=seed + 20_000)
+        env = ControlPeriodJitterWrapper(env, ROBUST_PERIOD, seed=seed + 10_000)
+        env = ActionLatencyWrapper(env, ROBUST_LATENCY, period_ns=PERIOD_NS, seed=seed + 20_000)
     return env
 
 

@@ -1,4 +1,4 @@
-"""Timing wrappers (action delay, seeding, period jitter) and the rsl-rl VecEnv adapter."""
+"""Timing wrappers (latency and period profiles in ns, seeding) and the rsl-rl VecEnv adapter."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import pytest
 gym = pytest.importorskip("gymnasium")
 
 from tailguard.errors import ProfileError  # noqa: E402
+from tailguard.firmware_sim.profile_spec import parse_profile  # noqa: E402
 from tailguard.firmware_sim.wrappers import (  # noqa: E402
     ActionLatencyWrapper,
     ControlPeriodJitterWrapper,
-    FixedDelay,
-    LognormalDelay,
-    RandomizedDelay,
-    UniformDelay,
+    steps_late,
+    substeps_for,
 )
 
 
@@ -42,25 +41,18 @@ class RecordingEnv(gym.Env[np.ndarray, np.ndarray]):
         return obs, 1.0, self.t >= self.terminate_after, False, {}
 
 
-class ScriptedDelay:
-    """Delays taken from a list, in order."""
-
-    def __init__(self, delays: list[int]) -> None:
-        self.delays = list(delays)
-        self.i = 0
-
-    def reset(self, rng: np.random.Generator) -> None:
-        self.i = 0
-
-    def sample_steps(self, rng: np.random.Generator) -> int:
-        d = self.delays[self.i]
-        self.i += 1
-        return d
+MS = 1_000_000
+PERIOD_NS = 8 * MS
 
 
-def _run(delay: Any, actions: list[float], seed: int = 0) -> list[float]:
+def trace(*steps: int) -> dict:
+    """A latency trace (replayed in order) of whole periods, as an empirical profile spec."""
+    return {"kind": "empirical", "trace_ns": [k * PERIOD_NS for k in steps]}
+
+
+def _run(latency: Any, actions: list[float], seed: int = 0) -> list[float]:
     inner = RecordingEnv()
-    env = ActionLatencyWrapper(inner, delay, seed=seed)
+    env = ActionLatencyWrapper(inner, latency, period_ns=PERIOD_NS, seed=seed)
     env.reset(seed=seed)
     for a in actions:
         env.step(np.array([a], np.float32))
@@ -70,101 +62,177 @@ def _run(delay: Any, actions: list[float], seed: int = 0) -> list[float]:
 ACTIONS = [0.1 * (i + 1) for i in range(8)]
 
 
-def test_zero_delay_is_identity() -> None:
-    """With delay 0 every action reaches the env unchanged, in the same step."""
-    assert _run(FixedDelay(0), ACTIONS) == pytest.approx(ACTIONS)
+@pytest.mark.parametrize(
+    "spec", ["nominal", "fixed:ns=0", "fixed:ms=7.999", "uniform:lo_ms=0,hi_ms=7"]
+)
+def test_latency_below_one_period_is_identity(spec: str) -> None:
+    """A latency below one period meets its deadline: every action reaches the env at once."""
+    assert _run(spec, ACTIONS) == pytest.approx(ACTIONS)
 
 
-def test_fixed_delay_shifts_actions_and_holds_initial() -> None:
-    """A fixed delay of 2 applies a_t at step t+2; the initial (zero) action is held before."""
-    assert _run(FixedDelay(2), ACTIONS) == pytest.approx([0.0, 0.0, *ACTIONS[:-2]])
+def test_two_periods_of_latency_shift_actions_and_hold_initial() -> None:
+    """A fixed 16 ms latency at 8 ms applies a_t at step t+2; zeros are held before."""
+    assert _run("fixed:ms=16", ACTIONS) == pytest.approx([0.0, 0.0, *ACTIONS[:-2]])
 
 
 def test_newest_arrived_action_wins_and_stale_ones_are_dropped() -> None:
     """An older action arriving after a newer one has been applied is dropped (never reverts)."""
-    # a0 delay 3 (arrives t=3), a1 delay 0 (t=1), a2 delay 5 (t=7), a3 delay 0 (t=3)
-    got = _run(ScriptedDelay([3, 0, 5, 0, 0, 0, 0, 0]), ACTIONS[:8])
+    # a0 late 3 (arrives t=3), a1 late 0 (t=1), a2 late 5 (t=7), a3 late 0 (t=3)
+    got = _run(trace(3, 0, 5, 0, 0, 0, 0, 0), ACTIONS[:8])
     assert got == pytest.approx([0.0, 0.2, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8])
 
 
-def test_same_seed_same_delays_and_reset_reseeds() -> None:
-    """Identical seeds give identical delay sequences; reset(seed) restarts the sequence."""
-    model = LognormalDelay(median_periods=0.8, sigma=1.0, max_steps=4)
-    inner = RecordingEnv()
-    env = ActionLatencyWrapper(inner, model, seed=5)
-    delays = []
+@pytest.mark.parametrize(
+    ("latency_ns", "period_ns", "steps"),
+    [
+        (0, PERIOD_NS, 0),
+        (PERIOD_NS - 1, PERIOD_NS, 0),
+        (PERIOD_NS, PERIOD_NS, 1),
+        (41 * MS, PERIOD_NS, 5),
+    ],
+)
+def test_steps_late_counts_missed_deadlines(latency_ns: int, period_ns: int, steps: int) -> None:
+    """steps_late is floor(latency / period): the deadlines an action missed."""
+    assert steps_late(latency_ns, period_ns) == steps
+
+
+@pytest.mark.parametrize(
+    ("period_ns", "substeps"),
+    [(6 * MS, 3), (7 * MS, 4), (8 * MS, 4), (10 * MS, 5), (0, 1), (MS, 1)],
+)
+def test_substeps_for_rounds_the_period_to_the_physics_grid(period_ns: int, substeps: int) -> None:
+    """substeps_for is round(period / timestep), at least one substep."""
+    assert substeps_for(period_ns, 2 * MS) == substeps
+
+
+def test_same_seed_same_latencies_and_reset_reseeds() -> None:
+    """Identical seeds give identical latency streams; reset(seed) restarts the stream."""
+    env = ActionLatencyWrapper(
+        RecordingEnv(), "lognormal:median_ms=6.4,sigma=1,cap_ms=32", period_ns=PERIOD_NS, seed=5
+    )
+    runs = []
     for _ in range(2):
         env.reset(seed=11)
         run = []
-        for a in ACTIONS:
-            _, _, _, _, info = env.step(np.array([a], np.float32))
-            run.append(info["action_delay_steps"])
-        delays.append(run)
-    assert delays[0] == delays[1]
-    assert max(delays[0]) <= 4
+        for a in ACTIONS * 4:
+            info = env.step(np.array([a], np.float32))[4]
+            assert info["action_delay_steps"] == info["action_latency_ns"] // PERIOD_NS
+            run.append(info["action_latency_ns"])
+        runs.append(run)
+    assert runs[0] == runs[1] and len(set(runs[0])) > 1
+    assert max(runs[0]) <= 32 * MS
 
 
-def test_lognormal_delay_counts_missed_deadlines() -> None:
-    """Lognormal delay = floor(latency/period), capped; its tail frequency matches the model."""
-    model = LognormalDelay(median_periods=0.5, sigma=0.9, max_steps=3)
-    rng = np.random.default_rng(0)
-    samples = np.array([model.sample_steps(rng) for _ in range(20_000)])
-    assert samples.min() == 0 and samples.max() == 3
-    # P(latency >= 1 period) = P(Z >= ln(2)/0.9) ~= 0.22
-    assert abs(np.mean(samples >= 1) - 0.2206) < 0.015
+def test_lognormal_latency_tail_frequency_matches_the_profile() -> None:
+    """With a lognormal profile the fraction of late actions is the profile's P(L >= period)."""
+    spec = "lognormal:median_ms=4,sigma=0.9,cap_ms=24"
+    env = ActionLatencyWrapper(RecordingEnv(), spec, period_ns=PERIOD_NS, seed=0)
+    env.reset(seed=0)
+    steps = np.array(
+        [env.step(np.zeros(1, np.float32))[4]["action_delay_steps"] for _ in range(20_000)]
+    )
+    assert steps.min() == 0 and steps.max() == 3  # the cap: 24 ms = 3 periods
+    expected = parse_profile(spec).p_violate(PERIOD_NS - 1)  # P(Z >= ln(2)/0.9) ~= 0.2206
+    assert abs(expected - 0.2206) < 0.001
+    assert abs(np.mean(steps >= 1) - expected) < 0.015
 
 
-def test_randomized_delay_draws_one_model_per_episode() -> None:
-    """RandomizedDelay keeps one model for a whole episode and varies it across episodes."""
-    model = RandomizedDelay([FixedDelay(0), FixedDelay(3)])
-    rng = np.random.default_rng(0)
+def test_a_list_of_profiles_draws_one_per_episode() -> None:
+    """With several profiles, each episode keeps one and episodes vary among them."""
+    env = ActionLatencyWrapper(
+        RecordingEnv(), ["nominal", "fixed:ms=24"], period_ns=PERIOD_NS, seed=0
+    )
     chosen = set()
-    for _ in range(20):
-        model.reset(rng)
-        per_episode = {model.sample_steps(rng) for _ in range(10)}
+    for episode in range(20):
+        env.reset(seed=episode)
+        per_episode = {
+            env.step(np.zeros(1, np.float32))[4]["action_delay_steps"] for _ in range(10)
+        }
         assert len(per_episode) == 1
         chosen |= per_episode
     assert chosen == {0, 3}
 
 
+def test_period_defaults_to_the_mujoco_env_dt() -> None:
+    """Without period_ns the wrapper compares latencies with the env's own dt (8 ms, Hopper)."""
+    pytest.importorskip("mujoco")
+    env = ActionLatencyWrapper(gym.make("Hopper-v5"), "fixed:ms=8", seed=0)
+    assert env.period_ns == PERIOD_NS
+    env.reset(seed=0)
+    assert env.step(np.zeros(3))[4]["action_delay_steps"] == 1
+    env.close()
+
+
 @pytest.mark.parametrize(
     ("factory", "fragment"),
     [
-        (lambda: FixedDelay(-1), "steps must be >= 0"),
-        (lambda: UniformDelay(2, 1), "low_steps <= high_steps"),
-        (lambda: LognormalDelay(0.0, 1.0, 3), "median_periods > 0"),
-        (lambda: LognormalDelay(1.0, -1.0, 3), "sigma >= 0"),
-        (lambda: RandomizedDelay([]), "at least one"),
+        (lambda: ActionLatencyWrapper(gym.make("CartPole-v1"), "nominal"), "needs a Box action"),
+        (lambda: ActionLatencyWrapper(RecordingEnv(), "nominal"), "needs the control period"),
+        (lambda: ActionLatencyWrapper(RecordingEnv(), [], period_ns=MS), "at least one"),
+        (lambda: ActionLatencyWrapper(RecordingEnv(), "lognormx", period_ns=MS), "did you mean"),
         (
-            lambda: ActionLatencyWrapper(gym.make("CartPole-v1"), FixedDelay(0)),
-            "needs a Box action space",
+            lambda: ActionLatencyWrapper(
+                RecordingEnv(), "pareto:scale_ms=5,alpha=0.01", period_ns=MS
+            ),
+            "heavy tail without a cap",
         ),
         (
-            lambda: ControlPeriodJitterWrapper(RecordingEnv(), 3, 5),
+            lambda: ControlPeriodJitterWrapper(RecordingEnv(), "nominal"),
             "needs a MuJoCo env with frame_skip",
         ),
-        (lambda: ControlPeriodJitterWrapper(gym.make("Hopper-v5"), 0, 5), "1 <= low_substeps"),
+        (lambda: ControlPeriodJitterWrapper(gym.make("Hopper-v5"), "fixed:ms=-1"), ">= 0"),
     ],
 )
 def test_bad_timing_parameters_are_refused(factory: Any, fragment: str) -> None:
-    """Out-of-range delay and jitter parameters raise ProfileError with the rule broken."""
+    """Bad envs, periods and profile specs raise ProfileError with the rule broken."""
     with pytest.raises(ProfileError, match=fragment):
         factory()
 
 
+PERIOD_3_TO_5 = {"kind": "empirical", "counts": {"6000000": 1, "8000000": 1, "10000000": 1}}
+
+
 def test_period_jitter_varies_substeps_and_restores() -> None:
-    """Each step draws 3..5 substeps (seeded); reset and close restore the nominal 4."""
+    """Each step draws 6/8/10 ms = 3..5 substeps (seeded); reset and close restore 4."""
     pytest.importorskip("mujoco")
-    env = ControlPeriodJitterWrapper(gym.make("Hopper-v5"), 3, 5, seed=0)
+    env = ControlPeriodJitterWrapper(gym.make("Hopper-v5"), PERIOD_3_TO_5, seed=0)
+    assert env.nominal_period_ns == PERIOD_NS
     env.reset(seed=3)
-    seen = [env.step(np.zeros(3))[4]["substeps"] for _ in range(30)]
+    infos = [env.step(np.zeros(3))[4] for _ in range(30)]
+    seen = [info["substeps"] for info in infos]
     assert set(seen) == {3, 4, 5}
+    assert all(info["period_ns"] == 2 * MS * info["substeps"] for info in infos)
     env.reset(seed=3)
     assert env.unwrapped.frame_skip == 4
     again = [env.step(np.zeros(3))[4]["substeps"] for _ in range(30)]
     assert again == seen
     env.close()
     assert env.unwrapped.frame_skip == 4
+
+
+def test_nominal_period_profile_keeps_the_env_period() -> None:
+    """The 'nominal' period profile is the env's own period: always its 4 substeps."""
+    pytest.importorskip("mujoco")
+    env = ControlPeriodJitterWrapper(gym.make("Hopper-v5"), "nominal", seed=0)
+    env.reset(seed=0)
+    assert {env.step(np.zeros(3))[4]["substeps"] for _ in range(10)} == {4}
+    env.close()
+
+
+def test_training_and_evaluation_scripts_build_their_wrappers() -> None:
+    """train_hopper's robust env and evaluate_hopper's conditions build and step."""
+    pytest.importorskip("mujoco")
+    from tailguard.policies import evaluate_hopper, train_hopper
+
+    env = train_hopper.make_env("robust", seed=0)
+    env.reset(seed=0)
+    for _ in range(5):
+        info = env.step(np.zeros(3))[4]
+        assert info["substeps"] in (3, 4, 5) and info["action_delay_steps"] in range(5)
+    env.close()
+    for spec in evaluate_hopper.CONDITIONS.values():
+        if spec is not None:
+            parse_profile(spec)
 
 
 def test_vecenv_adapter_autoresets_and_reports_timeouts() -> None:
