@@ -11,16 +11,16 @@ Variants, timed per call in interleaved blocks (see bench/conftest.py):
   own overhead "excluding the policy";
 * bare -- the fastest plain call style: copy obs into the bound input, C-level
   run_with_iobinding (as the guard calls it);
-* checked -- bare plus the guard's check nodes (``Abs(obs)`` and the check ``Gemm``
-  appended to the graph), no Python test: ``checked - bare`` is what the nodes cost, i.e.
-  the most that fusing the check into the policy's last layer could save;
+* checked -- bare plus the guard's check ``Gemm`` appended to the graph, no Python test:
+  ``checked - bare`` is what the node costs, i.e. the most that fusing the check into the
+  policy's last layer could save;
 * floor -- the work of a nominal guarded tick and nothing else (two clock reads, obs copy,
   the observation's byte test, the checked inference, the check vector's byte test, one
   compare, two list stores), every object in a local: what a pure-Python guard could cost
   at best with these checks;
-* floor_one_test -- the same with the observation's own byte test dropped, because the
-  check vector already covers it (``OnnxPolicy.checks_observation``): the floor of a
-  ``step()`` that relies on the folded observation test;
+* floor_one_test -- the same on a policy loaded with ``fold_observation=True`` (an
+  ``Abs(obs)`` node writes ``|obs|`` next to the slack), so the observation's own byte test
+  is dropped: one byte test per tick, one more node;
 * guard -- Guard.step on the same model (check nodes appended to the graph).
 
 Results: ``ratio_p50`` (guard / bare) and ``floor*_ratio_p50`` are medians over rounds of
@@ -221,7 +221,7 @@ def bench_guard_vs_bare(
         "bare": bare,
         "checked": _checked(OnnxPolicy(path), obs),
         "floor": _floor(OnnxPolicy(path), obs),
-        "floor_one_test": _floor_one_test(OnnxPolicy(path), obs),
+        "floor_one_test": _floor_one_test(OnnxPolicy(path, fold_observation=True), obs),
     }
     guard = Guard(policy, _envelope(policy.obs_size, policy.action_size))
     guard.warm_up(obs, freeze_gc=False)

@@ -46,16 +46,20 @@ def _identity_model(path: Path, size: int, *, batch: int | str = 1) -> Path:
 def policies(tmp_path_factory: pytest.TempPathFactory) -> tuple[OnnxPolicy, OnnxPolicy]:
     """An identity policy with the in-graph check and one with the numpy reference."""
     path = _identity_model(tmp_path_factory.mktemp("chk") / "id.onnx", 4)
-    return OnnxPolicy(path), OnnxPolicy(path, fast_checks=False)
+    return (
+        OnnxPolicy(path, fold_observation=True),
+        OnnxPolicy(path, fast_checks=False, fold_observation=True),
+    )
 
 
 def test_extended_model_passes_the_onnx_checker() -> None:
     """The model plus the appended check nodes is a valid ONNX model (full check, shapes)."""
     for sizes in ((17, 64, 64, 6), (48, 512, 256, 128, 12)):
-        data = mlp_bytes(sizes) + check_extension("obs", "actions", sizes[0], sizes[-1])
-        model = onnx.load_from_string(data)
-        onnx.checker.check_model(model, full_check=True)
-        assert [n.op_type for n in model.graph.node][-2:] == ["Abs", "Gemm"]
+        for fold, tail in ((False, ["Elu", "Gemm", "Gemm"]), (True, ["Gemm", "Abs", "Gemm"])):
+            ext = check_extension("obs", "actions", sizes[0], sizes[-1], fold_observation=fold)
+            model = onnx.load_from_string(mlp_bytes(sizes) + ext)
+            onnx.checker.check_model(model, full_check=True)
+            assert [n.op_type for n in model.graph.node][-3:] == tail
 
 
 @settings(max_examples=200, deadline=None)
@@ -115,9 +119,8 @@ def test_in_graph_check_equals_reference_on_any_float(policies, obs, prev, limit
 def test_observation_rule_is_unchanged(tmp_path: Path, value: float, passes: bool) -> None:
     """The folded observation test accepts exactly what the old byte test accepted: finite
     and |x| < 2**127, wherever the element sits (limits wide enough for any action)."""
-    path = mlp_bytes((5, 8, 3))
-    (tmp_path / "m.onnx").write_bytes(path)
-    p = OnnxPolicy(tmp_path / "m.onnx")
+    (tmp_path / "m.onnx").write_bytes(mlp_bytes((5, 8, 3)))
+    p = OnnxPolicy(tmp_path / "m.onnx", fold_observation=True)
     for i in range(5):
         x = np.full(5, 0.1, np.float32)
         x[i] = value
@@ -130,6 +133,20 @@ def test_observation_rule_is_unchanged(tmp_path: Path, value: float, passes: boo
             assert verdict == slack_ok
         else:
             assert not verdict
+
+
+def test_observation_is_left_to_the_guard_by_default(tmp_path: Path) -> None:
+    """Without fold_observation the graph gets only the check Gemm, checks_observation is
+    False and the byte test covers the slack alone (a NaN observation element with a
+    finite action passes it: the guard's own observation test must run)."""
+    weights = [(np.zeros((3, 2), np.float32), np.zeros(2, np.float32))]
+    (tmp_path / "z.onnx").write_bytes(mlp_bytes((3, 2), weights=weights))
+    p = OnnxPolicy(tmp_path / "z.onnx")
+    assert not p.checks_observation and not p.describe()["checks_observation"]
+    assert len(p._slack_bytes[0]) == 4 * 5 * p.action_size
+    p.buffers.obs[:] = [0.5, 1.0, 2.0]
+    p.run_slot(0)
+    assert all_pass(p._slack_bytes[0], SLACK_FLAGS)
 
 
 def test_callable_policy_does_not_call_fn_on_a_bad_observation() -> None:

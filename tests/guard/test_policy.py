@@ -246,7 +246,10 @@ def test_callable_policy_checks_like_onnx(mlp_path: Path) -> None:
     obs = np.linspace(-1, 1, 17).astype(np.float32)
     a = _run_slot(onnx_p, 0, obs)
     b = _run_slot(call_p, 0, obs)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # the check rows agree; only CallablePolicy also writes |obs| (checks_observation)
+    np.testing.assert_allclose(a[17:], b[17:], rtol=1e-5, atol=1e-5)
+    assert call_p.checks_observation and not onnx_p.checks_observation
+    np.testing.assert_array_equal(b[:17], np.abs(obs))
 
 
 def test_limits_reject_wrong_lengths(mlp_path: Path) -> None:
