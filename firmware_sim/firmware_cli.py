@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tailguard import cli_args as ca
+from tailguard.errors import TailguardError
 from tailguard.firmware_sim.firmware_config import (
     MAX_COMMAND_TIMEOUT_NS,
     MAX_PHYSICS_RATE_HZ,
@@ -45,7 +46,6 @@ _MAX_SPIN_US = MAX_SPIN_NS / 1e3
 
 def _link_latency(text: str) -> str:
     """``--link-latency``: a profile spec whose samples fit the link (probed now)."""
-    from tailguard.errors import TailguardError
     from tailguard.firmware_sim.link_faults import LinkFaults
 
     try:
@@ -288,19 +288,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tailguard.firmware_sim.run_client import run_policy
 
     stop = _StopFlag()
-    summary = run_policy(
-        args.policy,
-        args.connect,
-        rate_hz=args.rate_hz,
-        envelope_path=args.envelope,
-        duration_s=args.duration_s,
-        fallback=args.fallback,
-        deadline_ms=args.deadline_ms,
-        spin_us=args.spin_us,
-        should_stop=stop,
-        connect_timeout_s=args.connect_timeout_s,
-        on_ready=lambda line: _err(f"run: {line}"),
-    )
+    try:
+        summary = run_policy(
+            args.policy,
+            args.connect,
+            rate_hz=args.rate_hz,
+            envelope_path=args.envelope,
+            duration_s=args.duration_s,
+            fallback=args.fallback,
+            deadline_ms=args.deadline_ms,
+            spin_us=args.spin_us,
+            should_stop=stop,
+            connect_timeout_s=args.connect_timeout_s,
+            on_ready=lambda line: _err(f"run: {line}"),
+        )
+    except TailguardError as exc:
+        if not stop():
+            raise
+        # A signal is run's normal way to stop, also while it still waits for the firmware.
+        _err(f"run: stopped by a signal before the loop started ({exc})")
+        return ca.EXIT_OK
     text = json.dumps(summary, indent=2, sort_keys=True)
     if args.json_out is not None:
         args.json_out.write_text(text + "\n")

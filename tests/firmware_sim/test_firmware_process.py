@@ -177,6 +177,21 @@ def test_config_validation(kwargs: dict, fragment: str) -> None:
         FirmwareConfig(**kwargs)
 
 
+@pytest.mark.timeout(30)
+def test_handshake_ends_early_on_a_stop_request() -> None:
+    """A stop request ends the wait for a silent firmware at once, with a clear error."""
+    from tailguard.firmware_sim.run_client import FirmwareLink
+
+    link = FirmwareLink("tcp://127.0.0.1:9")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TailguardError, match="stopped before the firmware"):
+            link.handshake(600 * S, should_stop=lambda: True)
+        assert time.monotonic() - t0 < 10  # not the 600 s handshake timeout
+    finally:
+        link.close()
+
+
 # ------------------------------------------------------------------- real processes --
 def _env() -> dict[str, str]:
     env = dict(os.environ)
