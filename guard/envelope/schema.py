@@ -10,17 +10,18 @@ or the ``with_*`` helpers (both validate again). The JSON layout mirrors these c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from tailguard.envelope import rules
 from tailguard.envelope.checks import check_instance, float_tuple, freeze, is_int
-from tailguard.envelope.problems import INVALID, Problems
+from tailguard.envelope.problems import INVALID, Problems, did_you_mean
 from tailguard.envelope.rules import SCHEMA_VERSION, as_enum
 from tailguard.errors import EnvelopeError
 from tailguard.runtime.state import DEFAULT_RESPONSES, Response, Violation
@@ -66,6 +67,30 @@ def _validate(
     return result
 
 
+_T = TypeVar("_T")
+
+
+def _known_fields(cls: type[_T]) -> type[_T]:
+    """Make an unknown keyword a TypeError that names the valid fields (did you mean ...?).
+
+    The dataclass's own message ("got an unexpected keyword argument") gives no hint; the
+    JSON loader gives one for unknown keys, and Python callers get the same help.
+    """
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in names:
+                hint = did_you_mean(key, names) or "valid fields: " + ", ".join(names)
+                raise TypeError(f"{cls.__name__} has no field {key!r}; {hint}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
 def _to_json(value: Any) -> Any:
     """Plain JSON data (dicts, lists) from envelope objects; str-keyed objects are sorted."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -82,6 +107,7 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Thresholds:
     """Percentile thresholds and a tail cap on one timing quantity (dt or latency).
@@ -111,6 +137,7 @@ class Thresholds:
 _TIMING_SECTIONS: dict[str, type] = {"dt": Thresholds, "latency": Thresholds}
 
 
+@_known_fields
 @dataclass(frozen=True)
 class PolicyBinding:
     """Which policy the envelope belongs to, and the shape of its input and output.
@@ -141,6 +168,7 @@ class PolicyBinding:
         object.__setattr__(self, "action_high", float_tuple(self.action_high))
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Timing:
     """Timing conditions of the control loop.
@@ -168,6 +196,7 @@ class Timing:
         _validate(self, rules.check_timing, _TIMING_SECTIONS)
 
 
+@_known_fields
 @dataclass(frozen=True)
 class ActionLimits:
     """Limits on how the action may change.
@@ -187,6 +216,7 @@ class ActionLimits:
         object.__setattr__(self, "max_delta", float_tuple(self.max_delta))
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Window:
     """The sliding window the percentile checks run over.
@@ -207,6 +237,7 @@ class Window:
         _validate(self, rules.check_window)
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Recovery:
     """Hysteresis for leaving FALLBACK, and the limit on consecutive HOLD ticks.
@@ -228,6 +259,7 @@ class Recovery:
         _validate(self, rules.check_recovery)
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Provenance:
     """Where the envelope's numbers come from.
@@ -272,6 +304,7 @@ def _default_responses() -> Mapping[Violation, Response]:
     return MappingProxyType(dict(DEFAULT_RESPONSES))
 
 
+@_known_fields
 @dataclass(frozen=True)
 class Envelope:
     """The validated timing and action conditions a policy tolerates.

@@ -452,6 +452,31 @@ def test_direct_construction_validates(build: Any, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Thresholds(p99=1), "Thresholds has no field 'p99'; did you mean 'p99_ns'?"),
+        (lambda: PolicyBinding(None, 3, 2, action_hi=(1.0,)), "did you mean 'action_high'?"),
+        (lambda: Timing(period=10), "did you mean 'period_ns'?"),
+        (lambda: ActionLimits(max_delt=(1.0,)), "did you mean 'max_delta'?"),
+        (lambda: Window(tick=10), "did you mean 'ticks'?"),
+        (lambda: Recovery(dwell=1), "did you mean 'dwell_ns'?"),
+        (lambda: Provenance(source="manual", audited=False, note=""), "did you mean 'notes'?"),
+        (
+            lambda: Envelope(PolicyBinding(None, 3, 2), Timing(10), safe_actoin="hold"),
+            "Envelope has no field 'safe_actoin'; did you mean 'safe_action'?",
+        ),
+        (lambda: Window(zzz=1), "valid fields: ticks, check_every_ticks"),
+        (lambda: dataclasses.replace(Window(), tick=20), "did you mean 'ticks'?"),
+    ],
+)
+def test_unknown_keyword_names_the_field_it_resembles(build: Any, message: str) -> None:
+    """An unknown keyword in Python is a TypeError with the same did-you-mean hint as a file."""
+    with pytest.raises(TypeError) as info:
+        build()
+    assert message in str(info.value)
+
+
 def test_direct_construction_normalizes_without_mutating_inputs() -> None:
     """numpy/list inputs become ints and float tuples; the caller's objects are untouched."""
     low = np.array([-1, -2], dtype=np.int32)
