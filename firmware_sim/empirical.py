@@ -15,16 +15,18 @@ object), or any other text file holding either one HdrHistogram base64 string or
 integer per line (a trace).
 
 Bounds (files and inline specs come from outside; each limit is checked before the work it
-guards): a file holds at most :data:`MAX_PROFILE_FILE_BYTES`; a trace at most
+guards): a file holds at most :data:`MAX_PROFILE_FILE_BYTES` (a JSON file
+:data:`MAX_JSON_FILE_BYTES`, a text line 4096 characters); a trace at most
 :data:`MAX_TRACE_VALUES` values (a ``.npy`` header declaring more is refused before any
 data is read); a histogram at most :data:`MAX_HISTOGRAM_BUCKETS` distinct values; every
 value lies in ``[0, MAX_DURATION_NS]`` (2**62 - 1 ns, about 146 years); counts are finite
-and non-negative, and are normalised by their largest one so that their sum cannot
-overflow.
+and non-negative (counts whose sum would overflow to infinity are scaled down by their
+largest one, so that the sampled proportions stay right).
 """
 
 from __future__ import annotations
 
+import array
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -41,6 +43,7 @@ from tailguard.stats.codecs import decode_hdr_buckets
 __all__ = [
     "MAX_DURATION_NS",
     "MAX_HISTOGRAM_BUCKETS",
+    "MAX_JSON_FILE_BYTES",
     "MAX_PROFILE_FILE_BYTES",
     "MAX_TRACE_VALUES",
     "RecordedTiming",
@@ -53,10 +56,13 @@ __all__ = [
 MAX_DURATION_NS = NEVER_NS
 #: Largest profile file read, bytes.
 MAX_PROFILE_FILE_BYTES = 32 * 2**20
+#: Largest JSON profile file read, bytes (JSON numbers cost ~30 bytes each once parsed).
+MAX_JSON_FILE_BYTES = 16 * 2**20
 #: Most values in a trace (over an hour of ticks at 1 kHz).
 MAX_TRACE_VALUES = 4_000_000
 #: Most distinct values in a histogram (``counts`` entries or decoded buckets).
 MAX_HISTOGRAM_BUCKETS = 1 << 20
+_MAX_LINE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,11 @@ def load_recorded_timing(path: str | Path) -> RecordedTiming:
         if p.suffix == ".npy":
             return _from_trace(_read_npy(p))
         if p.suffix == ".json":
+            if size > MAX_JSON_FILE_BYTES:
+                raise ProfileError(
+                    f"JSON profile file is {size} bytes, larger than the {MAX_JSON_FILE_BYTES} "
+                    "accepted; store long traces as .npy or one integer per line"
+                )
             return timing_from_json(json.loads(p.read_bytes()))
         with p.open("rb") as f:
             start = f.read(64).lstrip()
@@ -282,9 +293,14 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_text_trace(path: Path) -> np.ndarray:
     """Integers, whitespace separated (one per line), read line by line within the bounds."""
-    values: list[int] = []
+    values = array.array("q")
     with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in enumerate(iter(lambda: f.readline(_MAX_LINE_CHARS + 1), ""), 1):
+            if len(line) > _MAX_LINE_CHARS:
+                raise ProfileError(
+                    f"text profile line {line_no} is longer than {_MAX_LINE_CHARS} characters; "
+                    "write one integer ns per line"
+                )
             for token in line.split():
                 try:
                     value = int(token)
@@ -298,10 +314,10 @@ def _read_text_trace(path: Path) -> np.ndarray:
                         f"trace value {token[:40]} ns on line {line_no} is outside "
                         f"{_DURATION_RANGE}"
                     )
-                values.append(value)
-                if len(values) > MAX_TRACE_VALUES:
+                if len(values) >= MAX_TRACE_VALUES:
                     raise ProfileError(
                         f"a trace holds at most {MAX_TRACE_VALUES} values; line {line_no} is "
                         "beyond that"
                     )
-    return np.asarray(values, np.int64)
+                values.append(value)
+    return np.frombuffer(values, dtype=np.int64) if values else np.empty(0, np.int64)

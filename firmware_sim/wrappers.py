@@ -24,7 +24,7 @@ generator, so runs are reproducible and episodes differ.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, TypeAlias
 
 import gymnasium as gym
 import numpy as np
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: A profile, or a text/JSON spec that :func:`parse_profile` turns into one.
-ProfileLike = Profile | str | Mapping[str, Any]
+ProfileLike: TypeAlias = Profile | str | Mapping[str, Any]
 _NS_PER_S = 1_000_000_000
 
 
@@ -59,7 +59,9 @@ def substeps_for(period_ns: int, timestep_ns: int) -> int:
 class _EpisodeProfiles:
     """One or several profiles; each episode uses one, picked and reseeded by a generator."""
 
-    def __init__(self, profiles: ProfileLike | Sequence[ProfileLike], nominal_ns: int, what: str):
+    def __init__(
+        self, profiles: ProfileLike | Sequence[ProfileLike], nominal_ns: int, what: str
+    ) -> None:
         items = (
             list(profiles)
             if isinstance(profiles, Sequence) and not isinstance(profiles, str)

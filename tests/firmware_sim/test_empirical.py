@@ -232,7 +232,7 @@ def test_bad_inline_data_is_refused(obj: dict, fragment: str) -> None:
 def test_oversized_inputs_are_refused_by_their_bounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """File size, trace length and histogram entries each have a stated bound."""
+    """File size, line length, trace length and histogram entries each have a stated bound."""
     monkeypatch.setattr(empirical, "MAX_PROFILE_FILE_BYTES", 100)
     big = tmp_path / "big.txt"
     big.write_text("1\n" * 100)
@@ -245,6 +245,15 @@ def test_oversized_inputs_are_refused_by_their_bounds(
     small.write_text("1\n2\n3\n4\n")
     with pytest.raises(ProfileError, match="at most 3 values; line 4"):
         load_recorded_timing(small)
+    monkeypatch.setattr(empirical, "MAX_PROFILE_FILE_BYTES", 10**6)
+    wide = tmp_path / "wide.txt"
+    wide.write_text("1 " * 3000)
+    with pytest.raises(ProfileError, match="line 1 is longer than 4096 characters"):
+        load_recorded_timing(wide)
+    monkeypatch.setattr(empirical, "MAX_JSON_FILE_BYTES", 10)
+    (tmp_path / "t.json").write_text("[1, 2, 3, 4, 5]")
+    with pytest.raises(ProfileError, match=r"store long traces as \.npy"):
+        load_recorded_timing(tmp_path / "t.json")
     monkeypatch.setattr(empirical, "MAX_HISTOGRAM_BUCKETS", 2)
     with pytest.raises(ProfileError, match="3 entries; at most 2"):
         timing_from_json({"counts": {"1": 1, "2": 1, "3": 1}})
