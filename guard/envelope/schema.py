@@ -91,6 +91,21 @@ def _known_fields(cls: type[_T]) -> type[_T]:
     return cls
 
 
+def _thaw(value: Any) -> Any:
+    """Read-only mappings back to dicts (nested), for pickling; the constructor re-freezes."""
+    if isinstance(value, MappingProxyType):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_thaw(v) for v in value)
+    return value
+
+
+def _reduce(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``__reduce__`` of a section holding read-only mappings: rebuilt (and validated) by
+    its constructor, so envelopes can be pickled to worker processes and deep-copied."""
+    return type(obj), tuple(_thaw(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+
+
 def _to_json(value: Any) -> Any:
     """Plain JSON data (dicts, lists) from envelope objects; str-keyed objects are sorted."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -289,6 +304,8 @@ class Provenance:
         _validate(self, rules.check_provenance)
         object.__setattr__(self, "results", freeze(self.results))
 
+    __reduce__ = _reduce
+
 
 _ENVELOPE_SECTIONS: dict[str, type] = {
     "policy": PolicyBinding,
@@ -342,6 +359,8 @@ class Envelope:
         object.__setattr__(
             self, "responses", MappingProxyType({v: responses[v] for v in Violation})
         )
+
+    __reduce__ = _reduce
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain data in schema order; ``envelope_from_dict`` reads it back equal."""

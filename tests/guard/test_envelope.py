@@ -503,6 +503,19 @@ def test_envelope_objects_are_read_only() -> None:
         env.provenance.results["scenarios"]["dt"]["severity"] = 3
 
 
+def test_envelopes_pickle_and_deep_copy_equal_and_read_only() -> None:
+    """Envelopes cross process boundaries (pickle) and deep-copy; copies stay read-only."""
+    import pickle
+
+    env = envelope_from_dict(valid_dict())
+    for copied in (pickle.loads(pickle.dumps(env)), copy.deepcopy(env), copy.copy(env)):
+        assert copied == env and copied.digest() == env.digest()
+        with pytest.raises(TypeError):
+            copied.responses[Violation.LATENCY_MAX] = Response.LATCH  # type: ignore[index]
+        with pytest.raises(TypeError):
+            copied.provenance.results["scenarios"]["dt"]["severity"] = 3
+
+
 def test_partial_responses_are_completed_with_defaults() -> None:
     """Responses given in Python (enums or strings) are merged over the defaults."""
     env = Envelope(PolicyBinding(None, 3, 2), Timing(10), responses={"latency_max": "latch"})
