@@ -197,7 +197,6 @@ def test_wait_before_start_starts_the_grid() -> None:
     assert pacer.ticks == 1
 
 
-
 def test_long_wait_sleeps_in_bounded_slices() -> None:
     """A 100 s period is slept in slices no longer than max_sleep_ns; the slot is still hit."""
     clock = FakeClock()
