@@ -732,6 +732,33 @@ def test_brackets_inside_strings_are_not_nesting(tmp_path: Path) -> None:
     assert load_envelope(path).provenance.notes == data["provenance"]["notes"]
 
 
+def reference_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, the plain recursive way (a scalar is depth 0)."""
+    if isinstance(value, dict):
+        return 1 + max((reference_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((reference_depth(v) for v in value), default=0)
+    return 0
+
+
+tricky_text = st.text(alphabet='[]{}"\\ab:,\né€', max_size=8)
+nested_json = st.recursive(
+    st.none() | st.integers() | tricky_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(tricky_text, children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nested_json, st.booleans())
+def test_nesting_depth_matches_a_recursive_reference(value: Any, ascii_only: bool) -> None:
+    """The byte-level depth scan equals the depth of the parsed data, brackets in strings aside."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert json_io._nesting_depth(raw) == reference_depth(value)
+
+
 def test_directory_is_refused(tmp_path: Path) -> None:
     """A directory where the envelope file should be is an EnvelopeError saying so."""
     with pytest.raises(EnvelopeError, match="a directory"):
