@@ -7,7 +7,20 @@ import pytest
 
 from tailguard.errors import ProfileError
 from tailguard.firmware_sim.profile_spec import parse_profile
-from tailguard.firmware_sim.profiles import DropSampler, SpikeProfile, TraceProfile
+from tailguard.firmware_sim.profiles import (
+    MAX_SAMPLE_NS,
+    UNCAPPED_TAIL_LIMIT_NS,
+    DropSampler,
+    EmpiricalProfile,
+    FixedProfile,
+    GaussianProfile,
+    LognormalProfile,
+    ParetoProfile,
+    Profile,
+    SpikeProfile,
+    TraceProfile,
+    require_bounded_tail,
+)
 
 MS = 1_000_000
 PERIOD_NS = 8 * MS
@@ -129,9 +142,64 @@ def test_drop_sampler_rate_and_bursts() -> None:
         (lambda: parse_profile("fixed:ms=1").sample(-1), "sample count"),
         (lambda: parse_profile("fixed:ms=1").quantile_ns(0.0), "quantile"),
         (lambda: parse_profile("fixed:ms=1").stats(0), "period"),
+        (lambda: ParetoProfile(5 * MS, 1.5, cap_ns=2**63), "cap must be a duration"),
+        (lambda: FixedProfile(2**62), "fixed value must be a duration"),
+        (lambda: FixedProfile(-1), "fixed value must be a duration"),
+        (lambda: parse_profile("fixed:ms=1").set_cap(-5), "cap must be a duration"),
+        (lambda: TraceProfile(np.array([1, 2**62])), r"trace values must lie in \[0, 4611"),
+        (lambda: LognormalProfile(MS, float("inf")), "finite sigma"),
+        (lambda: ParetoProfile(MS, float("nan")), "finite alpha"),
+        (lambda: SpikeProfile(0, MS, length=10**10, prob=0.1), "'len' must be at most"),
+        (
+            lambda: EmpiricalProfile(np.array([1, 2]), np.array([1.0, np.inf])),
+            "finite, non-negative counts",
+        ),
+        (lambda: require_bounded_tail(ParetoProfile(5 * MS, 0.001)), "heavy tail without a cap"),
     ],
 )
 def test_bad_arguments_raise_profile_error(call, fragment: str) -> None:
     """Out-of-range constructor or query arguments raise ProfileError naming the problem."""
     with pytest.raises(ProfileError, match=fragment):
         call()
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        ParetoProfile(5 * MS, 0.001),
+        LognormalProfile(2 * MS, 1000.0),
+        GaussianProfile(MAX_SAMPLE_NS, MAX_SAMPLE_NS),
+    ],
+    ids=["pareto alpha=0.001", "lognormal sigma=1000", "gaussian at the top"],
+)
+def test_samples_beyond_int64_clamp_instead_of_wrapping(profile: Profile) -> None:
+    """Built directly (no parser, no tail rule), a tail beyond int64 clamps to MAX_SAMPLE_NS."""
+    x = profile.sample(5000)
+    assert x.dtype == np.int64 and x.min() >= 0 and x.max() == MAX_SAMPLE_NS
+    assert 0 <= profile.next_ns() <= MAX_SAMPLE_NS
+
+
+def test_tail_rule_is_one_hour_at_p9999_and_a_cap_lifts_it() -> None:
+    """An uncapped tail passes while p99.99 <= 1 h; beyond, only a cap makes it acceptable."""
+    # pareto: p99.99 = scale * 1e4 ** (1 / alpha); alpha = 1 puts 5 ms at 50 s.
+    require_bounded_tail(ParetoProfile(5 * MS, 1.0))
+    assert ParetoProfile(5 * MS, 1.0).quantile_ns(0.9999) <= UNCAPPED_TAIL_LIMIT_NS
+    with pytest.raises(ProfileError, match=r"99\.99th percentile is"):
+        require_bounded_tail(ParetoProfile(5 * MS, 0.5))  # p99.99 = 500 000 s
+    require_bounded_tail(ParetoProfile(5 * MS, 0.5, cap_ns=100 * MS))
+    assert (
+        parse_profile(
+            '{"kind": "mix", "cap_ms": 9, "components": [{"weight": 1, '
+            '"profile": "pareto:scale_ms=5,alpha=0.01"}]}'
+        )
+        .sample(99)
+        .max()
+        <= 9 * MS
+    )
+
+
+def test_empirical_counts_near_float_max_keep_their_proportions() -> None:
+    """Counts whose sum overflows float64 are scaled, not turned into NaN or one bucket."""
+    p = EmpiricalProfile(np.array([1000, 2000, 3000]), np.array([1e308, 1e308, 0.0]))
+    assert p.cdf(1000) == pytest.approx(0.5) and p.cdf(2000) == 1.0
+    assert set(np.unique(p.sample(2000)).tolist()) == {1000, 2000}
