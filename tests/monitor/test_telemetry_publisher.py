@@ -239,6 +239,7 @@ def test_histograms_fold_ticks_in_bounded_batches() -> None:
         deadline = time.monotonic() + 10
         while pub.subscribers == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert pub.subscribers == 1, "the subscriber never connected"
         tick = 0
         received = 0
         for _ in range(6):  # 24000 ticks: several folds of >= 8192
