@@ -63,9 +63,9 @@ EXIT_USAGE = 2
 #: treat SIGINT/SIGTERM as their normal way to stop and exit 0.
 EXIT_INTERRUPTED = 130
 
-#: The one table (the README's exit-code table is written from it). ``monitor`` reports its
-#: verdict in 0/1/2 instead: 0 ok, 1 warn, 2 fail (a fail alert, or an input it cannot
-#: analyse).
+#: The one table (the README's exit-code table is written from it). ``monitor`` and
+#: ``certify`` report a verdict in 0/1/2 instead: 0 ok (pass), 1 warn, 2 fail (for
+#: ``monitor`` also an input it cannot analyse).
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "ok: finished, every check passed",
     EXIT_FAILED: "a check failed or an input was refused (the message says which and why)",

@@ -108,6 +108,14 @@ CASES: list[tuple[list[str], str, list[str]]] = [
     (["export", "rsl-rl", "{dir}/x.pt", "-o", "{dir}/p.onnx"], "--tolerance", POSITIVE_BAD),
     (["export", "rsl-rl", "{dir}/x.pt", "-o", "{dir}/p.onnx"], "--hidden-sizes", INTEGER_BAD),
     (["export", "sb3", "{dir}/m.zip"], "--output", FILE_BAD),
+    (["audit", "--policy", P, "--env", "Hopper-v5", "--out", "{dir}/a"], "--seed", SEED_BAD),
+    (["audit", "--policy", P, "--env", "Hopper-v5", "--out", "{dir}/a"], "--alpha", POSITIVE_BAD),
+    (["audit", "--policy", P, "--env", "Hopper-v5"], "--out", DIR_BAD),
+    (
+        ["certify", "--policy", P, "--env", "Hopper-v5", "--out", "{dir}/c", "--envelope", P],
+        "--episodes",
+        [*INTEGER_BAD, "-1"],
+    ),
 ]
 
 FLAG_VALUES = [
