@@ -109,7 +109,6 @@ def _drop_bursts(v: float, p: int) -> dict[str, Any]:
     return {"drop_prob": 0.02, "drop_burst": n, "label": f"drop bursts of {n} ticks, p=0.02"}
 
 
-#: Deadline-miss patterns (m consecutive misses every K ticks), encoded m + K / 1000.
 def _misses(v: float, p: int) -> dict[str, Any]:
     m, k = _miss_pattern(v)
     return {
@@ -119,10 +118,12 @@ def _misses(v: float, p: int) -> dict[str, Any]:
     }
 
 
-def _miss_pattern(v: float) -> tuple[int, int]:
-    m = math.floor(v)
-    k = round((v - m) * 1000)
-    return m, k
+def _miss_pattern(fraction: float) -> tuple[int, int]:
+    """(m, K) for a missed fraction of ticks: one miss every 1/f ticks up to 5 %, then
+    round(20 f) misses in a row every 20 ticks."""
+    if fraction <= 0.05:
+        return 1, max(1, round(1.0 / fraction))
+    return max(1, round(20 * fraction)), 20
 
 
 DIMENSIONS: dict[str, Dimension] = {
@@ -155,8 +156,8 @@ DIMENSIONS: dict[str, Dimension] = {
         Dimension("drop_bursts", "burst length, ticks", (2, 4, 8), _drop_bursts, "drops"),
         Dimension(
             "deadline_misses",
-            "m + K/1000 (m misses every K ticks)",
-            (1.1, 1.02, 2.02, 4.02),
+            "fraction of ticks missed (m in a row every K)",
+            (0.01, 0.05, 0.1, 0.2),
             _misses,
             "overruns",
         ),
