@@ -204,6 +204,24 @@ def test_rules_file_nested_5000_deep_is_refused_with_a_clear_error(
     assert "5000 levels deep" in err and "deep.toml" in err
 
 
+def test_rules_with_brackets_in_strings_and_comments_still_load(tmp_path: Path) -> None:
+    """The depth pre-scan ignores brackets inside strings and comments: a real file loads."""
+    from tailguard.monitor.rules import load_rules, toml_nesting_depth
+
+    text = (
+        "# [[[[[[[[ a comment\n"
+        "[[rule]]\n"
+        'name = "p99 [[[[[[[[[[ high"\n'
+        "metric = 'latency_p99_period'\n"
+        "op = '>'\nthreshold = 0.75\nseverity = 'warn'\nactions = ['log']\n"
+    )
+    assert toml_nesting_depth(text) == 2
+    rules_file = tmp_path / "r.toml"
+    rules_file.write_text(text)
+    (rule,) = load_rules(rules_file)
+    assert rule.name == "p99 [[[[[[[[[[ high" and rule.threshold == 0.75
+
+
 @pytest.mark.timeout(60)
 def test_run_refuses_an_envelope_for_another_period_before_connecting(
     paths: dict[str, str], tmp_path: Path

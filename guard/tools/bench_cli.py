@@ -25,6 +25,7 @@ import numpy as np
 
 from tailguard import cli_args as ca
 from tailguard.envelope.model import Envelope, PolicyBinding, Timing, load_envelope
+from tailguard.envelope.period import require_period
 from tailguard.runtime.pacer import MAX_RATE_HZ, MIN_RATE_HZ
 from tailguard.runtime.policy import OnnxPolicy, _CheckedPolicy
 from tailguard.tools import bench_report as report
@@ -165,6 +166,10 @@ def handler(args: argparse.Namespace) -> int:
             f"at most {MAX_TICKS} per run (split longer runs)"
         )
     n_ticks = round(ticks_asked)
+    if envelope is not None:  # the rule `run` and `replay` apply: a verdict needs its period
+        require_period(
+            envelope, round(_NS_PER_S / rate_hz), where=f"--rate-hz {rate_hz:g}", path=args.envelope
+        )
     allowed = os.sched_getaffinity(0)
     if args.cpu is not None and args.cpu not in allowed:
         raise ca.UsageError(
@@ -174,15 +179,7 @@ def handler(args: argparse.Namespace) -> int:
     policy = OnnxPolicy(args.policy, intra_op_threads=args.threads)
     period_ns = round(_NS_PER_S / rate_hz)
     notes: list[str] = []
-    if envelope is None:
-        envelope_used = _measure_only_envelope(policy, period_ns)
-    else:
-        envelope_used = envelope
-        if envelope.timing.period_ns != period_ns:
-            notes.append(
-                f"--rate-hz {rate_hz:g} gives a {period_ns / 1e6:g} ms period but the envelope "
-                f"is for {envelope.timing.period_ns / 1e6:g} ms; its dt thresholds refer to that"
-            )
+    envelope_used = _measure_only_envelope(policy, period_ns) if envelope is None else envelope
     args.out.mkdir(parents=True, exist_ok=True)
     obs = np.random.default_rng(0).standard_normal(policy.obs_size).astype(np.float32)
 

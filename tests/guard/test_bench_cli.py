@@ -371,6 +371,26 @@ def test_cli_usage_errors(
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_refuses_an_envelope_for_another_period(
+    small_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rate-hz 100 with a 20 ms envelope is refused (exit 1) before anything runs."""
+    from tailguard.envelope.model import save_envelope, starter_envelope
+    from tailguard.runtime.policy import OnnxPolicy
+
+    pol = OnnxPolicy(small_policy)
+    env = tmp_path / "env20.json"
+    save_envelope(
+        starter_envelope(obs_size=pol.obs_size, action_size=pol.action_size, period_ns=20 * MS),
+        env,
+    )
+    argv = ["bench", "--policy", str(small_policy), "--envelope", str(env), "--rate-hz", "100"]
+    rc = main([*argv, "--duration-s", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "20000000" in err and "--rate-hz 100" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_runs_two_seconds_and_writes_everything(
     small_policy: Path,
     tmp_path: Path,
