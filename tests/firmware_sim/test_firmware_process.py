@@ -26,12 +26,9 @@ import pytest
 
 from tailguard.errors import ProfileError, TailguardError
 from tailguard.firmware_sim import messages as wire
-from tailguard.firmware_sim.firmware import (
-    CommandWatchdog,
-    FirmwareConfig,
-    LinkFaults,
-    check_endpoint,
-)
+from tailguard.firmware_sim.firmware_config import FirmwareConfig, check_endpoint
+from tailguard.firmware_sim.link_faults import LinkFaults
+from tailguard.firmware_sim.watchdog import CommandWatchdog
 
 pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium")
@@ -39,6 +36,18 @@ pytest.importorskip("gymnasium")
 REPO = Path(__file__).resolve().parents[2]
 MS = 1_000_000
 S = 1_000_000_000
+
+
+def test_split_modules_keep_the_firmware_names_importable() -> None:
+    """The names that moved out of firmware.py (and bench_cli.py) are the same objects there."""
+    from tailguard.firmware_sim import firmware
+    from tailguard.tools import bench_cli, bench_cyclictest, bench_loop
+
+    assert firmware.CommandWatchdog is CommandWatchdog and firmware.LinkFaults is LinkFaults
+    assert firmware.FirmwareConfig is FirmwareConfig and firmware.check_endpoint is check_endpoint
+    assert bench_cli.run_guarded_loop is bench_loop.run_guarded_loop
+    assert bench_cli.run_cyclictest is bench_cyclictest.run_cyclictest
+    assert set(bench_cli.__all__) >= {"LoopResult", "measure_bench_cost", "CHUNK", "MAX_TICKS"}
 
 
 # ------------------------------------------------------------------ logic, no sockets --
