@@ -1,4 +1,4 @@
-"""Histogram hot path and window query, side by side with the hdrhistogram package.
+"""Histogram hot path, window query and HdrHistogram decoding, next to the hdrhistogram package.
 
 Run for real with::
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tailguard.runtime.tick_ring import TelemetryRing
+from tailguard.stats import codecs
 from tailguard.stats.histogram import LogLinearHistogram
 from tailguard.stats.percentile import percentiles
 
@@ -127,3 +128,28 @@ def bench_percentile_window_hdrhistogram(benchmark: Any) -> None:
         hdr.record_value(value)
     result = benchmark(hdr.get_percentile_to_value_dict, list(PERCENTILES))
     assert set(result) == set(PERCENTILES)
+
+
+@pytest.mark.benchmark(group="hdr-decode")
+def bench_hdr_decode_window(benchmark: Any) -> None:
+    """Decoding a guard-sized HdrHistogram blob (latency-like values, two digits)."""
+    hist = LogLinearHistogram(SIGNIFICANT_DIGITS, HIGHEST_NS)
+    hist.record_many(np.asarray(latencies_ns(10_000, seed=2)))
+    blob = hist.to_hdr_base64()
+    assert benchmark(codecs.decode_hdr_base64, blob) == hist
+
+
+@pytest.mark.benchmark(group="hdr-decode")
+def bench_hdr_decode_densest_accepted(benchmark: Any) -> None:
+    """The costliest blob the decoder accepts: every bucket of a 4-digit, 2**62 ns layout set.
+
+    About 1 kB of base64 for 0.8 M buckets: this is the CPU bound a hostile blob can reach
+    (the layout bound, ``MAX_DECODE_BUCKETS``, caps it); anything larger is refused first.
+    """
+    hist = LogLinearHistogram(4, 2**62)
+    view = np.frombuffer(hist.counts, dtype=np.int64)
+    view[: hist.index_of(2**62)] = 1
+    blob = hist.to_hdr_base64()
+    benchmark.extra_info.update({"blob_chars": len(blob), "buckets": hist.counts_len})
+    assert codecs.decode_hdr_base64(blob) == hist
+    benchmark.pedantic(codecs.decode_hdr_base64, args=(blob,), rounds=3, iterations=1)
