@@ -129,6 +129,7 @@ def _latency_cdf(result: Any, summary: dict[str, Any]) -> str:
         _plt().close(fig)
         return "<p>(no latency conditions)</p>"
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0.0)
     ax.set_xlabel("latency, ms")
     ax.set_ylabel("CDF")
     ax.legend(fontsize=6, ncol=3)
