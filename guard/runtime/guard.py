@@ -1,10 +1,11 @@
 """The runtime guard. ``Guard.step`` is THE hot path of tailguard (measured by bench/).
 
 One tick, when everything is in order (the common case), costs: two clock reads, copying
-the observation into the policy's bound input buffer, a byte-level finiteness test over
-it, the inference (with the action check folded into the ONNX graph, see
-``runtime/policy.py``), the same byte-level test over the check vector, a handful of integer
-compares and two stores into the tick ring. Nothing is allocated that the GC tracks,
+the observation into the policy's bound input buffer, the inference (with the action check
+folded into the ONNX graph, see ``runtime/policy.py``), one byte-level test over the check
+vector (it covers the observation too when the policy reports ``checks_observation``;
+otherwise the observation gets its own byte test first), a handful of integer compares
+and two stores into the tick ring. Nothing is allocated that the GC tracks,
 nothing is logged, nothing blocks. The ring is folded into the histograms every 1024
 ticks.
 
@@ -190,6 +191,10 @@ class Guard:
         self._obs_flat = policy._obs
         self._obs_bytes = policy._obs_bytes
         self._obs_size = policy.obs_size
+        # A policy whose check vector also tests the observation (checks_observation) makes
+        # one byte test per tick enough; _judge then tells a bad observation from a bad
+        # action (the policy's output on it is never applied, its state never advanced).
+        self._obs_test = not getattr(policy, "checks_observation", False)
         self._run = policy._run_fn
         self._run_args = policy._run_args
         self._slack_bytes = policy._slack_bytes
@@ -436,7 +441,10 @@ class Guard:
         except Exception:  # a list, a tuple, ...: converted here, so it is timed like any
             bad = self._convert_obs(obs)
         if not bad:
-            if not self._obs_bytes.tobytes()[TOP_BYTES].translate(OBS_FLAGS).isascii():
+            if (
+                self._obs_test
+                and not self._obs_bytes.tobytes()[TOP_BYTES].translate(OBS_FLAGS).isascii()
+            ):
                 bad = _OBS_NONFINITE  # NaN, inf or |x| >= 2**127 somewhere
             else:
                 try:
@@ -506,7 +514,7 @@ class Guard:
                 bad = self._convert_obs(obs)
         except Exception:
             bad = self._convert_obs(obs)
-        if bad:
+        if bad or not self._obs_test:  # else the policy's check vector tests it
             return bad
         return 0 if all_pass(self._obs_bytes, OBS_FLAGS) else _OBS_NONFINITE
 
@@ -660,6 +668,12 @@ class Guard:
         # -- observation, policy, action (re-checked with the numpy reference) --
         policy_valid = False
         over_bounds = over_rate = False
+        if (
+            bad in (_ACTION, _POLICY_ERROR, _DEADLINE)
+            and not self._obs_test
+            and not all_pass(self._obs_bytes, OBS_FLAGS)
+        ):
+            bad = _OBS_NONFINITE  # the policy's own check flagged the observation
         if self._policy_on:
             if bad == _OBS_SHAPE:
                 viols.append(Violation.OBS_SHAPE)

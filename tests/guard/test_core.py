@@ -971,3 +971,38 @@ def test_a_late_exception_never_becomes_the_next_ticks_policy_error() -> None:
     finally:
         release.set()
         g.close()
+
+
+def test_a_policy_that_checks_the_observation_saves_the_guards_test(tmp_path: Path) -> None:
+    """With an ONNX policy whose check vector tests the observation (fold_observation),
+    step() skips its own test; a NaN observation still gets obs_nonfinite's configured
+    response (not an action violation), its output is not applied and its recurrent state
+    does not advance."""
+    from tg_models import build_recurrent
+
+    clock = FakeClock()
+    path = build_recurrent(tmp_path / "gru.onnx", obs_size=4, action_size=2)
+    obs = np.ones(4, np.float32)
+    nan = np.array([np.nan, 1, 1, 1], np.float32)
+
+    import inspect
+
+    folds = "fold_observation" in inspect.signature(OnnxPolicy).parameters
+    kwargs = {"fold_observation": True} if folds else {}
+
+    def guard(responses=None) -> Guard:
+        p = OnnxPolicy(path, **kwargs)
+        return Guard(p, make_env(4, 2, bound=None, responses=responses), clock=clock)
+
+    reference = run(guard(), clock, 6, obs)
+    g = guard()
+    assert g._obs_test is (not g.policy.checks_observation)
+    out = run(g, clock, 3, obs) + run(g, clock, 1, nan) + run(g, clock, 3, obs)
+    st_ = g.stats()["violations"]
+    assert st_["obs_nonfinite"] == 1 and st_["action_nonfinite"] == 0
+    np.testing.assert_array_equal(out[3], out[2])  # held
+    np.testing.assert_allclose(out[4:], reference[3:], rtol=1e-6)  # state did not advance
+    g = guard({Violation.OBS_NONFINITE: Response.FALLBACK})
+    run(g, clock, 2, obs)
+    run(g, clock, 1, nan)
+    assert g.state is GuardState.FALLBACK and g.stats()["violations"]["obs_nonfinite"] == 1

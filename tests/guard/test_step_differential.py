@@ -132,6 +132,7 @@ def _configs(draw) -> dict[str, Any]:
         "responses": responses or None,
         "safe_action": draw(st.sampled_from(["hold", "zero"])),
         "fallback": draw(st.sampled_from(["hold", "zero", "callable", "nan_callable"])),
+        "checks_observation": draw(st.booleans()),
     }
 
 
@@ -139,6 +140,7 @@ def _simulate(script, config: dict[str, Any], *, plain: bool) -> dict[str, Any]:
     """Run ``script`` through a fresh guard; everything observable, tick by tick."""
     config = dict(config)
     fb_kind = config.pop("fallback")
+    obs_in_check = config.pop("checks_observation", True)
     clock = FakeClock(start_ns=10**12)
     mode = {"action": "ok", "latency_ns": 1 * MS}
 
@@ -156,8 +158,11 @@ def _simulate(script, config: dict[str, Any], *, plain: bool) -> dict[str, Any]:
         "nan_callable": lambda o: [np.nan, 0.0],
     }[fb_kind]
     sink = Sink()
+    main = CallablePolicy(policy, 4, 2)
+    if main.checks_observation != obs_in_check:  # both kinds of policy, one guard
+        main._init_buffers(4, 2, checks_observation=obs_in_check)
     g = Guard(
-        CallablePolicy(policy, 4, 2),
+        main,
         make_env(**config),
         fallback=fallback,
         clock=clock,
@@ -220,6 +225,21 @@ def test_plain_and_general_paths_agree(script, config) -> None:
     general = _simulate(script, config, plain=False)
     assert general["plain_ticks"] == 0
     _assert_same(plain, general)
+
+
+def test_both_kinds_of_policy_are_compared() -> None:
+    """The script runs a policy that tests the observation in its check vector and one
+    that leaves it to the guard; a NaN observation is obs_nonfinite with either."""
+    script = [("np32", 1 * MS, PERIOD, "none", "ok", "-")] * 3
+    script += [("nan", 1 * MS, PERIOD, "none", "ok", "-"), *script]
+    results = []
+    for obs_in_check in (True, False):
+        config = {"fallback": "hold", "checks_observation": obs_in_check}
+        plain = _simulate(script, config, plain=True)
+        _assert_same(plain, _simulate(script, config, plain=False))
+        assert plain["stats"]["violations"]["obs_nonfinite"] == 1
+        results.append(plain)
+    _assert_same(results[0], results[1])
 
 
 def test_the_comparison_exercises_the_plain_path() -> None:
