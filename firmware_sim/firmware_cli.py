@@ -35,12 +35,11 @@ from tailguard.firmware_sim.firmware_config import (
     MAX_SPIN_NS,
     MIN_PHYSICS_RATE_HZ,
 )
+from tailguard.firmware_sim.run_client import CONNECT_TIMEOUT_S, DEADLINE_MS, DURATION_S, SPIN_US
 from tailguard.runtime.pacer import MAX_RATE_HZ, MIN_RATE_HZ
 
-__all__ = ["MAX_DURATION_S", "main", "register"]
+__all__ = ["main", "register"]
 
-#: Longest --duration-s of either loop, s (about 116 days).
-MAX_DURATION_S = 1e7
 _MAX_SPIN_US = MAX_SPIN_NS / 1e3
 
 
@@ -120,7 +119,7 @@ def _add_firmware(sub: Any) -> None:
     )
     p.add_argument(
         "--spin-us",
-        type=ca.Number("us", minimum=0.0, maximum=_MAX_SPIN_US),
+        type=SPIN_US,
         default=100.0,
         help=f"busy-spin before each deadline, us in [0, {_MAX_SPIN_US:g}]",
     )
@@ -132,7 +131,7 @@ def _add_firmware(sub: Any) -> None:
     )
     p.add_argument(
         "--duration-s",
-        type=ca.duration("s", maximum=MAX_DURATION_S),
+        type=DURATION_S,
         default=None,
         help="stop after S seconds",
     )
@@ -174,25 +173,25 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--fallback", choices=["hold", "zero"], default="hold", help="guard fallback")
     p.add_argument(
         "--deadline-ms",
-        type=ca.duration("ms", maximum=60_000.0),
+        type=DEADLINE_MS,
         default=None,
         help="guard inference deadline, ms in (0, 60000]",
     )
     p.add_argument(
         "--duration-s",
-        type=ca.duration("s", maximum=MAX_DURATION_S),
+        type=DURATION_S,
         default=None,
         help="stop after S seconds",
     )
     p.add_argument(
         "--spin-us",
-        type=ca.Number("us", minimum=0.0, maximum=_MAX_SPIN_US),
+        type=SPIN_US,
         default=150.0,
         help=f"busy-spin before each deadline, us in [0, {_MAX_SPIN_US:g}]",
     )
     p.add_argument(
         "--connect-timeout-s",
-        type=ca.duration("s", maximum=3600.0),
+        type=CONNECT_TIMEOUT_S,
         default=10.0,
         help="wait this long for the firmware, s in (0, 3600]",
     )

@@ -21,16 +21,35 @@ from typing import Any
 
 import numpy as np
 
+from tailguard.cli_args import Number, duration, require
 from tailguard.envelope.period import require_period
 from tailguard.errors import TailguardError
 from tailguard.firmware_sim import messages as wire
 from tailguard.firmware_sim.firmware import histogram_summary
+from tailguard.firmware_sim.firmware_config import MAX_SPIN_NS
 from tailguard.runtime.pacer import STOPPED
 from tailguard.stats.histogram import LogLinearHistogram
 
-__all__ = ["FirmwareLink", "run_policy"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEADLINE_MS",
+    "DURATION_S",
+    "SPIN_US",
+    "FirmwareLink",
+    "run_policy",
+]
 
 _NS_PER_S = 1_000_000_000
+
+# The ranges of run_policy's arguments; the `tailguard run` flags parse with the same ones.
+#: Run length, s (at most about 116 days).
+DURATION_S = duration("s", maximum=1e7)
+#: The guard's inference deadline, ms.
+DEADLINE_MS = duration("ms", maximum=60_000.0)
+#: Pacer busy-spin before each deadline, us.
+SPIN_US = Number("us", minimum=0.0, maximum=MAX_SPIN_NS / 1e3)
+#: How long to wait for the firmware's first answer, s.
+CONNECT_TIMEOUT_S = duration("s", maximum=3600.0)
 
 
 class FirmwareLink:
@@ -228,6 +247,13 @@ def run_policy(
     """
     from tailguard import Guard, OnnxPolicy, Pacer, load_envelope, starter_envelope
 
+    # The same ranges as the `tailguard run` flags, for callers that skip the CLI.
+    if duration_s is not None:
+        require(DURATION_S, duration_s, "duration_s")
+    if deadline_ms is not None:
+        require(DEADLINE_MS, deadline_ms, "deadline_ms")
+    require(SPIN_US, spin_us, "spin_us")
+    require(CONNECT_TIMEOUT_S, connect_timeout_s, "connect_timeout_s")
     clock = time.monotonic_ns
     policy = OnnxPolicy(policy_path)
     pacer = Pacer(rate_hz, spin_ns=round(spin_us * 1e3), clock=clock, should_stop=should_stop)

@@ -45,6 +45,7 @@ __all__ = [
     "port",
     "probability",
     "rate_hz",
+    "require",
     "run_cli",
     "seed",
 ]
@@ -226,6 +227,26 @@ def seed() -> Integer:
 def port() -> Integer:
     """A TCP port flag: ``1..65535``."""
     return Integer(1, 65535)
+
+
+def require(kind: Number | Integer, value: object, name: str) -> None:
+    """The library-side twin of a flag parser: the same range, checked on a Python value.
+
+    Args:
+        kind: the parser whose range applies (e.g. ``duration("s", maximum=3600)``).
+        value: the value a caller passed.
+        name: the argument's name, for the message.
+
+    Raises:
+        ConfigError: ``value`` is not a number (an integer for :class:`Integer`) in range.
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(kind, Integer):
+        ok = ok and isinstance(value, int) and kind.minimum <= value <= kind.maximum
+    else:
+        ok = ok and kind.check(float(value))  # type: ignore[arg-type]
+    if not ok:
+        raise ConfigError(f"{name} must be {kind.describe()}, got {value!r}")
 
 
 # ------------------------------------------------------------------------- endpoints

@@ -406,3 +406,26 @@ def test_endpoint_parser_accepts_only_well_formed_endpoints(text: str) -> None:
     if value.startswith("tcp://"):
         port = value.rpartition(":")[2]
         assert port.isascii() and 1 <= int(port) <= 65535
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"connect_timeout_s": float("nan")}, "connect_timeout_s"),
+        ({"duration_s": float("inf")}, "duration_s"),
+        ({"deadline_ms": -1.0}, "deadline_ms"),
+        ({"spin_us": 1e12}, "spin_us"),
+        ({"rate_hz": 0.0}, "rate_hz"),
+    ],
+)
+def test_run_policy_checks_its_arguments_with_the_flag_ranges(
+    paths: dict[str, str], kwargs: dict[str, float], name: str
+) -> None:
+    """run_policy (the library call behind `run`) refuses the same values, naming them."""
+    pytest.importorskip("zmq")
+    from tailguard.errors import ConfigError
+    from tailguard.firmware_sim.run_client import run_policy
+
+    args = {"rate_hz": 50.0, **kwargs}
+    with pytest.raises(ConfigError, match=name):
+        run_policy(paths["policy"], "tcp://127.0.0.1:9", **args)  # type: ignore[arg-type]
