@@ -1,8 +1,8 @@
 """A minimal writer (and header reader) for the ONNX protobuf wire format.
 
 The runtime guard folds its action checks into the policy's graph at load time (see
-``guard/policy.py``). It must do so without the ``onnx`` package, which is not a runtime
-dependency, so this module encodes the handful of messages it needs by hand.
+``tailguard/runtime/policy.py``). It must do so without the ``onnx`` package, which is not
+a runtime dependency, so this module encodes the handful of messages it needs by hand.
 
 It relies on a protobuf rule: concatenating two serialized messages is the same as merging
 them (repeated fields append, singular embedded messages merge). Appending a ``ModelProto``

@@ -22,6 +22,7 @@ from tailguard.runtime.policy import (
     MAX_ACTION_SIZE,
     MAX_OBS_SIZE,
     OBS_FLAGS,
+    ROW_CHECK_MAX_ACTIONS,
     SLACK_FLAGS,
     all_pass,
     check_extension,
@@ -85,7 +86,11 @@ def test_in_graph_check_equals_reference_on_any_float(policies, obs, prev, limit
         p._set_applied(1 - slot, p.clip(np.array(prev, np.float32)))
         p.buffers.obs[:] = obs
         p.run_slot(slot)
-    np.testing.assert_array_equal(fast._chk.view(np.uint32), ref._chk.view(np.uint32))
+    o = fast.obs_size
+    mine, theirs = fast._chk[slot].view(np.uint32), ref._chk[slot].view(np.uint32)
+    np.testing.assert_array_equal(mine[:o], theirs[:o])
+    if np.isfinite(fast._act[slot]).all():  # the row-form Gemm spreads a NaN to every entry
+        np.testing.assert_array_equal(mine, theirs)
     x = np.array(obs, np.float32)
     obs_ok = all_pass(memoryview(x).cast("B"), OBS_FLAGS)  # today's separate observation test
     act, last = fast._act[slot], fast._act[1 - slot]
@@ -99,7 +104,30 @@ def test_in_graph_check_equals_reference_on_any_float(policies, obs, prev, limit
             and (act >= last - r).all()
         )
     assert all_pass(fast._slack_bytes[slot], SLACK_FLAGS) == (obs_ok and act_ok)
+    assert all_pass(ref._slack_bytes[slot], SLACK_FLAGS) == (obs_ok and act_ok)
     assert fast.checks_observation and ref.checks_observation
+
+
+def test_column_form_for_many_actions_equals_reference_bit_for_bit(tmp_path: Path) -> None:
+    """Above ROW_CHECK_MAX_ACTIONS the [7, 1] @ [1, A] form is used: element by element
+    the same bits as the reference, non-finite actions included, and the same layout."""
+    size = ROW_CHECK_MAX_ACTIONS + 1
+    path = _identity_model(tmp_path / "id65.onnx", size)
+    fast, ref = OnnxPolicy(path), OnnxPolicy(path, fast_checks=False)
+    rng = np.random.default_rng(3)
+    for p in (fast, ref):
+        p.set_limits([-1.0] * size, [1.0] * size, [0.5] * size)
+    for slot, special in ((0, None), (1, np.nan), (0, np.inf), (1, -np.inf), (0, 1.5)):
+        x = rng.uniform(-0.2, 0.2, size).astype(np.float32)  # within rate of the last
+        if special is not None:
+            x[7] = special
+        for p in (fast, ref):
+            p.buffers.obs[:] = x
+            p.run_slot(slot)
+        np.testing.assert_array_equal(fast._chk.view(np.uint32), ref._chk.view(np.uint32))
+        assert all_pass(fast._slack_bytes[slot], SLACK_FLAGS) == (special is None)
+        for p in (fast, ref):
+            p._set_applied(slot, p.clip(p._act[slot], p._act[1 - slot]))
 
 
 @pytest.mark.parametrize(
