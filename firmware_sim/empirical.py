@@ -266,13 +266,18 @@ def load_recorded_timing(path: str | Path) -> RecordedTiming:
 def _read_npy(path: Path) -> np.ndarray:
     """A 1-D numeric ``.npy`` array, its header checked against the bounds before reading."""
     with path.open("rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ProfileError(f"unsupported .npy format version {version}; save with np.save")
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ProfileError(f"unsupported .npy format version {version}; save with np.save")
+        except ProfileError:
+            raise
+        except Exception as exc:  # numpy's header parser also raises SyntaxError, TokenError
+            raise ProfileError(f"not a readable .npy file: {type(exc).__name__}: {exc}") from None
         if len(shape) != 1 or dtype.kind not in "iuf" or dtype.hasobject:
             raise ProfileError(
                 f"a .npy trace must be 1-D integers or floats, got shape {shape} dtype {dtype}"

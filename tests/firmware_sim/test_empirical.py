@@ -9,12 +9,15 @@ import json
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tailguard.errors import ProfileError
 from tailguard.firmware_sim import empirical
@@ -265,3 +268,48 @@ def test_deeply_nested_json_file_is_refused(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ProfileError, match="nest"):
         load_recorded_timing(path)
+
+
+def _valid_file_bytes(suffix: str) -> bytes:
+    """A small valid file of each kind, as a seed for byte mutation."""
+    if suffix == ".npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.array([5, 7, 9], np.int64))
+        return buf.getvalue()
+    if suffix == ".json":
+        return b'{"counts": {"1000": 3, "5000": 1}}'
+    if suffix == ".hgrm":
+        from tailguard.stats.histogram import LogLinearHistogram
+
+        hist = LogLinearHistogram()
+        hist.record_many(np.array([1000, 2000, 3_000_000]))
+        return hist.to_hdr_base64().encode()
+    return b"5\n7\n9\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([".npy", ".json", ".hgrm", ".txt"]),
+    st.data(),
+)
+def test_any_file_bytes_load_in_range_or_raise_profile_error(
+    suffix: str, data: st.DataObject
+) -> None:
+    """Fuzz: a mutated or random profile file loads values in [0, 2**62) or raises ProfileError."""
+    raw = bytearray(_valid_file_bytes(suffix))
+    if data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 6))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    else:
+        raw = bytearray(data.draw(st.binary(max_size=200)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{suffix}"
+        path.write_bytes(bytes(raw))
+        try:
+            rec = load_recorded_timing(path)
+        except ProfileError:
+            return
+    assert rec.values_ns.dtype == np.int64 and rec.values_ns.size > 0
+    assert rec.values_ns.min() >= 0 and rec.values_ns.max() < 2**62
