@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def _sink_factory(kind: str) -> Callable[..., Any]:
         ) from None
 
 
-Fallback = str | Callable[[np.ndarray], Any] | _CheckedPolicy
+Fallback: TypeAlias = str | Callable[[np.ndarray], Any] | _CheckedPolicy
 
 _NEVER = NEVER_NS  # disables a check; also the histograms' top, so passing values fit
 _HIST_MAX = NEVER_NS
