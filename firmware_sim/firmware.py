@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from tailguard.errors import TailguardError
+from tailguard.errors import ConfigError, TailguardError
 from tailguard.firmware_sim import messages as wire
 from tailguard.firmware_sim.firmware_config import FirmwareConfig, check_endpoint
 from tailguard.firmware_sim.link_faults import LinkFaults, burn_cpu
@@ -345,7 +345,18 @@ class Firmware:
 
         Returns:
             The summary (see :meth:`summary`).
+
+        Raises:
+            ConfigError: ``duration_ns`` is not a positive integer within int64.
         """
+        if duration_ns is not None and (
+            isinstance(duration_ns, bool)
+            or not isinstance(duration_ns, int)
+            or not 0 < duration_ns < 1 << 63
+        ):
+            raise ConfigError(
+                f"duration_ns must be a positive int64 number of ns, got {duration_ns!r}"
+            )
         cfg = self.config
         clock = self._clock
         stop_burn = threading.Event()

@@ -429,3 +429,20 @@ def test_run_policy_checks_its_arguments_with_the_flag_ranges(
     args = {"rate_hz": 50.0, **kwargs}
     with pytest.raises(ConfigError, match=name):
         run_policy(paths["policy"], "tcp://127.0.0.1:9", **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo"], ["envelope", "init"], ["envelope", "check"], ["inspect"], ["export", "rsl-rl"],
+        ["export", "sb3"], ["replay"], ["firmware"], ["run"], ["monitor"], ["keys"], ["bench"],
+    ],
+    ids=" ".join,
+)  # fmt: skip
+def test_every_subcommand_help_renders(argv: list[str]) -> None:
+    """`--help` of every subcommand exits 0 (help texts with units and ranges format cleanly)."""
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        code = main([*argv, "--help"])
+    assert code == EXIT_OK and "usage:" in out.getvalue() and "Traceback" not in err.getvalue()
