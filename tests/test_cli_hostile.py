@@ -446,3 +446,13 @@ def test_every_subcommand_help_renders(argv: list[str]) -> None:
     with redirect_stderr(err), redirect_stdout(out):
         code = main([*argv, "--help"])
     assert code == EXIT_OK and "usage:" in out.getvalue() and "Traceback" not in err.getvalue()
+
+
+@given(st.floats(min_value=0.0, max_value=2e10, allow_nan=False))
+def test_every_accepted_duration_fits_int64_ns(value_s: float) -> None:
+    """Any duration in seconds the parser accepts converts to an int64 count of ns."""
+    try:
+        accepted = ca.duration("s")(repr(value_s))
+    except ArgumentTypeError:
+        return
+    assert 1 <= round(accepted * 1e9) <= ca.INT64_MAX
