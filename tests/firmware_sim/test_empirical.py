@@ -313,3 +313,38 @@ def test_any_file_bytes_load_in_range_or_raise_profile_error(
             return
     assert rec.values_ns.dtype == np.int64 and rec.values_ns.size > 0
     assert rec.values_ns.min() >= 0 and rec.values_ns.max() < 2**62
+
+
+def _tiny_blob(lowest: int, highest: int, varints: bytes) -> str:
+    payload = struct.pack(">IIiiqqd", 0x1C849313, len(varints), 0, 2, lowest, highest, 1.0)
+    compressed = zlib.compress(payload + varints, 9)
+    return base64.b64encode(struct.pack(">II", 0x1C849314, len(compressed)) + compressed).decode()
+
+
+@pytest.mark.parametrize(
+    ("lowest", "highest", "varints", "fragment"),
+    [
+        # a run of 2**62 empty buckets, then a count: the shape that cost 3.5 GB before
+        (1, 2**40, b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f\x02", "beyond the"),
+        (2**62, 2**63 - 1, b"\x02", "must be >= 2 \\* lowest_discernible_value"),
+        (1000, 2**40, b"\x01\x01\x02", "two empty entries in a row"),
+    ],
+)
+def test_tiny_inline_hdr_specs_are_refused_by_structure(
+    lowest: int, highest: int, varints: bytes, fragment: str
+) -> None:
+    """Inline hdr specs of ~64 characters declaring absurd runs or layouts are refused at once."""
+    blob = _tiny_blob(lowest, highest, varints)
+    assert len(blob) < 100
+    with pytest.raises(ProfileError, match=fragment):
+        parse_profile({"kind": "empirical", "hdr": blob})
+
+
+def test_hdr_values_beyond_the_duration_range_are_refused() -> None:
+    """A valid HdrHistogram holding a value above 2**62 - 1 ns cannot become a profile."""
+    from tailguard.stats.histogram import LogLinearHistogram
+
+    hist = LogLinearHistogram(2, 2**63 - 1)
+    hist.record(2**62 + 2**60)
+    with pytest.raises(ProfileError, match="above the largest duration a profile may return"):
+        parse_profile({"kind": "empirical", "hdr": hist.to_hdr_base64()})
