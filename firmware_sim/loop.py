@@ -237,7 +237,8 @@ class SimLoop:
                 raise ConfigError(
                     f"control period profile {dt.spec!r} has a median of {median_ns} ns: ticks "
                     f"that do not move time forward never reach the episode's end; expected a "
-                    f"period of at least {MIN_PERIOD_NS} ns (the env's is {task.period_ns} ns)"
+                    f"median period of at least {MIN_PERIOD_NS} ns; the env's own period is "
+                    f"{task.period_ns} ns ('nominal', or e.g. 'fixed:ns={task.period_ns}')"
                 )
         own = getattr(controller, "inference", None)
         if isinstance(own, SimulatedInference):

@@ -144,7 +144,8 @@ class PdRobotTask:
         self._mj_step = mujoco.mj_step
         self._mj_forward = mujoco.mj_forward
         model.opt.timestep = 1.0 / cfg.physics_hz
-        self._timestep_s = float(model.opt.timestep)
+        self._opt = model.opt  # a view of the model's options, kept for _short_step
+        self._timestep_s = float(self._opt.timestep)
         self._state_spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
         self._state_size = int(mujoco.mj_stateSize(model, self._state_spec))
         self._get_state, self._set_state = mujoco.mj_getState, mujoco.mj_setState
@@ -317,12 +318,12 @@ class PdRobotTask:
     def _short_step(self, data: Any, duration_ns: int) -> None:
         """One physics step of ``duration_ns`` (< a step): ``model.opt.timestep`` is set for
         this one ``mj_step`` and restored at once (see ``MujocoTask._short_step``)."""
-        m = self.model
-        m.opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
+        opt = self._opt
+        opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
         try:
-            self._mj_step(m, data)
+            self._mj_step(self.model, data)
         finally:
-            m.opt.timestep = self._timestep_s
+            opt.timestep = self._timestep_s
 
     def save_state(self) -> np.ndarray:
         """The full integration state (``mjSTATE_INTEGRATION``), a new float64 array."""

@@ -142,7 +142,8 @@ class MujocoTask:
         self.u = u
         self.model, self.data = u.model, u.data
         self.frame_skip = int(u.frame_skip)
-        self._timestep_s = float(self.model.opt.timestep)
+        self._opt = self.model.opt  # a view of the model's options, kept for _short_step
+        self._timestep_s = float(self._opt.timestep)
         self.substep_ns = round(self._timestep_s * 1e9)
         self.period_ns = self.substep_ns * self.frame_skip
         self.env_dt = float(u.dt)
@@ -290,12 +291,12 @@ class MujocoTask:
         time and keeps nothing across steps but the state; the constraint solver's warm
         start (``qacc_warmstart``) is an acceleration, valid whatever the step length.
         """
-        model = self.model
-        model.opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
+        opt = self._opt
+        opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
         try:
-            self._mj_step(model, data)
+            self._mj_step(self.model, data)
         finally:
-            model.opt.timestep = self._timestep_s
+            opt.timestep = self._timestep_s
 
     def _segment_reward(self, ctrl: np.ndarray, x_before: Any, frac: float) -> float:
         """The env's reward terms for a segment that moved x from ``x_before``, ``frac`` of
