@@ -768,7 +768,8 @@ class Guard:
         if kind == "reset":
             self.reset()
             self._skip_dt = False  # this tick's dt is real: the loop did not pause
-            self._dt_from = tick  # ... and so is the window's period sample of this tick
+            # ... and this tick's samples enter the cleared windows (noted after commands)
+            self._lat_from = self._dt_from = tick
         elif kind == "trip":
             self._transition(next_state(self._state, _Event.LATCH), t0, tick, ["command"])
 

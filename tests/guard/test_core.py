@@ -896,6 +896,28 @@ def test_after_reset_windows_wait_until_full_as_at_start_up(clock: FakeClock) ->
     assert g.stats()["violations"]["latency_p99"] == 1 and g.state is GuardState.FALLBACK
 
 
+def test_a_reset_command_restarts_the_windows_with_the_tick_it_is_applied_on(
+    clock: FakeClock,
+) -> None:
+    """A reset requested from another thread applies at the start of a tick; that tick's
+    samples are the first of the new windows (judged once they hold W samples)."""
+    g, s = scripted_guard(
+        clock,
+        lat=Thresholds(p99_ns=3 * MS, max_ns=8 * MS),
+        window=Window(ticks=10, check_every_ticks=1),
+        fallback="zero",
+    )
+    run(g, clock, 30)
+    g.request_reset("test")
+    s.latency_ns = 4 * MS  # the reset tick: above p99, allowance for 10 samples is 0
+    run(g, clock, 1)
+    s.latency_ns = 1 * MS
+    run(g, clock, 8)
+    assert g.stats()["violations"]["latency_p99"] == 0 and g.state is GuardState.NOMINAL
+    run(g, clock, 1)  # 10 samples since the reset tick, the reset tick's among them
+    assert g.stats()["violations"]["latency_p99"] == 1 and g.state is GuardState.FALLBACK
+
+
 def test_emergency_latch_goes_through_the_table(clock: FakeClock) -> None:
     """An internal error latches through the transition table: a state record, a counted
     transition and time accounted to LATCHED, and the held action."""
