@@ -299,3 +299,20 @@ def test_grid_timing_for_tasks_without_exact_stepping() -> None:
     r = loop.run_episode(0, trace=True)
     assert r.trace is not None and r.sim_time_ns == 1000 * task.period_ns
     assert np.all(r.trace.applied_ns[:-1] == r.trace.tick_ns[:-1] + 10 * MS)
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Ant-v5"])
+def test_observe_ahead_equals_integrating_the_env_and_leaves_it_untouched(env_id: str) -> None:
+    """Looking ahead 1.3 ms from a step boundary (planar observation and Ant's, which reads
+    contact forces) gives bitwise the observation of the env integrated to that instant, and
+    the env's own state is unchanged by the look."""
+    task = _task(env_id)
+    task.reset(0)
+    ctrl = np.full(task.nu, 0.3, task.action_dtype)
+    task.run_ns(ctrl, 0, 3 * task.substep_ns)
+    before = task.save_state()
+    ahead = task.observe_ahead(ctrl, 1300 * US)
+    np.testing.assert_array_equal(task.save_state(), before)
+    start_ns = 3 * task.substep_ns
+    task.run_ns(ctrl, start_ns, start_ns + 1300 * US)
+    np.testing.assert_array_equal(ahead, task.observe())
