@@ -203,3 +203,20 @@ def test_empirical_counts_near_float_max_keep_their_proportions() -> None:
     p = EmpiricalProfile(np.array([1000, 2000, 3000]), np.array([1e308, 1e308, 0.0]))
     assert p.cdf(1000) == pytest.approx(0.5) and p.cdf(2000) == 1.0
     assert set(np.unique(p.sample(2000)).tolist()) == {1000, 2000}
+
+
+def test_replay_refuses_the_uncapped_tail_and_runs_the_capped_one() -> None:
+    """The spec that once drove the replay clock backwards is refused before the loop starts;
+    with a cap the same tail replays, every latency in [scale, cap]."""
+    pytest.importorskip("mujoco")
+    from tailguard.firmware_sim.controllers import CallableController
+    from tailguard.firmware_sim.replay import TimingSpec, build_loop, make_task
+
+    task = make_task("Hopper-v5")
+    zero = CallableController(lambda obs: np.zeros(3))
+    with pytest.raises(ProfileError, match="heavy tail without a cap"):
+        build_loop(task, zero, TimingSpec(latency="pareto:scale_ms=5,alpha=0.001"))
+    loop = build_loop(task, zero, TimingSpec(latency="pareto:scale_ms=5,alpha=0.001,cap_ms=50"))
+    result = loop.run_episode(0)
+    assert result.length > 0 and result.sim_time_ns > 0
+    assert 5 * MS <= result.latency_ns["p50"] <= result.latency_ns["max"] <= 50 * MS
