@@ -306,6 +306,8 @@ class SimLoop:
         run_ns = task.run_ns if exact else self._grid_run_ns
         observe_ahead = task.observe_ahead if exact else None
         save_state = task.save_state if exact else None
+        # A task whose observation is a function of the integration state alone.
+        obs_of_state = getattr(task, "observe_state", None) if exact else None
         terminated_fn = task.terminated
         arm, settle, clock_set = inference.arm, inference.settle, clock.set
         action_dtype = task.action_dtype
@@ -326,7 +328,10 @@ class SimLoop:
                 ctrl_times.append(t0_ns)
                 ctrl_log.append(command)
             if obs_prof is not None:
-                history.append([t1_ns, save_state() if exact else None, observe(), command])
+                if obs_of_state is not None:  # the observation is made only if it is used
+                    history.append([t1_ns, save_state(), None, command])  # type: ignore[misc]
+                else:
+                    history.append([t1_ns, save_state() if exact else None, observe(), command])
 
         recorder = after_step if (obs_prof is not None or substep_ctrl) else None
 
@@ -408,6 +413,8 @@ class SimLoop:
                 t0_ns, state, obs, held = history[0]
                 if seen_ns > t0_ns:  # between step boundaries (exact timing only)
                     obs = observe_ahead(held, seen_ns - t0_ns, state)  # type: ignore[misc]
+                elif obs is None:
+                    obs = obs_of_state(state)  # type: ignore[misc]
                 last_obs_ns = obs_ns
             else:
                 obs_ns = tick_ns

@@ -359,6 +359,11 @@ class PdRobotTask:
     def _observe_data(self, d: Any) -> np.ndarray:
         return np.concatenate((d.qpos[self._skip_q :], d.qvel))
 
+    def observe_state(self, state: np.ndarray) -> np.ndarray:
+        """The observation of a :meth:`save_state` array (laid out time, qpos, qvel, ...)."""
+        nq, nv = self.model.nq, self.model.nv
+        return np.concatenate((state[1 + self._skip_q : 1 + nq], state[1 + nq : 1 + nq + nv]))
+
     def terminated(self) -> bool:
         """The robot fell (torso too low or high, or tilted beyond 60 degrees)."""
         return not self.healthy

@@ -175,6 +175,7 @@ class MujocoTask:
             self._obs_template = np.zeros(size, np.float64)
             self.observe = self._observe_planar  # type: ignore[method-assign]
             self._planar = True
+            self.observe_state = self._observe_planar_state
         self.healthy = True
         self._w_ctrl = float(u._ctrl_cost_weight)
         self._cost_ctrl: np.ndarray | None = None
@@ -353,6 +354,15 @@ class MujocoTask:
             self._short_step(scratch, rest_ns)
         self._rne_post(model, scratch)  # as after an env step: the obs may read cfrc_ext
         return self._observe_data(scratch)
+
+    #: ``observe_state(state)``: the observation of a ``save_state()`` array, for tasks
+    #: whose observation reads only qpos and qvel (None for the others: Ant reads forces)
+    observe_state: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def _observe_planar_state(self, state: np.ndarray) -> np.ndarray:
+        # mjSTATE_INTEGRATION is laid out time, qpos, qvel, ...
+        nq = self.model.nq
+        return self._observe_planar(state[1 : 1 + nq], state[1 + nq : 1 + nq + self.model.nv])
 
     def _observe_data(self, data: Any) -> np.ndarray:
         """The env's observation of another MjData of the same model."""

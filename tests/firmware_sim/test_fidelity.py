@@ -316,3 +316,15 @@ def test_observe_ahead_equals_integrating_the_env_and_leaves_it_untouched(env_id
     start_ns = 3 * task.substep_ns
     task.run_ns(ctrl, start_ns, start_ns + 1300 * US)
     np.testing.assert_array_equal(ahead, task.observe())
+
+
+@pytest.mark.parametrize("name", ["Hopper-v5", "HalfCheetah-v5", "mjcf:ant"])
+def test_observation_of_a_saved_state_equals_observe(name: str) -> None:
+    """``observe_state(save_state())`` is bitwise the task's own observation (the loop
+    builds delayed observations from saved states only when they are used)."""
+    from tailguard.firmware_sim.replay import make_task
+
+    task = make_task(name)
+    task.reset(1)
+    task.run_ns(np.full(task.nu, 0.2, task.action_dtype), 0, 3 * task.substep_ns + 700 * US)
+    np.testing.assert_array_equal(task.observe_state(task.save_state()), task.observe())
