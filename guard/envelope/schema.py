@@ -194,8 +194,9 @@ class Timing:
         latency: thresholds on tick start -> action out.
         obs_age_max_ns: maximum observation age (tick start minus the observation's
             timestamp), ns; None disables the check.
-        max_consecutive_overruns: this many ticks in a row ending past
-            ``start + period_ns`` is a violation; None disables the check.
+        max_consecutive_overruns: at most this many ticks in a row may end past
+            ``start + period_ns``; one more is a violation (``overrun_streak``). None
+            disables the check.
 
     Raises:
         EnvelopeError: any field is out of range or of the wrong type.
