@@ -68,9 +68,10 @@ class TaskInfo:
 
 def task_info(env: str) -> TaskInfo:
     """Build the env once and read its timing and sizes."""
-    from tailguard.audit.tasks import make_audit_task, task_resolution
+    from tailguard.audit.tasks import task_resolution
+    from tailguard.audit.units import task_for
 
-    task = make_audit_task(env)
+    task = task_for(env)
 
     def bounds(v: Any) -> tuple[float, ...] | None:
         arr = np.asarray(v, np.float64).reshape(-1)

@@ -150,10 +150,12 @@ class _FaultCounting:
 
 
 _TASKS: dict[str, Any] = {}
+_SESSIONS: dict[str, Any] = {}
 
 
-def _task(env: str) -> Any:
-    """One task per env per process (tasks are reset per episode; building one is slow)."""
+def task_for(env: str) -> Any:
+    """One task per env per process (reset per episode; building one takes a while). Forked
+    workers inherit the parent's, built before the pool starts."""
     from tailguard.audit.tasks import make_audit_task
 
     if env not in _TASKS:
@@ -161,11 +163,18 @@ def _task(env: str) -> Any:
     return _TASKS[env]
 
 
+def _session(policy: str) -> Any:
+    """One plain onnxruntime session per policy file per process (stateless between calls)."""
+    from tailguard.firmware_sim.controllers import OnnxController
+
+    if policy not in _SESSIONS:
+        _SESSIONS[policy] = OnnxController(policy)
+    return _SESSIONS[policy]
+
+
 def _controller(unit: WorkUnit, task: Any) -> Any:
     if unit.guard is None:
-        from tailguard.firmware_sim.controllers import OnnxController
-
-        return _FaultCounting(OnnxController(unit.target.policy), task.nu)
+        return _FaultCounting(_session(unit.target.policy), task.nu)
     from tailguard.envelope.model import envelope_from_dict
     from tailguard.firmware_sim.guarded import GuardedController
     from tailguard.runtime.policy import OnnxPolicy
@@ -202,7 +211,7 @@ def run_unit(unit: WorkUnit) -> UnitResult:
     """Run one unit in this process (the executors call this)."""
     from tailguard.firmware_sim.replay import build_loop
 
-    task = _task(unit.target.env)
+    task = task_for(unit.target.env)
     controller = _controller(unit, task)
     loop = build_loop(task, controller, unit.condition.timing())
     period_ns = task.period_ns

@@ -224,3 +224,16 @@ def test_paired_difference_against_scipy() -> None:
     assert (d.low, d.high) == pytest.approx(tuple(ref.confidence_interval))
     same = paired_difference([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], s)
     assert (same.estimate, same.low, same.high) == (1.0, 1.0, 1.0)
+
+
+def test_iqm_and_clopper_pearson_equal_scipy_on_random_data() -> None:
+    """The scipy-free IQM and Clopper-Pearson equal scipy.stats.trim_mean(x, 0.25) and the
+    beta quantiles for many sizes."""
+    rng = np.random.default_rng(0)
+    for n in (4, 5, 7, 20, 33):
+        x = rng.normal(0, 1, n)
+        assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+        k = int(rng.integers(1, n))
+        lo, hi = clopper_pearson(k, n)
+        assert lo == pytest.approx(stats.beta.ppf(0.025, k, n - k + 1))
+        assert hi == pytest.approx(stats.beta.ppf(0.975, k + 1, n - k))
