@@ -70,7 +70,7 @@ class NullPolicy(_CheckedPolicy):
 
     def __init__(self, obs_size: int, action_size: int) -> None:
         self._init_buffers(obs_size, action_size)
-        self._run_fn, self._run_args = int, (0, 1)  # int(0): the cheapest C call
+        self._set_run(int, (0, 1))  # int(0): the cheapest C call
 
 
 def _bare(path: Path) -> tuple[Any, np.ndarray]:
