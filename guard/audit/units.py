@@ -163,12 +163,31 @@ def task_for(env: str) -> Any:
     return _TASKS[env]
 
 
+class _Recurrent:
+    """A recurrent ONNX policy (RSL-RL ``h_in``/``c_in`` state) outside the guard: the state
+    is carried across ticks and zeroed at every episode start."""
+
+    def __init__(self, path: str) -> None:
+        from tailguard.runtime.policy import OnnxPolicy
+
+        self.policy = OnnxPolicy(path)
+
+    def __call__(self, obs: np.ndarray, obs_time_ns: int) -> np.ndarray:
+        return self.policy(obs)[0]
+
+    def reset(self) -> None:
+        self.policy.reset_state()
+
+
 def _session(policy: str) -> Any:
-    """One plain onnxruntime session per policy file per process (stateless between calls)."""
+    """One plain onnxruntime session per policy file per process (feed-forward policies are
+    stateless between calls; recurrent ones are reset per episode)."""
     from tailguard.firmware_sim.controllers import OnnxController
 
     if policy not in _SESSIONS:
-        _SESSIONS[policy] = OnnxController(policy)
+        plain = OnnxController(policy)
+        recurrent = len(plain.session.get_inputs()) > 1
+        _SESSIONS[policy] = _Recurrent(policy) if recurrent else plain
     return _SESSIONS[policy]
 
 

@@ -162,3 +162,32 @@ def test_envelope_for_another_policy_or_period_is_refused(
     save_envelope(moved, path)
     with pytest.raises(EnvelopeError, match="10000000 differs"):
         certify(other, path, ENV, episodes=2)
+
+
+def test_measured_profiles_are_placed_and_judged(
+    plant_policy: Path, plant_envelope: Path, plant_fallback: Path, tmp_path: Path
+) -> None:
+    """A measured trace inside the envelope (5 ms) is judged like an in-envelope profile; one
+    outside it (18 ms, beyond the plant's 13.3 ms margin) must be detected and helped."""
+    inside = tmp_path / "fast.json"
+    inside.write_text(json.dumps({"trace_ns": [5_000_000] * 50}))
+    outside = tmp_path / "slow.json"
+    outside.write_text(json.dumps({"trace_ns": [18_000_000] * 50}))
+    r = certify(
+        plant_policy,
+        plant_envelope,
+        ENV,
+        fallback=str(plant_fallback),
+        episodes=3,
+        n_resamples=500,
+        profiles=[str(inside), str(outside)],
+    )
+    assert r.placement["measured/fast.json"] == "inside"
+    assert r.placement["measured/slow.json#1"] == "outside"
+    by_cond: dict[str, list[Check]] = {}
+    for c in r.checks:
+        by_cond.setdefault(c.condition, []).append(c)
+    assert all(c.name == "measured" for c in by_cond["measured/fast.json"])
+    assert {c.status for c in by_cond["measured/fast.json"]} == {"pass"}
+    detect, better = by_cond["measured/slow.json#1"]
+    assert detect.status == "pass" and better.status == "pass"

@@ -246,3 +246,26 @@ def test_whole_step_gymnasium_env_is_audited_and_says_so(tmp_path: Path) -> None
     summary = r.summary()
     assert "WHOLE-STEP" in summary["task"]["resolution_note"]
     assert "whole-step" in audit_markdown(summary)
+
+
+def test_recurrent_policy_state_is_carried_and_reset(tmp_path: Path) -> None:
+    """A recurrent ONNX policy (GRU, RSL-RL state names) is audited with its state carried
+    across ticks and zeroed per episode: no faults, and repeated episodes are identical."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tg_models import build_recurrent
+
+    from tailguard.audit.conditions import NOMINAL, Condition
+
+    policy = build_recurrent(tmp_path / "gru.onnx", "GRU", obs_size=1, hidden=4, action_size=1)
+    conds = [NOMINAL, Condition(name="late", dimension="custom", latency="fixed:ms=5")]
+    kw = dict(episodes=3, n_resamples=200, conditions=conds, derive=False)
+    apart = run_audit(policy, ENV, block=1, **kw)  # type: ignore[arg-type]
+    together = run_audit(policy, ENV, block=3, **kw)  # type: ignore[arg-type]
+    assert apart.conditions[0].faults == 0
+    # An episode after another in the same unit equals one run alone: state is reset.
+    for a, b in zip(apart.conditions, together.conditions, strict=True):
+        assert a.returns.tolist() == b.returns.tolist()
+        assert [e.max_norm_daction for e in a.episodes] == [e.max_norm_daction for e in b.episodes]
+    assert apart.conditions[0].episodes[0].max_norm_daction > 0
