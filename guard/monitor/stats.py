@@ -13,13 +13,18 @@ import numpy as np
 
 from tailguard.protocol.telemetry_wire import HIST_DIGITS, HIST_MAX_NS, decode_message
 from tailguard.runtime.state import GuardState
+from tailguard.runtime.tick_ring import STATE_CODES
 from tailguard.stats.histogram import LogLinearHistogram
 from tailguard.stats.percentile import percentiles
 
 __all__ = ["MonitorState", "PERCENTILES"]
 
 PERCENTILES = (50.0, 99.0, 99.9)
-_STATES = [s.value for s in GuardState]
+# State names by wire code, from the runtime's explicit table (never from Enum order); the
+# codes are dense from 0, so a gap fails here at import.
+_STATES = [""] * len(STATE_CODES)
+for _state, _code in STATE_CODES.items():
+    _STATES[_code] = _state.value
 _NS_PER_S = 1_000_000_000
 _MAX_WINDOW_TICKS = 200_000  # bounds the window's memory whatever the tick rate
 _MAX_REASONS = 32
