@@ -19,7 +19,8 @@ nearest-rank percentile (``tailguard.stats.percentile``):
 - ``obs_age_max_ns``: the largest observation age seen in the tolerated set.
 - ``max_consecutive_overruns``: one more than the longest run of overrun ticks (latency
   above the period) in the tolerated set.
-- ``actions.max_delta``: 1.5 x the largest per-element |a_t - a_{t-1}| in the tolerated set.
+- ``actions.max_delta``: 1.5 x the largest per-element |a_t - a_{t-1}| in the tolerated set
+  (at least the bound range for a policy whose outputs saturate the env's bounds).
 
 Responses are the guard's defaults (``action_bounds`` is logged instead of clipped when the
 policy's outputs routinely leave the bounds the env clamps to anyway): hold on a single late
@@ -218,22 +219,28 @@ def derive_envelope(
     streak = max((e.max_overrun_streak for r in keep for e in r.episodes), default=0)
     overruns = streak + 1
     record["max_consecutive_overruns"] = overruns
-    deltas = [e.max_abs_daction for r in keep for e in r.episodes if e.max_abs_daction.size]
-    max_delta = None
-    if deltas:
-        per = np.max(np.stack(deltas), axis=0) * ACTION_MARGIN
-        max_delta = [float(max(v, 1e-3)) for v in per]
-        record["action_max_delta"] = max_delta
     oob = sum(e.out_of_bounds_ticks for r in keep for e in r.episodes)
     ticks = sum(e.length for r in keep for e in r.episodes)
+    saturating = bool(ticks and oob / ticks > 0.001)
     responses: dict[str, str] = {}
-    if ticks and oob / ticks > 0.001:
+    if saturating:
         responses["action_bounds"] = "log"
         notes.append(
             f"the policy's outputs leave the action bounds on {oob / ticks:.1%} of tolerated "
             "ticks (the env clamps them): action_bounds is logged, not clipped, so clamping "
             "the env does anyway is not counted as an intervention"
         )
+    deltas = [e.max_abs_daction for r in keep for e in r.episodes if e.max_abs_daction.size]
+    max_delta = None
+    if deltas:
+        per = np.max(np.stack(deltas), axis=0) * ACTION_MARGIN
+        if saturating and action_low is not None and action_high is not None:
+            # A saturating policy's raw outputs jump further than the env can follow; a
+            # limit below the full bound range would clip moves the env makes anyway.
+            span = np.asarray(action_high, np.float64) - np.asarray(action_low, np.float64)
+            per = np.where(np.isfinite(span), np.maximum(per, span), per)
+        max_delta = [float(max(v, 1e-3)) for v in per]
+        record["action_max_delta"] = max_delta
     record["notes"] = notes
     finite = (
         action_low is not None
