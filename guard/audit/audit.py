@@ -252,6 +252,7 @@ def run_audit(
     workdir: str | Path | None = None,
     vecnormalize: str | Path | None = None,
     derive: bool = True,
+    frontier: bool = False,
     progress: ProgressFn | None = None,
 ) -> AuditResult:
     """Run the timing audit of a policy.
@@ -275,6 +276,7 @@ def run_audit(
         workdir: where an exported checkpoint's ONNX file goes (default: a temp dir).
         vecnormalize: SB3 VecNormalize statistics.
         derive: derive the envelope.
+        frontier: add the constant latency x jitter grid (the tolerated (L, J) frontier).
         progress: called with (episodes done, episodes total).
 
     Raises:
@@ -282,7 +284,12 @@ def run_audit(
     """
     from tailguard import __version__
     from tailguard.audit.policy_input import resolve_policy
-    from tailguard.audit.sweep import build_sweep, load_sweep_file, measured
+    from tailguard.audit.sweep import (
+        build_sweep,
+        frontier_conditions,
+        load_sweep_file,
+        measured,
+    )
 
     started = time.perf_counter()
     if episodes < 2:
@@ -307,6 +314,8 @@ def run_audit(
         if sweep_file is not None:
             file_cfg = load_sweep_file(sweep_file, info.period_ns)
         extra = list(file_cfg["extra"]) + [measured(p, i) for i, p in enumerate(profiles)]
+        if frontier:
+            extra += frontier_conditions(info.period_ns)
         conds = build_sweep(
             info.period_ns,
             quick=quick,

@@ -104,9 +104,41 @@ def _tolerated_set(
             b = info["tolerated_level"]
             if b is not None and upto.index(c.name) <= upto.index(b):
                 keep.append(r)
-        elif r.rating is not None and r.rating.tolerated:
+        elif c.dimension != "frontier" and r.rating is not None and r.rating.tolerated:
             keep.append(r)
     return keep
+
+
+def frontier(results: Sequence[ConditionResult]) -> dict[str, Any] | None:
+    """The tolerated (L, J) frontier: per constant latency L, the largest extra jitter J
+    whose condition and every smaller J at that L are tolerated (None: nothing tolerated).
+    """
+    grid: dict[float, list[tuple[float, bool, str]]] = {}
+    for r in results:
+        if r.condition.dimension != "frontier":
+            continue
+        name = r.condition.name.split("/", 1)[1]
+        lat_s, jit_s = name[1:].split("_J")
+        ok = bool(r.rating is not None and r.rating.tolerated)
+        rating = r.rating.rating.value if r.rating is not None else "n/a"
+        grid.setdefault(float(lat_s), []).append((float(jit_s), ok, rating))
+    if not grid:
+        return None
+    rows = []
+    for lat in sorted(grid):
+        best = None
+        for jit, ok, _ in sorted(grid[lat]):
+            if not ok:
+                break
+            best = jit
+        rows.append(
+            {
+                "L": lat,
+                "max_J": best,
+                "cells": [{"J": j, "tolerated": ok, "rating": g} for j, ok, g in sorted(grid[lat])],
+            }
+        )
+    return {"unit": "fraction of the period", "rows": rows}
 
 
 def _window_max(series: list[np.ndarray], window: int) -> dict[str, int] | None:
@@ -180,6 +212,7 @@ def derive_envelope(
     notes: list[str] = []
     record: dict[str, Any] = {
         "dimensions": bounds,
+        "frontier": frontier(results),
         "tolerated_conditions": [r.condition.name for r in keep],
         "window_ticks": window,
     }

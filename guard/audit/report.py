@@ -136,6 +136,39 @@ def _latency_cdf(result: Any, summary: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def _frontier_plot(summary: dict[str, Any]) -> str:
+    front = (summary.get("derivation") or {}).get("frontier")
+    if not front:
+        return ""
+    plt = _plt()
+    colors = {
+        "PASS": "#2a2",
+        "MILD": "#9b2",
+        "DEGRADED": "#e90",
+        "FAIL": "#d22",
+        "INCONCLUSIVE": "#88c",
+    }
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in front["rows"]:
+        for cell in row["cells"]:
+            ax.scatter(
+                row["L"],
+                cell["J"],
+                s=120,
+                color=colors.get(cell["rating"], "#999"),
+                marker="o" if cell["tolerated"] else "x",
+            )
+    xs = [r["L"] for r in front["rows"] if r["max_J"] is not None]
+    ys = [r["max_J"] for r in front["rows"] if r["max_J"] is not None]
+    if xs:
+        ax.step(xs, ys, where="mid", color="k", lw=1.2, label="tolerated frontier")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("constant latency L, fraction of P")
+    ax.set_ylabel("extra jitter J, fraction of P")
+    ax.set_title("jitter margin: o tolerated, x not", fontsize=9)
+    return "<h2>Latency x jitter frontier</h2>" + _png(fig)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -214,6 +247,7 @@ def audit_html(result: Any, summary: dict[str, Any]) -> str:
         _ecdf_plots(summary),
         "<h2>Latency against the envelope</h2>",
         _latency_cdf(result, summary),
+        _frontier_plot(summary),
         "<h2>Derivation</h2><pre>"
         + html.escape(json.dumps(summary["derivation"], indent=1))
         + "</pre>",

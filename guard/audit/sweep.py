@@ -30,7 +30,16 @@ from typing import Any
 from tailguard.audit.conditions import NOMINAL, Condition
 from tailguard.errors import ConfigError
 
-__all__ = ["DIMENSIONS", "QUICK", "Dimension", "build_sweep", "load_sweep_file", "measured"]
+__all__ = [
+    "DIMENSIONS",
+    "FRONTIER",
+    "QUICK",
+    "Dimension",
+    "build_sweep",
+    "frontier_conditions",
+    "load_sweep_file",
+    "measured",
+]
 
 _MAX_SWEEP_BYTES = 1 << 20
 _MAX_CONDITIONS = 500
@@ -172,6 +181,36 @@ QUICK: dict[str, tuple[float, ...]] = {
     "obs_age": (0.5,),
     "drops": (0.05,),
 }
+
+
+#: ``--frontier``: constant latency L x extra time-varying latency J, fractions of P.
+FRONTIER = {"L": (0.0, 0.25, 0.5, 0.75), "J": (0.125, 0.25, 0.5, 1.0)}
+
+
+def frontier_conditions(
+    period_ns: int,
+    latencies: Sequence[float] = FRONTIER["L"],
+    jitters: Sequence[float] = FRONTIER["J"],
+) -> list[Condition]:
+    """The (L, J) grid of the jitter margin: latency uniform on [L, L + J] (fractions of P).
+
+    Dimension ``frontier``: reported as the tolerated frontier, not used for thresholds.
+    """
+    out = []
+    for i, lat in enumerate(latencies):
+        for j, jit in enumerate(jitters):
+            lo, hi = round(lat * period_ns), round((lat + jit) * period_ns)
+            out.append(
+                Condition(
+                    name=f"frontier/L{lat:g}_J{jit:g}",
+                    dimension="frontier",
+                    level=i * len(jitters) + j,
+                    severity=float(lat + jit),
+                    latency=f"uniform:lo_ns={lo},hi_ns={hi}",
+                    label=f"latency uniform on [{lat:g}, {lat + jit:g}] P",
+                )
+            )
+    return out
 
 
 def _level_name(dim: str, value: float) -> str:

@@ -100,6 +100,11 @@ def register(subparsers: Any) -> None:
         p.add_argument("--seed", type=ca.seed(), default=0, help="episode i resets with S+i")
         p.add_argument("--quick", action="store_true", help="a smoke sweep")
         p.add_argument(
+            "--frontier",
+            action="store_true",
+            help="also sweep constant latency L x jitter J: the tolerated frontier",
+        )
+        p.add_argument(
             "--sweep",
             type=ca.input_file,
             default=None,
@@ -210,6 +215,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             return_offset=args.return_offset,
             workdir=args.out,
             vecnormalize=args.vecnormalize,
+            frontier=args.frontier,
             progress=progress,
         )
     if args.fallback:

@@ -191,3 +191,21 @@ def test_timing_summary_uses_the_guard_percentile(plant_audit: Any) -> None:
     lat = np.concatenate([e.latency_ns for e in c.episodes])
     assert c.timing["latency"]["p99_ns"] == percentile(lat, 99)
     assert c.timing["delay_steps"]["d_p99"] == -(-percentile(lat, 99) // PERIOD_NS)
+
+
+def test_latency_jitter_frontier(plant_policy: Path) -> None:
+    """The (L, J) grid: latency uniform on [L, L + J] P. Every cell that never exceeds the
+    plant's margin (L + J <= 0.625) is tolerated, a cell whose mean latency is beyond it
+    (L = 0.5, J = 0.5) is not, the frontier's J shrinks as L grows, and frontier cells do not
+    move the envelope's thresholds."""
+    from tailguard.audit.sweep import frontier_conditions
+
+    conds = [NOMINAL, *frontier_conditions(PERIOD_NS, (0.0, 0.25, 0.5), (0.125, 0.25, 0.5))]
+    r = run_audit(plant_policy, ENV, episodes=4, conditions=conds, n_resamples=300)
+    front = r.derivation["frontier"]
+    cells = {(row["L"], c["J"]): c["tolerated"] for row in front["rows"] for c in row["cells"]}
+    assert all(ok for (lat, jit), ok in cells.items() if lat + jit <= 0.625)
+    assert not cells[(0.5, 0.5)]
+    max_j = [row["max_J"] or 0.0 for row in front["rows"]]
+    assert max_j == sorted(max_j, reverse=True)
+    assert r.envelope.timing.latency.p50_ns is None  # only the frontier was swept
