@@ -345,3 +345,20 @@ def test_inspect_prints_the_producer_version(tmp_path: Path) -> None:
     text = format_inspection(inspect_policy(path, ticks=20))
     assert "producer pytorch 2.5.1\n" in text
     assert "9223372036854775807" not in text
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=40).map(lambda b: mlp_bytes((3, 2))[: len(b) * 3] + b),
+    )
+)
+def test_header_reader_parses_or_raises_its_own_error(data: bytes) -> None:
+    """Any bytes either parse as a ModelProto header or raise PolicyLoadError, nothing else
+    (random bytes, and truncated or extended real models)."""
+    try:
+        header = proto.model_header(data)
+    except PolicyLoadError:
+        return
+    assert isinstance(header.opsets, dict) and isinstance(header.producer_name, str)
