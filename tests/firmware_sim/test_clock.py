@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tailguard.errors import ConfigError
 from tailguard.firmware_sim.clock import SimClock
 
 
@@ -19,8 +20,9 @@ def test_clock_advances_and_sets() -> None:
     "move", [lambda c: c.advance(-1), lambda c: c.set(99), lambda c: SimClock(-1)]
 )
 def test_clock_never_goes_backwards(move) -> None:
-    """Any attempt to move the clock backwards (or start below 0) raises ValueError."""
+    """Any attempt to move the clock backwards (or start below 0) raises ConfigError (a
+    ValueError)."""
     c = SimClock(100)
-    with pytest.raises(ValueError, match=r"backwards|>= 0"):
+    with pytest.raises(ConfigError, match=r"backwards|>= 0"):
         move(c)
     assert c() == 100
