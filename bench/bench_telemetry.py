@@ -39,7 +39,7 @@ class _NullPolicy(_CheckedPolicy):
 
     def __init__(self, obs_size: int, action_size: int) -> None:
         self._init_buffers(obs_size, action_size)
-        self._run_fn, self._run_args = int, (0, 1)
+        self._set_run(int, (0, 1))
 
 
 def _envelope(period_ns: int = 10**9) -> Envelope:
