@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.envelope.model import Envelope
+from tailguard.errors import ConfigError
 from tailguard.firmware_sim.clock import SimClock
 from tailguard.firmware_sim.controllers import SimulatedInference
 from tailguard.runtime.guard import Fallback, Guard
@@ -56,7 +57,7 @@ class GuardedInference(SimulatedInference):
     def __init__(self, clock: SimClock, deadline_ns: int | None = None) -> None:
         super().__init__(clock)
         if deadline_ns is not None and deadline_ns <= 0:
-            raise ValueError(f"deadline_ns must be positive, got {deadline_ns}")
+            raise ConfigError(f"deadline_ns must be positive, got {deadline_ns}")
         self.deadline_ns = deadline_ns
         self._busy_until_ns = -1
         self._release_ns: int | None = None

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tailguard.errors import EnvelopeError, TailguardError
+from tailguard.envelope.period import require_period
+from tailguard.errors import TailguardError
 from tailguard.firmware_sim.controllers import Controller
 from tailguard.firmware_sim.loop import EpisodeResult, SimLoop
 from tailguard.firmware_sim.profile_spec import parse_profile
@@ -136,12 +137,9 @@ def build_guarded(
     else:
         envelope = load_envelope(spec.envelope)
         info["envelope"] = {"source": "file", "path": spec.envelope}
-        if envelope.timing.period_ns != task.period_ns:
-            raise EnvelopeError(
-                f"the envelope's period_ns {envelope.timing.period_ns} differs from the env's "
-                f"control period {task.period_ns} ns; use an envelope written for this env",
-                spec.envelope,
-            )
+        require_period(
+            envelope, task.period_ns, where="the env's control period", path=spec.envelope
+        )
     fallback: Any
     if spec.fallback in ("hold", "zero"):
         fallback = spec.fallback

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import array
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tailguard.runtime.guard import Guard
 from tailguard.runtime.pacer import STOPPED, Pacer
 from tailguard.runtime.policy import _CheckedPolicy
 from tailguard.stats.histogram import LogLinearHistogram
+from tailguard.stats.percentile import percentiles
 
 __all__ = ["CHUNK", "MAX_TICKS", "LoopResult", "measure_bench_cost", "run_guarded_loop"]
 
@@ -158,9 +158,10 @@ def measure_bench_cost(
         bare = clock() - t
         diffs.append((measured - bare) / per_block)
     diffs.sort()
+    q = percentiles(diffs, (50.0, 90.0))  # the one nearest-rank definition
     return {
-        "median_ns": round(statistics.median(diffs), 1),
-        "p90_ns": round(diffs[int(0.9 * (len(diffs) - 1))], 1),
+        "median_ns": round(q[50.0], 1),
+        "p90_ns": round(q[90.0], 1),
         "max_ns": round(diffs[-1], 1),
         "blocks": blocks,
         "ticks_per_block": per_block,
@@ -313,8 +314,8 @@ def run_guarded_loop(
     if isinstance(n_ticks, bool) or not isinstance(n_ticks, int) or not 1 <= n_ticks <= MAX_TICKS:
         raise ConfigError(f"n_ticks must be an integer in 1..{MAX_TICKS}, got {n_ticks!r}")
     cell = [0]
-    # The guard binds policy._run_fn when it is built: wrap it first.
-    policy._run_fn = _timed_run(policy._run_fn, clock, cell)  # type: ignore[attr-defined]
+    # The guard binds the policy's run function when it is built: wrap it first.
+    policy.set_inference_wrapper(lambda run: _timed_run(run, clock, cell))
     guard = Guard(policy, envelope, clock=clock)
     pacer = Pacer(rate_hz, spin_ns=spin_ns, clock=clock, sleep=sleep, should_stop=should_stop)
     period_ns = pacer.period_ns

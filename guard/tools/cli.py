@@ -153,15 +153,14 @@ def _cmd_envelope_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_envelope_check(args: argparse.Namespace) -> int:
-    from tailguard.envelope.model import check_envelope_file, load_envelope
+    from tailguard.envelope.json_io import read_envelope_file
 
-    problems = check_envelope_file(args.file)
+    env, problems = read_envelope_file(args.file)  # read and parsed once, size-bounded
     for p in problems:
         print(f"{args.file}: {p}")
-    if problems:
+    if problems or env is None:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    env = load_envelope(args.file)
     if args.policy is not None:
         from tailguard.runtime.guard import Guard
         from tailguard.runtime.policy import OnnxPolicy

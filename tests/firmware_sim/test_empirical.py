@@ -116,7 +116,7 @@ def _bomb_text(inflated_bytes: int, declared_len: int = 0) -> str:
 
 _RSS_CHILD = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from tailguard.errors import ProfileError
     from tailguard.firmware_sim.profile_spec import parse_profile
     try:
@@ -125,7 +125,9 @@ _RSS_CHILD = textwrap.dedent(
         print("refused:", exc)
     else:
         print("accepted")
-    print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM is this process's own peak; ru_maxrss keeps the parent's across fork+exec.
+    status = open("/proc/self/status").read().splitlines()
+    print("maxrss_kb", next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")))
     """
 )
 
