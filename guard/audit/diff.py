@@ -94,7 +94,7 @@ def diff_summaries(
     nb = np.asarray(before["conditions"][0]["returns"]) - offset_b
     na = np.asarray(after["conditions"][0]["returns"]) - offset_a
     by_name_b = {c["condition"]["name"]: c for c in before["conditions"][1:]}
-    rows = []
+    rows: list[dict[str, Any]] = []
     alpha = float(before["bootstrap"].get("alpha", 0.05))
     for c in after["conditions"][1:]:
         name = c["condition"]["name"]

@@ -96,6 +96,8 @@ class GymStepTask:
         spec = getattr(env, "spec", None)
         self.max_episode_steps = int(getattr(spec, "max_episode_steps", None) or 1000)
         space = env.action_space
+        self._discrete: int | None
+        self.action_dtype: Any
         if isinstance(space, gym.spaces.Discrete):
             self._discrete = int(space.start)
             self.nu = int(space.n)
