@@ -254,6 +254,7 @@ def run_audit(
     derive: bool = True,
     frontier: bool = False,
     progress: ProgressFn | None = None,
+    while_waiting: Callable[[], None] | None = None,
 ) -> AuditResult:
     """Run the timing audit of a policy.
 
@@ -278,6 +279,7 @@ def run_audit(
         derive: derive the envelope.
         frontier: add the constant latency x jitter grid (the tolerated (L, J) frontier).
         progress: called with (episodes done, episodes total).
+        while_waiting: work for this process while a process pool runs the units.
 
     Raises:
         ConfigError, TailguardError: bad inputs, before any episode runs.
@@ -329,7 +331,7 @@ def run_audit(
             raise ConfigError("an explicit condition list must start with the nominal condition")
     target = Target(env=env, policy=str(resolved.onnx_path), seed=seed)
     units = make_units(target, conds, episodes, block)
-    runner = executor if executor is not None else make_executor(workers)
+    runner = executor if executor is not None else make_executor(workers, while_waiting)
     total = len(conds) * episodes
     done = [0]
 

@@ -53,10 +53,13 @@ class ProcessExecutor:
     own loop and policy session, so nothing is shared after the fork) and spawned elsewhere.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, while_waiting: Callable[[], None] | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.workers = workers
+        # Work for this (otherwise idle) process once every unit is submitted, e.g. importing
+        # the report's plotting library; it runs after the workers are forked.
+        self.while_waiting = while_waiting
 
     def run(self, units: Sequence[WorkUnit], on_result: OnResult | None = None) -> list[UnitResult]:
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -66,6 +69,8 @@ class ProcessExecutor:
         results: dict[int, UnitResult] = {}
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
             futures = {pool.submit(run_unit, u): i for i, u in enumerate(units)}
+            if self.while_waiting is not None:
+                self.while_waiting()
             for fut in as_completed(futures):
                 result = fut.result()
                 results[futures[fut]] = result
@@ -96,6 +101,9 @@ def parse_workers(value: str | int) -> int:
     return n
 
 
-def make_executor(workers: int) -> LocalExecutor | ProcessExecutor:
-    """In-process for one worker, a process pool otherwise."""
-    return LocalExecutor() if workers <= 1 else ProcessExecutor(workers)
+def make_executor(
+    workers: int, while_waiting: Callable[[], None] | None = None
+) -> LocalExecutor | ProcessExecutor:
+    """In-process for one worker, a process pool otherwise (``while_waiting``: see
+    :class:`ProcessExecutor`; ignored in-process)."""
+    return LocalExecutor() if workers <= 1 else ProcessExecutor(workers, while_waiting)

@@ -29,6 +29,11 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
 """
 
 
+def preload() -> None:
+    """Import the plotting library now (e.g. while worker processes run the episodes)."""
+    _plt()
+
+
 def _plt() -> Any:
     import matplotlib
 

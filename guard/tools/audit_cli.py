@@ -190,6 +190,12 @@ def _workers(text: str) -> int:
         raise ca.UsageError(str(exc)) from None
 
 
+def _preload_plots() -> None:
+    from tailguard.audit.report import preload
+
+    preload()
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from tailguard.audit.audit import run_audit
     from tailguard.audit.outputs import write_audit
@@ -217,6 +223,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             vecnormalize=args.vecnormalize,
             frontier=args.frontier,
             progress=progress,
+            while_waiting=None if args.no_html else _preload_plots,
         )
     if args.fallback:
         result.derivation["fallback"] = str(args.fallback)
