@@ -318,7 +318,7 @@ def in_envelope(result: ConditionResult, env: Any) -> bool:
     if t.obs_age_max_ns is not None and tim["obs_age"]["max_ns"] > t.obs_age_max_ns:
         return False
     limit = t.max_consecutive_overruns
-    return limit is None or tim["max_overrun_streak"] < limit
+    return limit is None or tim["max_overrun_streak"] <= limit
 
 
 def _onset_and_detection(e: Any, env: Any) -> tuple[int | None, int | None]:

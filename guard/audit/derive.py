@@ -17,8 +17,9 @@ nearest-rank percentile (``tailguard.stats.percentile``):
   fills a window. ``max_ns``: the largest single tick. (A quantity whose dimension was not
   swept is left unchecked and the note says so.)
 - ``obs_age_max_ns``: the largest observation age seen in the tolerated set.
-- ``max_consecutive_overruns``: one more than the longest run of overrun ticks (latency
-  above the period) in the tolerated set.
+- ``max_consecutive_overruns``: the longest run of overrun ticks (latency above the period)
+  in the tolerated set: that many are allowed, one more trips the guard (at least 1, the
+  smallest value an envelope holds, even when no overrun was tolerated).
 - ``actions.max_delta``: 1.5 x the largest per-element |a_t - a_{t-1}| in the tolerated set
   (at least the bound range for a policy whose outputs saturate the env's bounds).
 
@@ -250,7 +251,7 @@ def derive_envelope(
     else:
         notes.append("obs_age not swept: observation-age check left disabled")
     streak = max((e.max_overrun_streak for r in keep for e in r.episodes), default=0)
-    overruns = streak + 1
+    overruns = max(1, streak)
     record["max_consecutive_overruns"] = overruns
     oob = sum(e.out_of_bounds_ticks for r in keep for e in r.episodes)
     ticks = sum(e.length for r in keep for e in r.episodes)

@@ -209,3 +209,16 @@ def test_latency_jitter_frontier(plant_policy: Path) -> None:
     max_j = [row["max_J"] or 0.0 for row in front["rows"]]
     assert max_j == sorted(max_j, reverse=True)
     assert r.envelope.timing.latency.p50_ns is None  # only the frontier was swept
+
+
+def test_overrun_limit_allows_the_tolerated_miss_pattern(plant_policy: Path) -> None:
+    """max_consecutive_overruns is the longest overrun run of the tolerated set (the guard
+    allows that many and trips on one more), so a tolerated miss pattern never trips it."""
+    conds = build_sweep(
+        PERIOD_NS, dimensions=["deadline_misses"], levels={"deadline_misses": [0.01, 0.1]}
+    )
+    r = run_audit(plant_policy, ENV, episodes=3, conditions=conds, n_resamples=300)
+    kept = set(r.derivation["tolerated_conditions"])
+    streaks = [c.timing["max_overrun_streak"] for c in r.conditions if c.condition.name in kept]
+    assert r.envelope.timing.max_consecutive_overruns == max(1, *streaks)
+    assert "deadline_misses/1in100" in kept  # one miss in 100 ticks is harmless here
