@@ -121,7 +121,9 @@ def _drop_bursts(v: float, p: int) -> dict[str, Any]:
 def _misses(v: float, p: int) -> dict[str, Any]:
     m, k = _miss_pattern(v)
     return {
-        "latency": f"spikes:every={k},len={m},ns={_ns(1.5, p)}",
+        # The first burst half a pattern in: a miss on the very first tick (the command held
+        # before it is the initial zero) is a start-up transient, not the pattern.
+        "latency": f"spikes:every={k},len={m},ns={_ns(1.5, p)},phase={k // 2}",
         "miss_pattern": (m, k),
         "label": f"deadline misses: {m} in a row every {k} ticks (1.5 P latency)",
     }

@@ -40,7 +40,7 @@ def test_ladder_values_are_fractions_of_the_period() -> None:
     assert by_name["rate_change/2"].dt == "fixed:ns=16000000"
     miss = by_name["deadline_misses/2in20"]
     assert miss.miss_pattern == (2, 20)
-    assert miss.latency == "spikes:every=20,len=2,ns=12000000"
+    assert miss.latency == "spikes:every=20,len=2,ns=12000000,phase=10"
 
 
 def test_quick_sweep_is_small() -> None:
