@@ -32,10 +32,10 @@ inputs and seed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +63,14 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--policy", required=True, help="ONNX policy file (input obs -> actions)")
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="ONNX policy, RSL-RL .pt or SB3 .zip (checkpoints are exported with a parity check)",
+    )
+    p.add_argument(
+        "--vecnormalize", help="SB3 VecNormalize statistics to fold in (with an SB3 .zip only)"
+    )
     p.add_argument(
         "--env", required=True, help="gymnasium MuJoCo env id (Hopper-v5) or mjcf:ant / mjcf:PATH"
     )
@@ -106,14 +113,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(handler=run_replay_command, func=run_replay_command)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _table(results: list[Any], out: TextIO) -> None:
@@ -175,6 +174,11 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
             drop_prob=args.drop_prob,
             drop_burst=args.drop_burst,
         )
+        from tailguard.adapters.resolve import resolve_policy
+
+        exported = tempfile.TemporaryDirectory(prefix="tailguard-replay-")
+        resolved = resolve_policy(args.policy, exported.name, vecnormalize=args.vecnormalize)
+        args.policy = str(resolved.onnx_path)
         task = make_task(args.env)
         controller: Controller
         guard_info: dict[str, Any] | None = None
@@ -205,7 +209,7 @@ def run_replay_command(args: argparse.Namespace, out: TextIO | None = None) -> i
         "schema": SCHEMA,
         "env": args.env,
         "task": task.describe() if hasattr(task, "describe") else None,
-        "policy": {"path": str(args.policy), "sha256": _sha256(Path(args.policy))},
+        "policy": {"path": str(args.policy), "sha256": resolved.sha256, "source": resolved.source},
         "timing": timing.to_dict(),
         "guard": guard_info,
         "seed": args.seed,

@@ -285,7 +285,7 @@ def run_audit(
         ConfigError, TailguardError: bad inputs, before any episode runs.
     """
     from tailguard import __version__
-    from tailguard.audit.policy_input import resolve_policy
+    from tailguard.adapters.resolve import resolve_policy
     from tailguard.audit.sweep import (
         build_sweep,
         frontier_conditions,

@@ -389,7 +389,7 @@ def certify(
         EnvelopeError: unreadable envelope, or written for another control period.
         ConfigError: bad inputs.
     """
-    from tailguard.audit.policy_input import resolve_policy
+    from tailguard.adapters.resolve import resolve_policy
     from tailguard.audit.sweep import measured
     from tailguard.envelope.model import load_envelope
 

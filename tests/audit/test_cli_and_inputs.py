@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tailguard.adapters.resolve import resolve_policy
 from tailguard.audit.audit import run_audit
-from tailguard.audit.policy_input import resolve_policy
 from tailguard.errors import CheckpointError, ConfigError
 from tailguard.tools.cli import main as cli_main
 

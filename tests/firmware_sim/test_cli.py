@@ -160,3 +160,45 @@ def test_replay_missing_policy_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     code, _ = _run(["replay", "--policy", str(tmp_path / "x.onnx"), "--env", "Hopper-v5",
                     "--no-guard"])  # fmt: skip
     assert code == 1 and "x.onnx" in capsys.readouterr().err
+
+
+def test_replay_takes_an_sb3_checkpoint(tmp_path: Path) -> None:
+    """`replay --policy model.zip` exports the SB3 model (parity checked) and replays it; the
+    JSON names the source checkpoint and the exported ONNX file's hash."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = sb3.PPO("MlpPolicy", "Hopper-v5", n_steps=64, batch_size=64, device="cpu", seed=0)
+    model.save(tmp_path / "model.zip")
+    out = tmp_path / "r.json"
+    code, _ = _run(
+        [
+            "replay",
+            "--policy",
+            str(tmp_path / "model.zip"),
+            "--env",
+            "Hopper-v5",
+            "--episodes",
+            "1",
+            "--no-guard",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["policy"]["source"]["format"] == "sb3"
+    assert doc["policy"]["source"]["parity"]["passed"] is True
+    assert len(doc["policy"]["sha256"]) == 64 and doc["episodes"][0]["length"] > 0
+
+
+def test_replay_refuses_an_unknown_checkpoint_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy file that is neither ONNX, .pt nor .zip is refused (exit 1), never loaded."""
+    bogus = tmp_path / "policy.bin"
+    bogus.write_bytes(b"\0" * 16)
+    code, _ = _run(["replay", "--policy", str(bogus), "--env", "Hopper-v5", "--no-guard"])
+    assert code == 1
+    assert "unrecognised policy format '.bin'" in capsys.readouterr().err

@@ -6,7 +6,8 @@
 - ``.zip``: a Stable-Baselines3 model (PPO, A2C, SAC, TD3), optionally with its
   ``VecNormalize`` statistics folded in, exported with the parity check.
 
-Anything else is refused (never silently loads nothing). ``replay`` can reuse this function.
+Anything else is refused (never silently loads nothing). ``replay``, ``audit`` and ``certify``
+all take their ``--policy`` through this function.
 """
 
 from __future__ import annotations
