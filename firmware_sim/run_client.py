@@ -245,7 +245,10 @@ def run_policy(
         TailguardError: policy or envelope unusable (or made for another period), sizes
             differ from the firmware's, or no firmware answered.
     """
-    from tailguard import Guard, OnnxPolicy, Pacer, load_envelope, starter_envelope
+    from tailguard.envelope.model import load_envelope, starter_envelope
+    from tailguard.runtime.guard import Guard
+    from tailguard.runtime.pacer import Pacer
+    from tailguard.runtime.policy import OnnxPolicy
 
     # The same ranges as the `tailguard run` flags, for callers that skip the CLI.
     if duration_s is not None:

@@ -50,6 +50,8 @@ register_sink_factory("telemetry", _telemetry)
 
 __all__ = [
     "CallablePolicy",
+    "certify",
+    "run_audit",
     "Envelope",
     "EnvelopeError",
     "Guard",
@@ -67,3 +69,12 @@ __all__ = [
     "starter_envelope",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The offline audit is heavy (scipy, MuJoCo): loaded on first use, never by the runtime.
+    if name in ("run_audit", "certify"):
+        from tailguard import audit
+
+        return getattr(audit, name)
+    raise AttributeError(f"module 'tailguard' has no attribute '{name}'")
