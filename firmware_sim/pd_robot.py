@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.errors import TailguardError
-from tailguard.firmware_sim.tasks import import_mujoco
+from tailguard.firmware_sim.tasks import import_mujoco, integrate_span, short_step
 
 __all__ = ["PdConfig", "PdRobotTask", "gymnasium_asset"]
 
@@ -285,25 +285,9 @@ class PdRobotTask:
         reset); return the reward. Parts of a physics step at either end run as one step
         shortened to that part (see ``MujocoTask.run_ns``); the servo, evaluated by MuJoCo
         at every step start, so also re-reads the target at a split instant."""
-        m, d, sub = self.model, self.data, self.substep_ns
+        d = self.data
         d.ctrl[:] = self.targets(ctrl)
-        t_ns = start_ns
-        head_ns = min(-t_ns % sub, stop_ns - t_ns)
-        if head_ns:
-            self._short_step(d, head_ns)
-            t_ns = self._after(after_step, t_ns, t_ns + head_ns)
-        n = (stop_ns - t_ns) // sub
-        if n:
-            if after_step is None:
-                self._mj_step(m, d, nstep=n)
-                t_ns += n * sub
-            else:
-                for _ in range(n):
-                    self._mj_step(m, d)
-                    t_ns = self._after(after_step, t_ns, t_ns + sub)
-        if stop_ns > t_ns:
-            self._short_step(d, stop_ns - t_ns)
-            self._after(after_step, t_ns, stop_ns)
+        integrate_span(self, start_ns, stop_ns, after_step)
         self.healthy = healthy = self._is_healthy()
         frac = (stop_ns - start_ns) / self.period_ns
         effort = float(np.sum(np.square(d.actuator_force / self.tau_max)))
@@ -316,14 +300,7 @@ class PdRobotTask:
         return stop_ns
 
     def _short_step(self, data: Any, duration_ns: int) -> None:
-        """One physics step of ``duration_ns`` (< a step): ``model.opt.timestep`` is set for
-        this one ``mj_step`` and restored at once (see ``MujocoTask._short_step``)."""
-        opt = self._opt
-        opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
-        try:
-            self._mj_step(self.model, data)
-        finally:
-            opt.timestep = self._timestep_s
+        short_step(self, data, duration_ns)
 
     def save_state(self) -> np.ndarray:
         """The full integration state (``mjSTATE_INTEGRATION``), a new float64 array."""

@@ -251,28 +251,12 @@ class MujocoTask:
             start_ns, stop_ns: the span, ns, ``start_ns < stop_ns``.
             after_step: called with (step start, step end) ns after each integration step.
         """
-        model, data, sub = self.model, self.data, self.substep_ns
+        data = self.data
         x_before = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
         if ctrl is not self._ctrl_written:
             data.ctrl[:] = ctrl
             self._ctrl_written = ctrl
-        t_ns = start_ns
-        head_ns = min(-t_ns % sub, stop_ns - t_ns)
-        if head_ns:
-            self._short_step(data, head_ns)
-            t_ns = self._after(after_step, t_ns, t_ns + head_ns)
-        n = (stop_ns - t_ns) // sub
-        if n:
-            if after_step is None:
-                self._mj_step(model, data, nstep=n)
-                t_ns += n * sub
-            else:
-                for _ in range(n):
-                    self._mj_step(model, data)
-                    t_ns = self._after(after_step, t_ns, t_ns + sub)
-        if stop_ns > t_ns:
-            self._short_step(data, stop_ns - t_ns)
-            self._after(after_step, t_ns, stop_ns)
+        integrate_span(self, start_ns, stop_ns, after_step)
         return self._segment_reward(ctrl, x_before, (stop_ns - start_ns) / self.period_ns)
 
     def _after(
@@ -285,19 +269,7 @@ class MujocoTask:
         return stop_ns
 
     def _short_step(self, data: Any, duration_ns: int) -> None:
-        """One integration step of ``duration_ns`` (< a substep) on ``data``.
-
-        ``model.opt.timestep`` is set to the shortened length for this one ``mj_step`` and
-        restored at once. Every integrator (Euler, implicit, RK4) reads the timestep at call
-        time and keeps nothing across steps but the state; the constraint solver's warm
-        start (``qacc_warmstart``) is an acceleration, valid whatever the step length.
-        """
-        opt = self._opt
-        opt.timestep = self._timestep_s * (duration_ns / self.substep_ns)
-        try:
-            self._mj_step(self.model, data)
-        finally:
-            opt.timestep = self._timestep_s
+        short_step(self, data, duration_ns)
 
     def _segment_reward(self, ctrl: np.ndarray, x_before: Any, frac: float) -> float:
         """The env's reward terms for a segment that moved x from ``x_before``, ``frac`` of
@@ -398,3 +370,49 @@ class MujocoTask:
     def terminated(self) -> bool:
         """The env's termination rule on the current state."""
         return self._terminate and not self.healthy
+
+
+def short_step(task: Any, data: Any, duration_ns: int) -> None:
+    """One integration step of ``duration_ns`` (< a substep) of ``task``'s model on ``data``.
+
+    ``model.opt.timestep`` is set to the shortened length for this one ``mj_step`` and
+    restored at once. Every integrator (Euler, implicit, RK4) reads the timestep at call time
+    and keeps nothing across steps but the state; the constraint solver's warm start
+    (``qacc_warmstart``) is an acceleration, valid whatever the step length.
+    """
+    opt = task._opt
+    opt.timestep = task._timestep_s * (duration_ns / task.substep_ns)
+    try:
+        task._mj_step(task.model, data)
+    finally:
+        opt.timestep = task._timestep_s
+
+
+def integrate_span(
+    task: Any, start_ns: int, stop_ns: int, after_step: Callable[[int, int], None] | None
+) -> None:
+    """Integrate ``task`` from episode time ``start_ns`` to ``stop_ns`` on its substep grid.
+
+    A part of a substep at either end runs as one step shortened to that part
+    (:func:`short_step`), so every later step boundary stays where the plain env has it.
+    ``after_step(start, stop)`` is called after each integration step (through the task's
+    ``_after``, which may update derived quantities first).
+    """
+    model, data, sub = task.model, task.data, task.substep_ns
+    t_ns = start_ns
+    head_ns = min(-t_ns % sub, stop_ns - t_ns)
+    if head_ns:
+        short_step(task, data, head_ns)
+        t_ns = task._after(after_step, t_ns, t_ns + head_ns)
+    n = (stop_ns - t_ns) // sub
+    if n:
+        if after_step is None:
+            task._mj_step(model, data, nstep=n)
+            t_ns += n * sub
+        else:
+            for _ in range(n):
+                task._mj_step(model, data)
+                t_ns = task._after(after_step, t_ns, t_ns + sub)
+    if stop_ns > t_ns:
+        short_step(task, data, stop_ns - t_ns)
+        task._after(after_step, t_ns, stop_ns)
