@@ -9,56 +9,5 @@ imports from ``tailguard.envelope``.
 
 from __future__ import annotations
 
-from tailguard.envelope.json_io import (
-    MAX_ENVELOPE_BYTES,
-    MAX_NESTING_DEPTH,
-    check_envelope_file,
-    envelope_from_dict,
-    load_envelope,
-    read_envelope_file,
-    save_envelope,
-)
-from tailguard.envelope.period import PERIOD_TOLERANCE_PPM, period_matches, require_period
-from tailguard.envelope.rules import (
-    MAX_WINDOW_TICKS,
-    PROVENANCE_SOURCES,
-    SAFE_ACTIONS,
-    SCHEMA_VERSION,
-)
-from tailguard.envelope.schema import (
-    ActionLimits,
-    Envelope,
-    PolicyBinding,
-    Provenance,
-    Recovery,
-    Thresholds,
-    Timing,
-    Window,
-)
-from tailguard.envelope.starter import starter_envelope
-
-__all__ = [
-    "MAX_ENVELOPE_BYTES",
-    "MAX_NESTING_DEPTH",
-    "MAX_WINDOW_TICKS",
-    "PERIOD_TOLERANCE_PPM",
-    "PROVENANCE_SOURCES",
-    "SAFE_ACTIONS",
-    "SCHEMA_VERSION",
-    "ActionLimits",
-    "Envelope",
-    "PolicyBinding",
-    "Provenance",
-    "Recovery",
-    "Thresholds",
-    "Timing",
-    "Window",
-    "check_envelope_file",
-    "envelope_from_dict",
-    "load_envelope",
-    "period_matches",
-    "read_envelope_file",
-    "require_period",
-    "save_envelope",
-    "starter_envelope",
-]
+from tailguard.envelope import *  # noqa: F403 (the package's public names, one list)
+from tailguard.envelope import __all__ as __all__
