@@ -80,7 +80,10 @@ def run_episode(session: Any, latency: str | None, seed: int) -> float:
     if latency is not None:
         env = ActionLatencyWrapper(env, latency, period_ns=PERIOD_NS, seed=1000 + seed)
     obs, _ = env.reset(seed=seed)  # the wrapper passes the seed on: same initial state
-    low, high = env.action_space.low, env.action_space.high
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise SystemExit(f"evaluate_hopper needs a Box action space, got {space}")
+    low, high = space.low, space.high
     total = 0.0
     done = False
     while not done:

@@ -95,7 +95,7 @@ def train(timesteps: int, seed: int, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     model.learn(total_timesteps=timesteps, progress_bar=False)
     wall_s = time.perf_counter() - start
-    recent = [float(e["r"]) for e in model.ep_info_buffer]
+    recent = [float(e["r"]) for e in (model.ep_info_buffer or ())]
     model.save(artifact(out, ".zip"))
     venv.save(str(artifact(out, ".vecnormalize.pkl")))
     observations = np.load(HERE / "hopper_observations.npy")
