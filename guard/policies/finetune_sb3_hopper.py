@@ -151,8 +151,12 @@ def replay_returns(onnx_path: Path, profile: str, episodes: int) -> list[float]:
         return [float(e["return"]) for e in json.loads(out.read_text())["episodes"]]
 
 
-def finetune(nominal: Path, timesteps: int, seed: int, out: Path) -> dict[str, Any]:
-    """Fine-tune, export, evaluate; returns the record written to ``training.json``."""
+def finetune(
+    nominal: Path, timesteps: int, seed: int, out: Path, init: Path | None = None
+) -> dict[str, Any]:
+    """Fine-tune (from ``init``, default ``nominal``), export, evaluate against ``nominal``;
+    returns the record written to ``PREFIX.training.json``."""
+    start_from = nominal if init is None else init
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
@@ -163,13 +167,13 @@ def finetune(nominal: Path, timesteps: int, seed: int, out: Path) -> dict[str, A
     torch.set_num_threads(1)
     out.parent.mkdir(parents=True, exist_ok=True)
     venv = VecNormalize.load(
-        str(artifact(nominal, ".vecnormalize.pkl")),
+        str(artifact(start_from, ".vecnormalize.pkl")),
         DummyVecEnv([lambda: Monitor(make_latency_env(seed))]),
     )
     venv.training = True
     venv.seed(seed)
     model = PPO.load(
-        artifact(nominal, ".zip"),
+        artifact(start_from, ".zip"),
         env=venv,
         device="cpu",
         custom_objects={"learning_rate": FINETUNE_LEARNING_RATE},
@@ -193,7 +197,8 @@ def finetune(nominal: Path, timesteps: int, seed: int, out: Path) -> dict[str, A
     nominal_tail = replay_returns(artifact(nominal, ".onnx"), LONG_TAIL, episodes)
     record = {
         "env": "Hopper-v5",
-        "fine_tuned_from": str(nominal.name),
+        "fine_tuned_from": str(start_from.name),
+        "compared_with": str(nominal.name),
         "ppo_settings": {**PPO_SETTINGS, "learning_rate": FINETUNE_LEARNING_RATE},
         "training_latencies": [list(x) for x in TRAINING_LATENCIES],
         "seed": seed,
@@ -231,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nominal", type=Path, required=True, help="train_sb3_hopper's output prefix"
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from this fine-tuned policy's prefix instead of the nominal one (a further "
+        "stage; the evaluation still compares against --nominal)",
+    )
     parser.add_argument("--timesteps", type=int, default=800_000, help="environment steps")
     parser.add_argument("--seed", type=int, default=3, help="fine-tuning seed (>= 0)")
     parser.add_argument(
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timesteps <= 0 or args.seed < 0:
         parser.error("--timesteps must be > 0 and --seed >= 0")
-    record = finetune(args.nominal, args.timesteps, args.seed, args.out)
+    record = finetune(args.nominal, args.timesteps, args.seed, args.out, init=args.init)
     print(json.dumps(record["ratios"], indent=2))
     return 0
 
