@@ -14,6 +14,11 @@ one place each:
 - :func:`substeps_for`: a control period ``P`` runs ``round(P / timestep)`` physics
   substeps (at least one). ``ControlPeriodJitterWrapper`` sets a MuJoCo env's
   ``frame_skip`` to that every step.
+- ``SubstepLatencyWrapper`` (gymnasium MuJoCo envs): a command is released after its
+  sampled latency at the next physics-substep boundary, so a latency of a fraction of the
+  period holds the previous command for that part of the period, as the simulated-time loop
+  does. Use it to TRAIN under latency; for envs without physics substeps use
+  ``ActionLatencyWrapper`` (whole steps).
 
 Each wrapper seeds its profiles from its own ``numpy.random.Generator`` (``seed`` argument,
 re-seeded by ``env.reset(seed=...)``): at every episode start it picks one of its profiles
@@ -37,6 +42,7 @@ __all__ = [
     "ActionLatencyWrapper",
     "ControlPeriodJitterWrapper",
     "ProfileLike",
+    "SubstepLatencyWrapper",
     "steps_late",
     "substeps_for",
 ]
@@ -243,3 +249,137 @@ class ControlPeriodJitterWrapper(gym.Wrapper[Any, Any, Any, Any]):
         """Restore the nominal substeps and close the inner env."""
         self.env.unwrapped.frame_skip = self._nominal_substeps  # type: ignore[attr-defined]
         super().close()
+
+
+class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
+    """Release each command after its sampled latency, at the next physics-substep boundary.
+
+    Step ``t`` starts at ``t * period_ns`` (period = ``frame_skip`` substeps of the model's
+    timestep). The command issued at step ``t`` with latency ``L`` is released at
+    ``t * period_ns + L``; at every substep boundary the newest released command is applied
+    (zero-order hold: the previous one until then; an older command released after a newer
+    one is dropped; zeros before the first release). The period's substeps are run in runs of
+    equal command through the MuJoCo env's own ``step`` (``frame_skip`` set to the run length),
+    so its reward and termination rules apply to each run: the step's reward is the
+    substep-weighted mean of the runs' rewards (``r * n / frame_skip`` each), the step stops
+    at the first terminating run, and the episode is truncated after the env spec's
+    ``max_episode_steps`` steps (1000 without a spec). ``info`` is the last run's, plus
+    ``action_latency_ns``. Zero latency reproduces the unwrapped env bit for bit; a latency of
+    exactly one period is a rollout one step late.
+
+    Each episode draws one profile from ``latency`` (with ``weights``, default uniform) and
+    reseeds it from the wrapper's generator.
+
+    Args:
+        env: a gymnasium MuJoCo env (its ``unwrapped`` has ``frame_skip`` and ``model``).
+        latency: the latency profile spec (or profile), or a list to randomize over episodes.
+        weights: per-profile draw weights (positive finite; normalized), default uniform.
+        seed: seed of the wrapper's generator.
+        reset_seed_offset: ``reset(seed=s)`` re-seeds the generator with ``s +
+            reset_seed_offset`` (an offset keeps the timing stream apart from the env's own
+            stream seeded with the same number).
+
+    Raises:
+        ProfileError: not a MuJoCo env, a bad spec, or bad weights.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        latency: ProfileLike | Sequence[ProfileLike],
+        weights: Sequence[float] | None = None,
+        seed: int | None = None,
+        reset_seed_offset: int = 0,
+    ) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not hasattr(base, "frame_skip") or not hasattr(base, "model"):
+            raise ProfileError(
+                f"SubstepLatencyWrapper needs a MuJoCo env with frame_skip, got {base!r}; use "
+                "ActionLatencyWrapper (whole control steps) for other envs"
+            )
+        items = (
+            list(latency)
+            if isinstance(latency, Sequence) and not isinstance(latency, str)
+            else [latency]
+        )
+        if not items:
+            raise ProfileError("SubstepLatencyWrapper needs at least one timing profile")
+        for item in items:  # refuse a bad spec now, not at the first reset
+            if not isinstance(item, Profile):
+                parse_profile(item)
+        w = np.ones(len(items)) if weights is None else np.asarray(weights, np.float64)
+        if w.shape != (len(items),) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ProfileError(
+                f"SubstepLatencyWrapper weights must be {len(items)} positive finite numbers, "
+                f"got {weights!r}"
+            )
+        self._specs = items
+        self._weights = w / w.sum()
+        self._base = base
+        self._frame_skip = int(base.frame_skip)
+        self.substep_ns = round(float(base.model.opt.timestep) * _NS_PER_S)
+        self.period_ns = self._frame_skip * self.substep_ns
+        self._limit = int(env.spec.max_episode_steps or 1000) if env.spec else 1000
+        self._offset = int(reset_seed_offset)
+        self._rng = np.random.default_rng(seed)
+        self._profile: Profile | None = None
+        self._pending: list[tuple[int, int, np.ndarray]] = []  # (release_ns, issue_step, cmd)
+        self._applied = np.zeros(env.action_space.shape, dtype=np.float64)
+        self._applied_issue = -1
+        self._t = 0
+        self.last_latency_ns = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the inner env, draw the episode's profile, clear the delay line."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed + self._offset)
+        pick = int(self._rng.choice(len(self._specs), p=self._weights))
+        spec = self._specs[pick]
+        # A fresh profile per episode: the same stream whatever ran before.
+        self._profile = spec if isinstance(spec, Profile) else parse_profile(spec)
+        self._profile.reseed(int(self._rng.integers(2**63)))
+        self._pending.clear()
+        self._applied = np.zeros_like(self._applied)
+        self._applied_issue = -1
+        self._t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def _command_at(self, time_ns: int) -> np.ndarray:
+        for release, issued, command in self._pending:
+            if release <= time_ns and issued > self._applied_issue:
+                self._applied, self._applied_issue = command, issued
+        self._pending = [p for p in self._pending if p[1] > self._applied_issue]
+        return self._applied
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One control period with the commands released so far (see the class docstring)."""
+        if self._profile is None:
+            raise ProfileError("SubstepLatencyWrapper.step called before reset")
+        start = self._t * self.period_ns
+        latency = int(self._profile.next_ns())
+        self.last_latency_ns = latency
+        self._pending.append((start + latency, self._t, np.array(action, dtype=np.float64)))
+        runs: list[tuple[np.ndarray, int]] = []
+        for j in range(self._frame_skip):
+            command = self._command_at(start + j * self.substep_ns)
+            if runs and runs[-1][0] is command:
+                runs[-1] = (command, runs[-1][1] + 1)
+            else:
+                runs.append((command, 1))
+        reward, terminated, obs, info = 0.0, False, None, {}
+        base = self._base
+        try:
+            for command, n in runs:
+                base.frame_skip = n
+                obs, r, terminated, _, info = base.step(command)
+                reward += float(r) * n / self._frame_skip
+                if terminated:
+                    break
+        finally:
+            base.frame_skip = self._frame_skip
+        self._t += 1
+        info = {**info, "action_latency_ns": latency}
+        return obs, reward, bool(terminated), self._t >= self._limit, info

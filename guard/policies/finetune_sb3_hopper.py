@@ -48,77 +48,19 @@ FINETUNE_LEARNING_RATE = 1e-4
 
 
 def make_latency_env(seed: int) -> Any:
-    """Hopper-v5 whose commands arrive after a latency drawn from ``TRAINING_LATENCIES``."""
+    """Hopper-v5 whose commands arrive after a latency drawn from ``TRAINING_LATENCIES``
+    (released at the next physics substep boundary, ``SubstepLatencyWrapper``)."""
     import gymnasium as gym
 
-    from tailguard.firmware_sim.profile_spec import parse_profile
+    from tailguard.firmware_sim.wrappers import SubstepLatencyWrapper
 
-    class SubstepLatency(gym.Wrapper):  # type: ignore[type-arg]
-        """Release each command after its latency, at the next physics substep boundary."""
-
-        def __init__(self, env: Any) -> None:
-            super().__init__(env)
-            base = env.unwrapped
-            self._base = base
-            self._frame_skip = int(base.frame_skip)
-            self._substep_ns = round(float(base.model.opt.timestep) * 1e9)
-            self._period_ns = self._frame_skip * self._substep_ns
-            self._limit = env.spec.max_episode_steps if env.spec else 1000
-            self._weights = np.array([w for w, _ in TRAINING_LATENCIES])
-            self._weights /= self._weights.sum()
-            self._specs = [s for _, s in TRAINING_LATENCIES]
-            self._rng = np.random.default_rng(seed)
-            self._profile: Any = None
-            self._pending: list[tuple[int, int, np.ndarray]] = []
-            self._applied = np.zeros(env.action_space.shape, dtype=np.float64)
-            self._applied_issue = -1
-            self._t = 0
-
-        def reset(self, **kwargs: Any) -> Any:
-            if kwargs.get("seed") is not None:
-                self._rng = np.random.default_rng(kwargs["seed"] + 7919)
-            pick = int(self._rng.choice(len(self._specs), p=self._weights))
-            self._profile = parse_profile(self._specs[pick])
-            self._profile.reseed(int(self._rng.integers(2**63)))
-            self._pending.clear()
-            self._applied = np.zeros_like(self._applied)
-            self._applied_issue = -1
-            self._t = 0
-            return self.env.reset(**kwargs)
-
-        def _command_at(self, time_ns: int) -> np.ndarray:
-            for arrival, issued, action in self._pending:
-                if arrival <= time_ns and issued > self._applied_issue:
-                    self._applied, self._applied_issue = action, issued
-            self._pending = [p for p in self._pending if p[1] > self._applied_issue]
-            return self._applied
-
-        def step(self, action: Any) -> Any:
-            start = self._t * self._period_ns
-            latency = int(self._profile.next_ns())
-            self._pending.append((start + latency, self._t, np.array(action, dtype=np.float64)))
-            segments: list[tuple[np.ndarray, int]] = []
-            for j in range(self._frame_skip):
-                command = self._command_at(start + j * self._substep_ns)
-                if segments and segments[-1][0] is command:
-                    segments[-1] = (command, segments[-1][1] + 1)
-                else:
-                    segments.append((command, 1))
-            reward, terminated, obs, info = 0.0, False, None, {}
-            base = self._base
-            try:
-                for command, n in segments:
-                    base.frame_skip = n
-                    obs, r, terminated, _, info = base.step(command)
-                    reward += float(r) * n / self._frame_skip
-                    if terminated:
-                        break
-            finally:
-                base.frame_skip = self._frame_skip
-            self._t += 1
-            return obs, reward, terminated, self._t >= self._limit, info
-
-    return SubstepLatency(gym.make("Hopper-v5"))
+    return SubstepLatencyWrapper(
+        gym.make("Hopper-v5"),
+        [s for _, s in TRAINING_LATENCIES],
+        weights=[w for w, _ in TRAINING_LATENCIES],
+        seed=seed,
+        reset_seed_offset=7919,
+    )
 
 
 def replay_returns(onnx_path: Path, profile: str, episodes: int) -> list[float]:

@@ -263,3 +263,81 @@ def test_vecenv_adapter_autoresets_and_reports_timeouts() -> None:
     assert env.envs[0].unwrapped.received[0] == 1.0  # actions are clipped to the bounds
     assert list(env.recent_returns)[:2] == [2.0, 3.0]
     env.close()
+
+
+def _hopper_actions(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.uniform(-1.0, 1.0, 3) for _ in range(n)]
+
+
+def _plain_rollout(actions: list[np.ndarray], seed: int) -> list[tuple]:
+    env = gym.make("Hopper-v5")
+    env.reset(seed=seed)
+    out = []
+    for a in actions:
+        obs, r, term, _trunc, _ = env.step(a)
+        out.append((obs, r, term))
+        if term:
+            break
+    env.close()
+    return out
+
+
+def _substep_rollout(latency: str, actions: list[np.ndarray], seed: int) -> list[tuple]:
+    from tailguard.firmware_sim.wrappers import SubstepLatencyWrapper
+
+    env = SubstepLatencyWrapper(gym.make("Hopper-v5"), latency, seed=0)
+    env.reset(seed=seed)
+    out = []
+    for a in actions:
+        obs, r, term, _trunc, _info = env.step(a)
+        out.append((obs, r, term))
+        if term:
+            break
+    env.close()
+    return out
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x[0], y[0]) and x[1] == y[1] and x[2] == y[2]
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_substep_latency_zero_is_the_plain_env_bit_for_bit() -> None:
+    """With zero latency SubstepLatencyWrapper gives the plain env's observations, rewards and
+    terminations exactly (same floats, same step count)."""
+    pytest.importorskip("mujoco")
+    actions = _hopper_actions(200)
+    assert _same(_substep_rollout("nominal", actions, 4), _plain_rollout(actions, 4))
+
+
+def test_substep_latency_of_one_period_is_a_one_step_late_rollout() -> None:
+    """A latency of exactly one period (8 ms) applies a_{t-1} at step t (zeros first): the
+    plain env fed the shifted action sequence gives the same floats."""
+    pytest.importorskip("mujoco")
+    actions = _hopper_actions(200)
+    late = [np.zeros(3), *actions[:-1]]
+    assert _same(_substep_rollout("fixed:ms=8", actions, 4), _plain_rollout(late, 4))
+
+
+def test_substep_latency_inside_a_period_differs_and_is_seeded() -> None:
+    """A latency of half a period changes the rollout (the old command holds for 2 of 4
+    substeps), and the same seeds reproduce a random-latency rollout exactly."""
+    pytest.importorskip("mujoco")
+    actions = _hopper_actions(100)
+    assert not _same(_substep_rollout("fixed:ms=4", actions, 4), _plain_rollout(actions, 4))
+    spec = "lognormal:median_ms=2.5,sigma=0.9,cap_ms=40"
+    assert _same(_substep_rollout(spec, actions, 4), _substep_rollout(spec, actions, 4))
+
+
+def test_substep_latency_refuses_non_mujoco_envs_and_bad_weights() -> None:
+    """Not a MuJoCo env, or weights that do not match the profiles, raise ProfileError."""
+    from tailguard.firmware_sim.wrappers import SubstepLatencyWrapper
+
+    with pytest.raises(ProfileError, match="ActionLatencyWrapper"):
+        SubstepLatencyWrapper(RecordingEnv(), "nominal")
+    pytest.importorskip("mujoco")
+    with pytest.raises(ProfileError, match="positive finite"):
+        SubstepLatencyWrapper(gym.make("Hopper-v5"), ["nominal", "fixed:ms=8"], weights=[1.0])
