@@ -77,11 +77,12 @@ _ZMQ_MAX_FRAME_BYTES = 1 << 20  # larger frames make ZMQ drop the connection out
 
 
 def histogram_summary(hist: LogLinearHistogram) -> dict[str, int]:
-    """count, p50, p90, p99, p999 and max of a histogram of ns values."""
+    """count, p50, p90, p99, p999 and max of a histogram of ns values (all 0 when empty: the
+    same keys whatever the run, with ``count`` saying whether there was anything)."""
     n = hist.total_count
-    if n == 0:
-        return {"count": 0}
     out = {"count": n}
+    if n == 0:
+        return {**out, "p50": 0, "p90": 0, "p99": 0, "p999": 0, "max": 0}
     for key, q in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9)):
         out[key] = hist.value_at_percentile(q)
     out["max"] = hist.max_value
