@@ -66,7 +66,11 @@ class _EpisodeProfiles:
     """One or several profiles; each episode uses one, picked and reseeded by a generator."""
 
     def __init__(
-        self, profiles: ProfileLike | Sequence[ProfileLike], nominal_ns: int, what: str
+        self,
+        profiles: ProfileLike | Sequence[ProfileLike],
+        nominal_ns: int,
+        what: str,
+        weights: Sequence[float] | None = None,
     ) -> None:
         items = (
             list(profiles)
@@ -78,11 +82,23 @@ class _EpisodeProfiles:
         self.profiles = [
             p if isinstance(p, Profile) else parse_profile(p, nominal_ns=nominal_ns) for p in items
         ]
+        self.weights = None if weights is None else _weights(weights, len(items), what)
         self.current = self.profiles[0]
 
     def new_episode(self, rng: np.random.Generator) -> None:
-        self.current = self.profiles[int(rng.integers(len(self.profiles)))]
+        if self.weights is None:
+            pick = int(rng.integers(len(self.profiles)))
+        else:
+            pick = int(rng.choice(len(self.profiles), p=self.weights))
+        self.current = self.profiles[pick]
         self.current.reseed(int(rng.integers(2**63)))
+
+
+def _weights(weights: Sequence[float], n: int, what: str) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ProfileError(f"{what} weights must be {n} positive finite numbers, got {weights!r}")
+    return w / w.sum()
 
 
 def _period_ns_of(env: gym.Env[Any, Any]) -> int | None:
@@ -107,9 +123,13 @@ class ActionLatencyWrapper(gym.ActionWrapper):
             env's ``unwrapped.dt`` (MuJoCo tasks).
         seed: seed of the wrapper's random generator; ``reset(seed=s)`` re-seeds it with s.
         initial_action: action held until the first one arrives, shape of the action space.
+        weights: per-profile draw weights (positive finite; normalized), default uniform.
+        round_up: count ``ceil(latency / period)`` steps instead of ``floor``: the audit's
+            whole-step resolution (``GymStepTask``), where a command not there at the step
+            start waits for the next step. Train with it to match what the audit judges.
 
     Raises:
-        ProfileError: a non-Box action space, no period, or a bad profile spec.
+        ProfileError: a non-Box action space, no period, a bad profile spec or bad weights.
     """
 
     def __init__(
@@ -119,6 +139,8 @@ class ActionLatencyWrapper(gym.ActionWrapper):
         period_ns: int | None = None,
         seed: int | None = None,
         initial_action: np.ndarray | None = None,
+        weights: Sequence[float] | None = None,
+        round_up: bool = False,
     ) -> None:
         super().__init__(env)
         space = env.action_space
@@ -133,7 +155,8 @@ class ActionLatencyWrapper(gym.ActionWrapper):
                 f"has no positive unwrapped.dt), got {period_ns!r}"
             )
         self.period_ns = period
-        self._latency = _EpisodeProfiles(latency, 0, "ActionLatencyWrapper")
+        self._latency = _EpisodeProfiles(latency, 0, "ActionLatencyWrapper", weights)
+        self._round_up = bool(round_up)
         self._rng = np.random.default_rng(seed)
         self._latency.new_episode(self._rng)
         default = np.zeros(space.shape, dtype=space.dtype)
@@ -161,7 +184,11 @@ class ActionLatencyWrapper(gym.ActionWrapper):
     def action(self, action: Any) -> np.ndarray:
         """Queue ``action`` and return the action that has arrived by this step."""
         self.last_latency_ns = self._latency.current.next_ns()
-        delay_steps = steps_late(self.last_latency_ns, self.period_ns)
+        delay_steps = (
+            -(-self.last_latency_ns // self.period_ns)
+            if self._round_up
+            else steps_late(self.last_latency_ns, self.period_ns)
+        )
         self.last_delay_steps = delay_steps
         now = self._step
         self._pending.append((now + delay_steps, now, np.array(action, copy=True)))
@@ -308,14 +335,9 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         for item in items:  # refuse a bad spec now, not at the first reset
             if not isinstance(item, Profile):
                 parse_profile(item)
-        w = np.ones(len(items)) if weights is None else np.asarray(weights, np.float64)
-        if w.shape != (len(items),) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-            raise ProfileError(
-                f"SubstepLatencyWrapper weights must be {len(items)} positive finite numbers, "
-                f"got {weights!r}"
-            )
+        w = np.ones(len(items)) if weights is None else weights
         self._specs = items
-        self._weights = w / w.sum()
+        self._weights = _weights(w, len(items), "SubstepLatencyWrapper")
         self._base = base
         self._frame_skip = int(base.frame_skip)
         self.substep_ns = round(float(base.model.opt.timestep) * _NS_PER_S)

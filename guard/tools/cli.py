@@ -46,6 +46,7 @@ _EXTERNAL = {
     "audit": ("tailguard.tools.audit_cli", "timing audit: paired sweep -> audited envelope"),
     "certify": ("tailguard.tools.audit_cli", "certify a policy against its envelope (0/1/2)"),
     "report": ("tailguard.tools.audit_cli", "compare two audit summaries (report diff)"),
+    "harden": ("tailguard.tools.harden_cli", "audit, fine-tune under failing timing, certify"),
 }
 
 

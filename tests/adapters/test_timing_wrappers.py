@@ -341,3 +341,29 @@ def test_substep_latency_refuses_non_mujoco_envs_and_bad_weights() -> None:
     pytest.importorskip("mujoco")
     with pytest.raises(ProfileError, match="positive finite"):
         SubstepLatencyWrapper(gym.make("Hopper-v5"), ["nominal", "fixed:ms=8"], weights=[1.0])
+
+
+def test_round_up_counts_a_late_command_as_a_whole_step() -> None:
+    """round_up=True waits ceil(L / P) steps (the audit's whole-step resolution): a quarter
+    period of latency is one step late; zero stays on time."""
+    inner = RecordingEnv()
+    env = ActionLatencyWrapper(inner, "fixed:ms=2", period_ns=PERIOD_NS, seed=0, round_up=True)
+    env.reset(seed=0)
+    for a in ACTIONS:
+        env.step(np.array([a], np.float32))
+    assert inner.received == pytest.approx([0.0, *ACTIONS[:-1]])
+    assert _run("fixed:ns=0", ACTIONS) == pytest.approx(ACTIONS)
+
+
+def test_weights_pick_profiles_in_proportion() -> None:
+    """With weights (9, 1) about nine episodes in ten draw the first profile."""
+    env = ActionLatencyWrapper(
+        RecordingEnv(), ["nominal", "fixed:ms=24"], period_ns=PERIOD_NS, seed=0, weights=[9, 1]
+    )
+    late = 0
+    for episode in range(400):
+        env.reset(seed=episode)
+        late += env.step(np.zeros(1, np.float32))[4]["action_delay_steps"] == 3
+    assert 20 <= late <= 60
+    with pytest.raises(ProfileError, match="positive finite"):
+        ActionLatencyWrapper(RecordingEnv(), "nominal", period_ns=MS, weights=[0.0])
