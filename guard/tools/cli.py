@@ -23,6 +23,11 @@ __all__ = ["main", "build_parser"]
 
 #: Longest demo, simulated seconds.
 MAX_DEMO_S = 3600.0
+#: Hopper demo: paired episodes per column by default, and at most.
+DEMO_EPISODES = 24
+MAX_DEMO_EPISODES = 10_000
+#: Hopper demo: the first reset seed by default (the envelope's audit used 100..139).
+DEMO_SEED = 1000
 
 # command -> (module with register(subparsers), help); imported lazily. Add new
 # subcommands here: one entry each.
@@ -53,16 +58,44 @@ _EXTERNAL = {
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="a shipped Hopper policy in MuJoCo under a latency long tail: nominal, "
-        "unguarded, guarded, robust-only (pendulum without the sim extra)",
+        help="the shipped Hopper policy pair in MuJoCo with its audited envelope: nominal "
+        "timing, a latency long tail and GC bursts; nominal only, robust only, guarded "
+        "(pendulum without the sim extra)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=ca.Integer(2, MAX_DEMO_EPISODES, "episodes"),
+        default=DEMO_EPISODES,
+        help=f"Hopper: paired episodes per column, 2..{MAX_DEMO_EPISODES} "
+        f"(default {DEMO_EPISODES})",
     )
     p.add_argument(
         "--seconds",
         type=ca.Number("s", minimum=0.0, maximum=MAX_DEMO_S, min_open=True),
         default=30.0,
-        help=f"simulated seconds per scenario, (0, {MAX_DEMO_S:g}] (default 30)",
+        help=f"pendulum fallback: simulated seconds per scenario, (0, {MAX_DEMO_S:g}] "
+        "(default 30; Hopper episodes run to the env's 1000-step limit)",
     )
-    p.add_argument("--seed", type=ca.seed(), default=0, help="seed of latency and disturbances")
+    p.add_argument(
+        "--seed",
+        type=ca.seed(),
+        default=DEMO_SEED,
+        help=f"Hopper: episode i resets with SEED+i in every column (default {DEMO_SEED}: "
+        "not the audit's episodes); pendulum: latency and disturbance seed",
+    )
+    p.add_argument(
+        "--workers",
+        type=ca.Integer(1, 64, "workers"),
+        default=2,
+        help="worker processes for the Hopper episodes, 1..64 (default 2; results do not "
+        "depend on it)",
+    )
+    p.add_argument(
+        "--out",
+        type=ca.output_dir,
+        default=None,
+        help="folder for report.html and demo.json (default: a fresh temp directory)",
+    )
     p.add_argument(
         "--json", type=ca.output_file, default=None, help="also write the results as JSON"
     )
@@ -70,22 +103,22 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from tailguard.tools.demo import format_results, run_demo
+    import tempfile
 
-    results = run_demo(args.seconds, args.seed)
-    print(format_results(results))
+    from tailguard.tools.demo import demo_json, format_demo, run_demo, write_report
+
+    result = run_demo(args.seconds, args.seed, episodes=args.episodes, workers=args.workers)
+    text = format_demo(result)
+    print(text)
     if args.json:
-        payload = [
-            {
-                "label": r.label,
-                "fell_at_s": r.fell_at_s,
-                "max_angle_rad": r.max_angle_rad,
-                "rms_angle_rad": r.rms_angle_rad,
-                "stats": r.stats,
-            }
-            for r in results
-        ]
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        args.json.write_text(json.dumps(demo_json(result), indent=2) + "\n")
+    if args.out is None:
+        out = Path(tempfile.mkdtemp(prefix="tailguard-demo-"))
+        where = "a fresh temp directory; choose one with --out DIR"
+    else:
+        out, where = Path(args.out), "--out"
+    report = write_report(result, text, out)
+    print(f"\nreport: {report} ({where})")
     return 0
 
 

@@ -1,27 +1,14 @@
-"""`tailguard demo`: a shipped Hopper-v5 policy replayed in MuJoCo under a latency long tail.
+"""`tailguard demo`: the shipped Hopper-v5 policy pair under the audited envelope, or the
+pendulum fallback.
 
-With the ``sim`` extra (mujoco, gymnasium) and the policies shipped in ``tailguard/policies``
-(package data)
-(``hopper_nominal.onnx``, trained with plain timing, and ``hopper_robust.onnx``, trained with
-randomized timing; see that folder's README), the demo replays Hopper-v5 in simulated time
-with ``firmware_sim`` (2 ms physics substeps, 8 ms control period, the previous command held
-until a late one arrives) and the runtime ``Guard`` on the simulated clock. Paired episodes
-(reset seeds ``seed, seed + 1, ...``; one episode per 8 s of ``seconds``) in four scenarios:
+With the ``sim`` extra (mujoco, gymnasium) and the files shipped in ``tailguard/policies``
+(package data: ``hopper_nominal.onnx``, ``hopper_robust.onnx`` -- its timing-robust sibling
+-- and ``hopper_nominal.envelope.json``, the nominal policy's audited envelope), the demo
+runs :mod:`tailguard.tools.demo_hopper`: paired episodes under nominal timing, a long-tail
+latency and GC-pause-like bursts, nominal only / robust only / guarded, with paired
+intervals, the goals judged from the numbers, and a self-contained HTML report.
 
-* nominal timing -- the nominal policy, zero latency (a monitor-only guard measures: it
-  records violations but never acts, so every column comes from the same code);
-* long tail, unguarded -- the same policy, inference latency lognormal (median 4.8 ms,
-  sigma 1.0, cap 40 ms), monitor-only guard;
-* long tail, guarded -- the same latency; the guard (starter envelope: placeholder
-  thresholds from the 8 ms period, not audited) holds on a late tick and switches to the
-  timing-robust policy as fallback when the latency window degrades;
-* long tail, robust only -- the timing-robust policy alone under the same latency, so the
-  table shows honestly whether the guard adds anything over always running the robust policy.
-
-Actions are clipped to [-1, 1] after the guard (as in training). The fallback's own inference
-time is not simulated (only the main policy's is). Angles are the torso pitch (rad). Without
-the extra or the policy files, the demo falls back to the built-in inverted pendulum below
-(its output says which one ran).
+Without the extra or the files, it runs the built-in inverted pendulum below and says why.
 
 The pendulum demo: an inverted pendulum (unstable: it falls in about half a second without
 control) balanced at 50 Hz by a linear state-feedback controller exported to ONNX, with a
@@ -271,16 +258,23 @@ def _integrate(
     return theta, omega, t
 
 
-def run_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
-    """Run the Hopper scenarios (or the pendulum ones without the sim extra or the shipped
-    policies) with the same seed.
+def run_demo(seconds: float = 30.0, seed: int = 0, episodes: int = 24, workers: int = 2) -> Any:
+    """Run the Hopper demo (a :class:`~tailguard.tools.demo_hopper.HopperDemo`), or the
+    pendulum one (a list of :class:`DemoResult`) without the sim extra or the shipped files.
 
     Args:
-        seconds: simulated time per scenario (Hopper: one episode per 8 s, at least one).
+        seconds: simulated time per pendulum scenario (the Hopper episodes run to the env's
+            1000-step limit unless they fall).
         seed: the first reset seed (Hopper) / latency and disturbance seed (pendulum).
+        episodes: paired episodes per Hopper column.
+        workers: local worker processes for the Hopper episodes.
     """
-    if hopper_available():
-        return run_hopper_demo(seconds, seed)
+    if hopper_missing() is None:
+        from tailguard.tools.demo_hopper import run_hopper_demo
+
+        return run_hopper_demo(
+            episodes=episodes, seed=seed, workers=workers, while_waiting=_preload_plots
+        )
     return run_pendulum_demo(seconds, seed)
 
 
@@ -296,124 +290,38 @@ def run_pendulum_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
         ]
 
 
-def hopper_available() -> bool:
-    """True when mujoco, gymnasium and the shipped Hopper policies are all present."""
-    files = ("hopper_nominal.onnx", "hopper_robust.onnx")
-    if not all((POLICY_DIR / f).is_file() for f in files):
-        return False
-    return all(importlib.util.find_spec(m) is not None for m in ("mujoco", "gymnasium"))
+def _preload_plots() -> None:
+    """Import the plotting library while the workers run the episodes (when installed)."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        from tailguard.audit.report import preload
+
+        preload()
 
 
-def run_hopper_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
-    """The four Hopper scenarios (see the module docstring), paired by reset seed."""
-    episodes = max(1, math.ceil(seconds / HOPPER_EPISODE_S))
-    tail = HOPPER_LONG_TAIL
-    return [
-        _run_hopper("nominal timing", "nominal", None, False, None, episodes, seed),
-        _run_hopper("long tail, unguarded", "nominal", tail, False, None, episodes, seed),
-        _run_hopper("long tail, guarded", "nominal", tail, True, "robust", episodes, seed),
-        _run_hopper("long tail, robust only", "robust", tail, False, None, episodes, seed),
+def hopper_missing() -> str | None:
+    """Why the Hopper demo cannot run here (None when it can): a missing package of the
+    ``sim`` extra or a missing shipped file."""
+    from tailguard.tools.demo_hopper import ENVELOPE_FILE, NOMINAL_POLICY, ROBUST_POLICY
+
+    missing = [m for m in ("mujoco", "gymnasium") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not installed (the sim extra: pip install 'tailguard[sim]')"
+        )
+    if importlib.util.find_spec("scipy") is None:
+        return "scipy not installed (the paired statistics need it: pip install scipy)"
+    files = [
+        f for f in (NOMINAL_POLICY, ROBUST_POLICY, ENVELOPE_FILE) if not (POLICY_DIR / f).is_file()
     ]
+    if files:
+        return f"shipped file(s) missing from {POLICY_DIR}: {', '.join(files)}"
+    return None
 
 
-class _ClippedProbe:
-    """Controller around a GuardedController: records the torso pitch, clips the action."""
-
-    def __init__(self, inner: Any, angle_index: int) -> None:
-        self.inner = inner
-        self.inference = inner.inference
-        self.angle_index = angle_index
-        self.angles: list[float] = []
-
-    def __call__(self, obs: np.ndarray, obs_time_ns: int) -> np.ndarray:
-        self.angles.append(float(obs[self.angle_index]))
-        return np.clip(self.inner.guard.step(obs, obs_time_ns), -1.0, 1.0)
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def stats(self) -> dict[str, Any]:
-        return self.inner.stats()  # type: ignore[no-any-return]
-
-
-def _run_hopper(
-    label: str,
-    policy_name: str,
-    profile: str | None,
-    guarded: bool,
-    fallback_name: str | None,
-    episodes: int,
-    seed: int,
-) -> DemoResult:
-    # Heavy and offline-only: imported here so `import tailguard.tools.demo` stays light.
-    from tailguard.envelope.model import starter_envelope
-    from tailguard.firmware_sim.guarded import GuardedController
-    from tailguard.firmware_sim.loop import SimLoop
-    from tailguard.firmware_sim.profile_spec import parse_profile
-    from tailguard.firmware_sim.replay import make_task
-
-    task = make_task("Hopper-v5")
-    policy = OnnxPolicy(POLICY_DIR / f"hopper_{policy_name}.onnx")
-    envelope = starter_envelope(
-        obs_size=policy.obs_size,
-        action_size=policy.action_size,
-        period_ns=task.period_ns,
-        sha256=policy.sha256,
-    )
-    if not guarded:
-        envelope = dataclasses.replace(envelope, responses=_monitor_only())
-    fallback: Any = "hold"
-    if fallback_name is not None:
-        fallback = OnnxPolicy(POLICY_DIR / f"hopper_{fallback_name}.onnx")
-    probe = _ClippedProbe(GuardedController(policy, envelope, fallback=fallback), 1)
-    loop = SimLoop(task, probe, latency=None if profile is None else parse_profile(profile))
-    totals: dict[str, Any] = {
-        "ticks": 0,
-        "violations": {v.value: 0 for v in Violation},
-        "state_time_ns": {"nominal": 0, "hold": 0, "fallback": 0, "latched": 0},
-        "interventions": 0,
-    }
-    hists: dict[str, Any] = {}
-    returns, fall_times = [], []
-    for i in range(episodes):
-        r = loop.run_episode(seed + i)
-        returns.append(r.ret)
-        if r.terminated:
-            fall_times.append(r.sim_time_ns / 1e9)
-        g = r.guard or {}
-        totals["ticks"] += g.get("ticks", 0)
-        totals["interventions"] += g.get("interventions", 0)
-        for kind, n in g.get("violations", {}).items():
-            totals["violations"][kind] += n
-        for state, ns in g.get("state_time_ns", {}).items():
-            totals["state_time_ns"][state] += ns
-        for name, h in probe.inner.guard.histograms().items():
-            if name in hists:
-                hists[name].merge(h)
-            else:
-                hists[name] = h
-    for name, h in hists.items():
-        totals[name] = {"lifetime": _percentiles(h)}
-    angles = np.abs(np.asarray(probe.angles or [0.0]))
-    return DemoResult(
-        label=label,
-        stats=totals,
-        fell_at_s=float(np.mean(fall_times)) if fall_times else None,
-        max_angle_rad=float(angles.max()),
-        rms_angle_rad=float(np.sqrt(np.mean(angles**2))),
-        plant="hopper",
-        episodes=episodes,
-        falls=len(fall_times),
-        returns=[float(x) for x in returns],
-    )
-
-
-def _monitor_only() -> dict[Violation, Response]:
-    """Every response LOG where the state table allows it: the guard measures, never acts."""
-    return {
-        v: (Response.LOG if Response.LOG in _allowed(v) else r)
-        for v, r in DEFAULT_RESPONSES.items()
-    }
+def hopper_available() -> bool:
+    """True when mujoco, gymnasium, the shipped Hopper policies and their envelope are all
+    present."""
+    return hopper_missing() is None
 
 
 def _percentiles(h: Any) -> dict[str, int]:
@@ -429,43 +337,27 @@ def _percentiles(h: Any) -> dict[str, int]:
 
 
 def describe(results: list[DemoResult]) -> str:
-    """One paragraph saying what ran (printed above the table)."""
-    if results and results[0].plant == "hopper":
-        return (
-            f"tailguard demo: shipped Hopper-v5 policies (tailguard.policies) replayed in MuJoCo "
-            f"in simulated time, {results[0].episodes} paired episode(s) per column.\n"
-            f"Long tail: inference latency {HOPPER_LONG_TAIL} (8 ms control period). Guarded:"
-            " starter envelope (placeholder thresholds, not audited), hold on a late tick,\n"
-            "fallback = the timing-robust policy (its own inference time not simulated). "
-            "Actions clipped to [-1, 1]."
-        )
+    """One paragraph saying what ran and why (printed above the pendulum table)."""
+    why = hopper_missing() or "requested"
     return (
-        "tailguard demo: (the sim extra or the shipped Hopper policies are missing) an inverted "
-        "pendulum balanced at 50 Hz by a linear ONNX controller, latency bursts, deadline 5 ms."
+        f"tailguard demo: the pendulum fallback (the Hopper demo cannot run: {why}): an "
+        "inverted pendulum balanced at 50 Hz by a linear ONNX controller, latency bursts, "
+        "deadline 5 ms."
     )
 
 
 def format_results(results: list[DemoResult]) -> str:
-    """The before/after table printed by `tailguard demo` (with a line saying what ran)."""
+    """The pendulum's before/after table (with a line saying what ran and why)."""
     from tailguard.tools.cli_table import render_table
 
     rows: list[list[str]] = []
-    hopper = bool(results) and results[0].plant == "hopper"
 
     def row(name: str, fn: Any) -> None:
         rows.append([name, *[fn(r) for r in results]])
 
     row("ticks", lambda r: str(r.stats["ticks"]))
-    if hopper:
-        base = results[0].return_mean or 0.0
-        row("episodes / falls", lambda r: f"{r.episodes} / {r.falls}")
-        row("mean return", lambda r: f"{r.return_mean:.1f}")
-        row("return vs nominal", lambda r: f"{(r.return_mean or 0.0) / base:.2f}" if base else "-")
-        row("mean time to fall (s)", lambda r: f"{r.fell_at_s:.2f}" if r.fell_at_s else "-")
-        angle = "torso pitch"
-    else:
-        row("outcome", lambda r: f"FELL at {r.fell_at_s:.2f} s" if r.fell_at_s else "balanced")
-        angle = "angle"
+    row("outcome", lambda r: f"FELL at {r.fell_at_s:.2f} s" if r.fell_at_s else "balanced")
+    angle = "angle"
     row(f"max |{angle}| (deg)", lambda r: f"{math.degrees(r.max_angle_rad):.1f}")
     row(f"rms {angle} (deg)", lambda r: f"{math.degrees(r.rms_angle_rad):.2f}")
     kinds = sorted({k for r in results for k, n in r.stats["violations"].items() if n})
@@ -485,3 +377,69 @@ def format_results(results: list[DemoResult]) -> str:
             )
     table = render_table(["", *[r.label for r in results]], rows)
     return describe(results) + "\n\n" + table
+
+
+def format_demo(result: Any) -> str:
+    """The text `tailguard demo` prints for either demo (deterministic for a seed)."""
+    if isinstance(result, list):
+        return format_results(result)
+    from tailguard.tools.demo_hopper import format_hopper
+
+    return format_hopper(result)
+
+
+def demo_json(result: Any) -> Any:
+    """The JSON-ready results of either demo."""
+    if isinstance(result, list):
+        return [
+            {
+                "label": r.label,
+                "plant": r.plant,
+                "fell_at_s": r.fell_at_s,
+                "max_angle_rad": r.max_angle_rad,
+                "rms_angle_rad": r.rms_angle_rad,
+                "stats": r.stats,
+            }
+            for r in result
+        ]
+    return result.to_dict()
+
+
+def write_report(result: Any, text: str, out: Path) -> Path:
+    """Write the self-contained ``report.html`` (and ``demo.json``) into ``out``; return the
+    report's path.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    import json
+
+    from tailguard.audit.outputs import dump_json
+    from tailguard.audit.report import _page
+    from tailguard.errors import ConfigError
+
+    if isinstance(result, list):
+        import html
+
+        page = _page(
+            "tailguard demo",
+            [
+                "<h1>tailguard demo — inverted pendulum (fallback demo)</h1>",
+                "<pre>" + html.escape(text) + "</pre>",
+                "<h2>Data</h2><pre>"
+                + html.escape(json.dumps(demo_json(result), indent=1))
+                + "</pre>",
+            ],
+        )
+    else:
+        from tailguard.tools.demo_hopper import hopper_html
+
+        page = hopper_html(result, text)
+    report = out / "report.html"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_text(page, encoding="utf-8")
+        (out / "demo.json").write_text(dump_json(demo_json(result)), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the demo report: {exc.strerror or exc}", out) from None
+    return report

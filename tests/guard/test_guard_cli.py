@@ -1,4 +1,5 @@
-"""The `tailguard` console script: demo, envelope init/check, inspect; import hygiene."""
+"""The `tailguard` console script: the pendulum demo, envelope init/check, inspect; import
+hygiene (the Hopper demo: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tailguard.tools.cli import main
-from tailguard.tools.demo import hopper_available, run_demo, run_pendulum_demo
+from tailguard.tools.demo import run_pendulum_demo
 
 
 def test_import_guard_does_not_import_heavy_packages() -> None:
@@ -33,43 +34,6 @@ def test_pendulum_demo_guard_prevents_the_fall() -> None:
     assert guarded.stats["violations"]["deadline_miss"] > 0
     assert guarded.stats["latency_ns"]["lifetime"]["max"] <= 5_100_000  # answered by the deadline
     assert sum(nominal.stats["violations"].values()) == 0
-
-
-@pytest.mark.skipif(not hopper_available(), reason="needs mujoco, gymnasium and the policies")
-def test_hopper_demo_guard_recovers_the_long_tail_loss() -> None:
-    """Shipped Hopper policy, paired episodes: no violation under nominal timing; the long tail
-    costs the unguarded policy return; the guard intervenes (fallback = robust policy) and gets
-    a better return than unguarded."""
-    results = run_demo(seconds=16.0, seed=0)
-    assert [r.label for r in results] == HOPPER_LABELS
-    nominal, unguarded, guarded, robust = results
-    assert all(r.plant == "hopper" and r.episodes == 2 for r in results)
-    assert sum(nominal.stats["violations"].values()) == 0 and nominal.stats["interventions"] == 0
-    assert unguarded.stats["interventions"] == 0 and unguarded.stats["violations"]["latency_max"]
-    assert unguarded.return_mean < 0.8 * nominal.return_mean
-    assert guarded.stats["interventions"] > 0 and guarded.stats["state_time_ns"]["fallback"] > 0
-    assert guarded.return_mean > unguarded.return_mean
-    assert robust.stats["interventions"] == 0
-
-
-HOPPER_LABELS = [
-    "nominal timing",
-    "long tail, unguarded",
-    "long tail, guarded",
-    "long tail, robust only",
-]
-PENDULUM_LABELS = ["nominal timing", "spikes, unguarded", "spikes, guarded"]
-
-
-def test_demo_command_prints_the_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """`tailguard demo` prints the columns, says what ran, and writes JSON on request."""
-    assert main(["demo", "--seconds", "5", "--json", str(tmp_path / "d.json")]) == 0
-    out = capsys.readouterr().out
-    labels = HOPPER_LABELS if hopper_available() else PENDULUM_LABELS
-    assert labels[-1] in out and "latency p99 (ms)" in out
-    assert ("Hopper-v5" in out) == hopper_available()
-    payload = json.loads((tmp_path / "d.json").read_text())
-    assert [p["label"] for p in payload] == labels
 
 
 def test_envelope_init_then_check(mlp_path: Path, tmp_path: Path, capsys) -> None:
