@@ -49,6 +49,7 @@ __all__ = [
     "SUPPORTED_ALGORITHMS",
     "HardenResult",
     "TrainingMix",
+    "build_model",
     "harden",
     "training_mix",
 ]
@@ -354,48 +355,23 @@ class _Callback:
         return Report()
 
 
-def _finetune(
-    model_info: dict[str, Any],
-    env_id: str,
-    mix: TrainingMix,
-    period_ns: int,
-    timesteps: int,
-    seed: int,
-    learning_rate: float,
-    out: Path,
-    progress: ProgressFn | None,
-) -> dict[str, Any]:
+def build_model(
+    model_info: dict[str, Any], venv: Any, seed: int, learning_rate: float, timesteps: int
+) -> tuple[Any, dict[str, Any]]:
+    """A fresh SB3 model of the file's architecture holding the file's weights.
+
+    The hyperparameters stored as plain numbers in the zip's ``data`` are kept (PPO's
+    ``n_steps`` and ``batch_size`` capped at the budget); the learning rate is
+    ``learning_rate``; the optimizer is fresh.
+
+    Raises:
+        ConfigError: the weights do not fit the architecture.
+    """
     import stable_baselines3 as sb3
     import torch
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    torch.set_num_threads(1)
     info = model_info["info"]
     data = model_info["data"]
-    venv: Any = DummyVecEnv([lambda: Monitor(_make_env(env_id, mix, period_ns, seed))])
-    vn = model_info["vecnormalize"]
-    if vn is not None:
-        venv = VecNormalize(
-            venv,
-            norm_obs=vn["norm_obs"],
-            norm_reward=vn["norm_reward"],
-            clip_obs=vn["clip_obs"],
-            clip_reward=vn["clip_reward"],
-            gamma=vn["gamma"],
-            epsilon=vn["epsilon"],
-        )
-        for name in ("obs_rms", "ret_rms"):
-            stats = vn[name]
-            if stats is not None:
-                target = getattr(venv, name)
-                if np.shape(target.mean) != stats["mean"].shape:
-                    raise ConfigError(
-                        f"VecNormalize {name} has shape {list(stats['mean'].shape)}, the env "
-                        f"needs {list(np.shape(target.mean))}"
-                    )
-                target.mean, target.var, target.count = stats["mean"], stats["var"], stats["count"]
-    venv.seed(seed)
     act = getattr(torch.nn, _ACTIVATIONS[info.activation])
     policy_kwargs = {
         "net_arch": {"pi": list(info.hidden_sizes), "vf": list(model_info["vf_sizes"])},
@@ -434,13 +410,58 @@ def _finetune(
         policy_kwargs=policy_kwargs,
         **settings,
     )
-    state = {k: v for k, v in model_info["state"].items()}
+    state = dict(model_info["state"])
     missing, unexpected = model.policy.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
             f"the model's weights do not fit the architecture read from it (missing "
             f"{sorted(missing)[:6]}, unexpected {sorted(unexpected)[:6]})"
         )
+    return model, settings
+
+
+def _finetune(
+    model_info: dict[str, Any],
+    env_id: str,
+    mix: TrainingMix,
+    period_ns: int,
+    timesteps: int,
+    seed: int,
+    learning_rate: float,
+    out: Path,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    import stable_baselines3 as sb3
+    import torch
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(1)
+    info = model_info["info"]
+    venv: Any = DummyVecEnv([lambda: Monitor(_make_env(env_id, mix, period_ns, seed))])
+    vn = model_info["vecnormalize"]
+    if vn is not None:
+        venv = VecNormalize(
+            venv,
+            norm_obs=vn["norm_obs"],
+            norm_reward=vn["norm_reward"],
+            clip_obs=vn["clip_obs"],
+            clip_reward=vn["clip_reward"],
+            gamma=vn["gamma"],
+            epsilon=vn["epsilon"],
+        )
+        for name in ("obs_rms", "ret_rms"):
+            stats = vn[name]
+            if stats is not None:
+                target = getattr(venv, name)
+                if np.shape(target.mean) != stats["mean"].shape:
+                    raise ConfigError(
+                        f"VecNormalize {name} has shape {list(stats['mean'].shape)}, the env "
+                        f"needs {list(np.shape(target.mean))}"
+                    )
+                target.mean, target.var, target.count = stats["mean"], stats["var"], stats["count"]
+    venv.seed(seed)
+    model, settings = build_model(model_info, venv, seed, learning_rate, timesteps)
     started = time.perf_counter()
     model.learn(total_timesteps=timesteps, callback=_Callback(progress, timesteps))
     wall_s = time.perf_counter() - started

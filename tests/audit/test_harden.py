@@ -229,3 +229,29 @@ def test_missing_train_extra_names_the_pip_command(
     shutil.copy(NOMINAL_ZIP, path)
     with pytest.raises(MissingExtraError, match=r"pip install 'tailguard\[train\]'"):
         harden(path, "Hopper-v5", tmp_path / "out", **BUDGET)
+
+
+@pytest.mark.parametrize("algo", ["PPO", "A2C"])
+def test_rebuilt_model_acts_like_the_file_before_training(algo: str, tmp_path: Path) -> None:
+    """The fresh SB3 model built from the file's readable architecture and weights-only state
+    gives the same deterministic actions as the file's exported ONNX policy (fine-tuning
+    starts from the file's own weights), for PPO and A2C."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from tailguard.adapters.sb3 import export_sb3
+    from tailguard.audit.harden import _read_model, build_model
+
+    model_zip = _tiny_model(tmp_path / f"{algo}.zip", algo)
+    info = _read_model(model_zip, None)
+    venv = DummyVecEnv([lambda: gym.make("Hopper-v5")])
+    model, _ = build_model(info, venv, 123, 1e-4, 64)  # another seed: another fresh init
+    obs = np.load(POLICIES / "hopper_observations.npy").astype(np.float32)[:50]
+    ours = model.predict(obs, deterministic=True)[0]
+    exported = export_sb3(model_zip, tmp_path / "p.onnx").path
+    assert np.allclose(ours, _actions(exported, obs), atol=1e-5)
+    fresh = type(model)(
+        "MlpPolicy", venv, seed=123, device="cpu", policy_kwargs={"net_arch": [8, 8]}
+    )
+    assert not np.allclose(fresh.predict(obs, deterministic=True)[0], ours, atol=1e-3)
+    venv.close()
