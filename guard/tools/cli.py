@@ -24,7 +24,7 @@ __all__ = ["main", "build_parser"]
 #: Longest demo, simulated seconds.
 MAX_DEMO_S = 3600.0
 #: Hopper demo: paired episodes per column by default, and at most.
-DEMO_EPISODES = 24
+DEMO_EPISODES = 40
 MAX_DEMO_EPISODES = 10_000
 #: Hopper demo: the first reset seed by default (the envelope's audit used 100..139).
 DEMO_SEED = 1000

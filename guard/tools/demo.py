@@ -258,7 +258,7 @@ def _integrate(
     return theta, omega, t
 
 
-def run_demo(seconds: float = 30.0, seed: int = 0, episodes: int = 24, workers: int = 2) -> Any:
+def run_demo(seconds: float = 30.0, seed: int = 1000, episodes: int = 40, workers: int = 2) -> Any:
     """Run the Hopper demo (a :class:`~tailguard.tools.demo_hopper.HopperDemo`), or the
     pendulum one (a list of :class:`DemoResult`) without the sim extra or the shipped files.
 

@@ -324,7 +324,7 @@ def hopper_files_present() -> bool:
 
 
 def run_hopper_demo(
-    episodes: int = 24, seed: int = 0, workers: int = 2, while_waiting: Any = None
+    episodes: int = 40, seed: int = 1000, workers: int = 2, while_waiting: Any = None
 ) -> HopperDemo:
     """Run every column as paired episodes and judge the goals.
 
