@@ -335,7 +335,7 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         for item in items:  # refuse a bad spec now, not at the first reset
             if not isinstance(item, Profile):
                 parse_profile(item)
-        w = np.ones(len(items)) if weights is None else weights
+        w: Sequence[float] = [1.0] * len(items) if weights is None else weights
         self._specs = items
         self._weights = _weights(w, len(items), "SubstepLatencyWrapper")
         self._base = base
@@ -347,7 +347,8 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._rng = np.random.default_rng(seed)
         self._profile: Profile | None = None
         self._pending: list[tuple[int, int, np.ndarray]] = []  # (release_ns, issue_step, cmd)
-        self._applied = np.zeros(env.action_space.shape, dtype=np.float64)
+        shape = env.action_space.shape or ()
+        self._applied: np.ndarray = np.zeros(shape, dtype=np.float64)
         self._applied_issue = -1
         self._t = 0
         self.last_latency_ns = 0
@@ -391,7 +392,8 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
                 runs[-1] = (command, runs[-1][1] + 1)
             else:
                 runs.append((command, 1))
-        reward, terminated, obs, info = 0.0, False, None, {}
+        reward, terminated, obs = 0.0, False, None
+        info: dict[str, Any] = {}
         base = self._base
         try:
             for command, n in runs:

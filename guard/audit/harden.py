@@ -390,6 +390,7 @@ def build_model(
         "vf_coef": plain("vf_coef", 0.5, float),
         "max_grad_norm": plain("max_grad_norm", 0.5, float),
     }
+    algo: Any
     if info.algorithm == "ppo":
         n_steps = max(2, min(plain("n_steps", 2048, int), timesteps))
         settings.update(
