@@ -291,7 +291,7 @@ class HopperDemo:
     episodes: int
     envelope_path: str
     envelope_summary: dict[str, Any]
-    margin: dict[str, dict[str, float]]
+    margin: dict[str, dict[str, Any]]
 
     def column(self, profile: str, mode: str) -> ColumnResult:
         """The column of ``profile`` x ``mode``."""
@@ -388,7 +388,7 @@ def _execute(
         return {(c, s): eps for c, s, eps in (f.result() for f in futures)}
 
 
-def _statistics(columns: list[ColumnResult], seed: int) -> dict[str, dict[str, float]]:
+def _statistics(columns: list[ColumnResult], seed: int) -> dict[str, dict[str, Any]]:
     """Ratios to the base column with paired intervals, fall intervals, and the margin of
     guarded over the better unguarded column (as a fraction of the nominal return)."""
     from tailguard.audit.statistics import BootstrapSettings, clopper_pearson, paired_ratio
@@ -403,7 +403,7 @@ def _statistics(columns: list[ColumnResult], seed: int) -> dict[str, dict[str, f
         c.ratio = r.ratio
         c.ratio_low = r.low if r.defined else None
         c.ratio_high = r.high if r.defined else None
-    margin: dict[str, dict[str, float]] = {}
+    margin: dict[str, dict[str, Any]] = {}
     by = {(c.column.profile, c.column.mode): c for c in columns}
     for p in FAULT_PROFILES:
         g, n, rb = by[(p, "guarded")], by[(p, "nominal")], by[(p, "robust")]
@@ -481,6 +481,8 @@ def _envelope_summary(envelope: Any) -> dict[str, Any]:
     results = (prov.results or {}) if prov is not None else {}
     return {
         "audited": bool(prov is not None and prov.audited),
+        "period_ns": t.period_ns,
+        "responses": {v.value: r.value for v, r in envelope.responses.items()},
         "latency_p99_ns": t.latency.p99_ns,
         "latency_max_ns": t.latency.max_ns,
         "dt_max_ns": t.dt.max_ns,
@@ -537,14 +539,15 @@ def format_hopper(demo: HopperDemo) -> str:
         f"tailguard demo: the shipped Hopper-v5 pair (tailguard.policies: {NOMINAL_POLICY} in "
         f"charge, {ROBUST_POLICY} as fallback) replayed in MuJoCo in simulated time;",
         f"{demo.episodes} paired episodes per column (reset seeds {demo.seed}.."
-        f"{demo.seed + demo.episodes - 1}, same timing streams in every column), 8 ms period.",
+        f"{demo.seed + demo.episodes - 1}, same timing streams in every column), "
+        f"{_ms(e['period_ns'])} ms control period.",
         f"Long tail: inference latency {PROFILES['long_tail'][1]}; GC bursts: "
-        f"{PROFILES['gc_bursts'][1]} (4 ticks of 20 ms, starting with p=0.01 per tick).",
+        f"{PROFILES['gc_bursts'][1]} (GC-pause-like bursts of late ticks).",
         f"Guarded: AUDITED envelope {demo.envelope_path} (latency p99 "
         f"{_ms(e['latency_p99_ns'])} ms, max {_ms(e['latency_max_ns'])} ms; audit of "
         f"{e['audit_episodes']} paired episodes per condition, seed {e['audit_seed']}),",
-        "the guard's responses as audited (hold on a late tick, fallback on a window "
-        "violation); no deadline mode: every action,",
+        f"the envelope's responses (a late tick: {e['responses']['latency_max']}, a window "
+        f"violation: {e['responses']['latency_p99']}); no deadline mode: every action,",
         "the fallback's too, is released when the tick's inference returns, so the fallback "
         "acts at the same latency as the robust-only column.",
         "Reproduce the envelope: " + AUDIT_COMMAND,
