@@ -283,7 +283,11 @@ def _read_model(policy: Path, vecnormalize: Path | None) -> dict[str, Any]:
 
 
 def _read_vecnormalize_state(path: Path) -> dict[str, Any]:
-    """The VecNormalize statistics (restricted unpickler: arrays and stand-ins only)."""
+    """The VecNormalize statistics (restricted unpickler: arrays and stand-ins only).
+
+    Called after ``load_sb3`` read the same file through ``read_vecnormalize``, which bounds
+    its size and checks the observation statistics; the return statistics are checked here.
+    """
     import pickle
 
     from tailguard.adapters.sb3 import _RestrictedUnpickler, _Stub
@@ -300,11 +304,20 @@ def _read_vecnormalize_state(path: Path) -> dict[str, Any]:
         r = state.get(name)
         if r is None:
             return None
-        return {
-            "mean": np.asarray(r.mean, np.float64),
-            "var": np.asarray(r.var, np.float64),
-            "count": float(getattr(r, "count", 1e-4)),
-        }
+        try:
+            out: dict[str, Any] = {
+                "mean": np.asarray(r.mean, np.float64),
+                "var": np.asarray(r.var, np.float64),
+                "count": float(getattr(r, "count", 1e-4)),
+            }
+        except (AttributeError, TypeError, ValueError):
+            raise CheckpointError(
+                f"VecNormalize {name} holds no numeric statistics", path
+            ) from None
+        finite = all(np.all(np.isfinite(out[k])) for k in ("mean", "var", "count"))
+        if not finite or np.any(out["var"] < 0) or out["count"] <= 0:
+            raise CheckpointError(f"VecNormalize {name} holds non-finite or negative values", path)
+        return out
 
     def num(key: str, default: float) -> float:
         v = state.get(key, default)
