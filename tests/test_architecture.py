@@ -140,7 +140,7 @@ def test_wheel_carries_the_demo_policies_and_every_module(wheel: Path) -> None:
     """Shipped policies are package data; every source module is in the wheel."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for policy in ("hopper_nominal.onnx", "hopper_robust.onnx"):
+    for policy in ("hopper_nominal.onnx", "hopper_robust.onnx", "hopper_nominal.envelope.json"):
         assert f"tailguard/policies/{policy}" in names
     assert "tailguard/py.typed" in names
     for folder, target in FOLDERS.items():
