@@ -8,8 +8,10 @@ export it with the parity check, re-audit it, compare, and certify the pair.
    latency spec; an observation-age condition on the same age as a command latency (the
    loop delay from state to actuation is the same for a memoryless policy); period-jitter,
    rate-change and command-drop conditions have no training wrapper yet and are listed as
-   skipped. The failing profiles share ``1 - nominal_share`` equally; nominal timing keeps
-   ``nominal_share`` of the episodes so nominal performance is kept.
+   skipped. The out-of-envelope stresses certify will judge the pair under (derived from
+   the original's audited envelope: where the fallback is in charge) are added the same way
+   (``train_outside``). The trained profiles share ``1 - nominal_share`` equally; nominal
+   timing keeps ``nominal_share`` of the episodes so nominal performance is kept.
 3. The model is fine-tuned FROM ITS OWN WEIGHTS without running code from the file: a fresh
    SB3 model is built with the architecture read by :mod:`tailguard.adapters.sb3`
    (algorithm, hidden sizes, activation, spaces) and the weights-only state dict is loaded
@@ -20,7 +22,8 @@ export it with the parity check, re-audit it, compare, and certify the pair.
    whole-step resolution).
 4. The result is exported to ONNX with the parity check, 5. re-audited on the same episodes
    and conditions, compared (``report diff``), and 6. the pair (original in charge, hardened
-   as the guard's fallback) is certified against the original's audited envelope.
+   as the guard's fallback) is certified against the original's audited envelope, whose
+   per-tick timing violations switch to the fallback instead of holding (``PAIR_RESPONSES``).
 
 Supported: SB3 PPO and A2C ``.zip``. SAC / TD3 (off-policy: replay buffer and target
 networks are not in the weights-only state) and RSL-RL ``.pt`` are refused with a message.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.audit.audit import DEFAULT_EPISODES, AuditResult, run_audit
+from tailguard.audit.conditions import Condition
 from tailguard.audit.ratings import required_threshold
 from tailguard.errors import ConfigError, MissingExtraError
 
@@ -46,6 +50,7 @@ __all__ = [
     "DEFAULT_NOMINAL_SHARE",
     "DEFAULT_TIMESTEPS",
     "FINETUNE_LEARNING_RATE",
+    "PAIR_RESPONSES",
     "SUPPORTED_ALGORITHMS",
     "HardenResult",
     "TrainingMix",
@@ -59,6 +64,12 @@ DEFAULT_NOMINAL_SHARE = 0.3
 #: Fine-tuning learning rate (the shipped robust Hopper policy's, a third of PPO's default).
 FINETUNE_LEARNING_RATE = 1e-4
 SUPPORTED_ALGORITHMS = ("ppo", "a2c")
+#: The pair's envelope hands control to the hardened fallback on the per-tick timing
+#: violations the audited envelope answers with "hold": with a policy to fall back on,
+#: repeating one command for many ticks is the worse answer (measured: under certify's
+#: out-of-envelope observation age, holding kept the guarded Hopper at a return of 63 vs 741
+#: unguarded; with these responses that check passed).
+PAIR_RESPONSES = {"latency_max": "fallback", "obs_age": "fallback", "deadline_miss": "fallback"}
 _LATENCY_DIMENSIONS = frozenset(
     {
         "latency_fixed",
@@ -124,8 +135,14 @@ class TrainingMix:
         }
 
 
-def training_mix(audit: AuditResult, nominal_share: float = DEFAULT_NOMINAL_SHARE) -> TrainingMix:
-    """The training randomization for the conditions ``audit`` did not tolerate.
+def training_mix(
+    audit: AuditResult,
+    nominal_share: float = DEFAULT_NOMINAL_SHARE,
+    outside: Sequence[Condition] = (),
+) -> TrainingMix:
+    """The training randomization for the conditions ``audit`` did not tolerate, plus
+    ``outside`` conditions (the out-of-envelope stresses certify judges the pair under: the
+    fallback is in charge exactly there).
 
     Raises:
         ConfigError: ``nominal_share`` outside (0, 1).
@@ -134,12 +151,12 @@ def training_mix(audit: AuditResult, nominal_share: float = DEFAULT_NOMINAL_SHAR
         raise ConfigError(f"nominal_share must be in (0, 1), got {nominal_share}")
     trained: list[tuple[str, str, str]] = []
     skipped: list[dict[str, str]] = []
-    failing: list[str] = []
-    for r in audit.conditions[1:]:
-        c = r.condition
-        if r.rating is None or r.rating.tolerated:
-            continue
-        failing.append(c.name)
+    candidates = [
+        (r.condition, "") for r in audit.conditions[1:] if r.rating and not r.rating.tolerated
+    ]
+    failing = [c.name for c, _ in candidates]
+    candidates += [(c, "out-of-envelope stress of the pair; ") for c in outside]
+    for c, origin in candidates:
         timing_changed = c.dt != "nominal" or c.drop_prob > 0
         if timing_changed:
             what = "command drops" if c.drop_prob > 0 else "the control period"
@@ -151,7 +168,7 @@ def training_mix(audit: AuditResult, nominal_share: float = DEFAULT_NOMINAL_SHAR
                 }
             )
         elif c.latency != "nominal":
-            how = "latency spec"
+            how = origin + "latency spec"
             if c.obs_delay != "nominal":
                 how += " (its observation age is not added: two profiles are not summed)"
             trained.append((c.latency, c.name, how))
@@ -160,7 +177,7 @@ def training_mix(audit: AuditResult, nominal_share: float = DEFAULT_NOMINAL_SHAR
                 (
                     c.obs_delay,
                     c.name,
-                    "observation age trained as an equal command latency (same loop delay "
+                    origin + "observation age trained as an equal command latency (same loop delay "
                     "from state to actuation for a memoryless policy)",
                 )
             )
@@ -554,6 +571,7 @@ def harden(
     require: str = "MILD",
     nominal_share: float = DEFAULT_NOMINAL_SHARE,
     learning_rate: float = FINETUNE_LEARNING_RATE,
+    train_outside: bool = True,
     n_resamples: int = 9999,
     certify_episodes: int | None = None,
     html: bool = True,
@@ -576,6 +594,8 @@ def harden(
         require: the rating a condition must reach (PASS or MILD).
         nominal_share: the share of nominal-timing training episodes.
         learning_rate: the fine-tuning learning rate.
+        train_outside: also train on the out-of-envelope stresses certify judges the pair
+            under (the original's envelope: where the fallback is in charge).
         n_resamples: bootstrap resamples.
         certify_episodes: episodes per certify profile (default ``episodes``).
         html: write report.html files.
@@ -626,7 +646,12 @@ def harden(
     )
     for k, p in write_audit(before, folder / "before", html=html).items():
         files[f"before_{k}"] = p
-    mix = training_mix(before, nominal_share)
+    outside: list[Condition] = []
+    if train_outside and before.envelope is not None:
+        from tailguard.audit.certification import _stress_conditions
+
+        outside = _stress_conditions(before.envelope, [])[1]
+    mix = training_mix(before, nominal_share, outside)
     result = HardenResult(status="certified", before=before, mix=mix, files=files)
     if not mix.failing:
         result.status = "nothing_to_harden"
@@ -698,13 +723,14 @@ def harden(
     pair.mkdir(exist_ok=True)
     original_onnx = folder / "before" / "policy.onnx"  # where run_audit exported it
     envelope_path = pair / "envelope.json"
-    save_envelope(before.envelope, envelope_path)
+    save_envelope(before.envelope.with_responses(PAIR_RESPONSES), envelope_path)
     pair_doc = {
         "in_charge": {"policy": src.name, "onnx": str(original_onnx.relative_to(folder))},
         "fallback": {"policy": tuned["model"].name, "onnx": onnx_path.name},
         "envelope": envelope_path.name,
         "envelope_from": "the original policy's audit (before/): the guard hands control to "
         "the hardened fallback when the timing leaves what the original tolerates",
+        "responses_changed": PAIR_RESPONSES,
         "certify": f"tailguard certify --policy {original_onnx.relative_to(folder)} "
         f"--envelope pair/envelope.json --fallback {onnx_path.name} --env {env}",
     }
