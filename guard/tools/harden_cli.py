@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
         default=9999,
         help="bootstrap resamples (default 9999)",
     )
+    p.add_argument(
+        "--no-train-outside",
+        action="store_true",
+        help="train only on the audit's failing conditions, not also on the out-of-envelope "
+        "stresses certify judges the pair under",
+    )
     p.add_argument("--no-html", action="store_true", help="skip the report.html files")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_cmd_harden)
@@ -123,6 +129,7 @@ def _cmd_harden(args: argparse.Namespace) -> int:
             workers=workers,
             require=args.require,
             nominal_share=args.nominal_share,
+            train_outside=not args.no_train_outside,
             n_resamples=args.resamples,
             html=not args.no_html,
             progress=progress,
