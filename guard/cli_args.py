@@ -153,8 +153,10 @@ class Number:
             return False
         if self._min_ns is not None and value * self._ns < self._min_ns:
             return False
-        if self.unit in _NS_PER_UNIT and abs(round(value * self._ns)) > INT64_MAX:
-            return False  # the float cap can round up to 2**63
+        if self.unit in _NS_PER_UNIT:
+            scaled = value * self._ns  # a huge finite value overflows to inf here
+            if not math.isfinite(scaled) or abs(round(scaled)) > INT64_MAX:
+                return False  # the float cap can round up to 2**63
         return not (hi is not None and (value >= hi if self.max_open else value > hi))
 
     def __call__(self, text: str) -> float:
