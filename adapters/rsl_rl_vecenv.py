@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tailguard.errors import MissingExtraError
+from tailguard.errors import ConfigError, MissingExtraError
 
 __all__ = ["GymnasiumVecEnv"]
 
@@ -61,7 +61,7 @@ class GymnasiumVecEnv:
         self._td = tensordict_cls
         self.envs = [fn() for fn in env_fns]
         if not self.envs:
-            raise ValueError("GymnasiumVecEnv needs at least one environment")
+            raise ConfigError("GymnasiumVecEnv needs at least one environment")
         first = self.envs[0]
         self.num_envs = len(self.envs)
         self.num_obs = int(np.prod(first.observation_space.shape))

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tailguard.errors import RecorderError
+from tailguard.errors import ConfigError, RecorderError
 from tailguard.protocol.flight_record import (
     FORMAT_VERSION,
     HEADER,
@@ -100,17 +100,17 @@ class FlightRecorder:
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-            raise ValueError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+            raise ConfigError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
         if max_bytes < _MIN_MAX_BYTES:
-            raise ValueError(f"max_bytes must be >= {_MIN_MAX_BYTES}, got {max_bytes}")
+            raise ConfigError(f"max_bytes must be >= {_MIN_MAX_BYTES}, got {max_bytes}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
+            raise ConfigError(f"max_queue must be a positive int, got {max_queue!r}")
         if not (
             isinstance(flush_interval_s, int | float)
             and math.isfinite(flush_interval_s)
             and 0 < flush_interval_s <= 60
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"flush_interval_s must be a number in (0, 60] s, got {flush_interval_s!r}"
             )
         self.path = Path(path)
