@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from tailguard.errors import TailguardError
-from tailguard.firmware_sim.tasks import import_mujoco, integrate_span, short_step
+from tailguard.firmware_sim.tasks import (
+    import_mujoco,
+    integrate_ahead,
+    integrate_span,
+    short_step,
+)
 
 __all__ = ["PdConfig", "PdRobotTask", "gymnasium_asset"]
 
@@ -313,21 +318,7 @@ class PdRobotTask:
     ) -> np.ndarray:
         """The observation ``duration_ns`` after ``state`` (default: now) under the targets of
         ``ctrl``, integrated on a scratch copy (the task's own state is untouched)."""
-        m = self.model
-        if self._scratch is None:
-            mujoco, _ = import_mujoco()
-            self._scratch = mujoco.MjData(m)
-        scratch = self._scratch
-        if state is None:
-            state = self.save_state()
-        self._set_state(m, scratch, state, self._state_spec)
-        scratch.ctrl[:] = self.targets(ctrl)
-        n, rest_ns = divmod(int(duration_ns), self.substep_ns)
-        if n:
-            self._mj_step(m, scratch, nstep=n)
-        if rest_ns:
-            self._short_step(scratch, rest_ns)
-        return self._observe_data(scratch)
+        return self._observe_data(integrate_ahead(self, self.targets(ctrl), duration_ns, state))
 
     def observe(self) -> np.ndarray:
         """``qpos`` without the root's horizontal position, then ``qvel`` (a new array)."""

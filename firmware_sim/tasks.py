@@ -310,21 +310,8 @@ class MujocoTask:
         so the task's own trajectory is untouched: an observation between step boundaries
         costs one extra ``mj_step`` and changes nothing else.
         """
-        model = self.model
-        if self._scratch is None:
-            mujoco, _ = import_mujoco()
-            self._scratch = mujoco.MjData(model)
-        scratch = self._scratch
-        if state is None:
-            state = self.save_state()
-        self._set_state(model, scratch, state, self._state_spec)
-        scratch.ctrl[:] = ctrl
-        n, rest_ns = divmod(int(duration_ns), self.substep_ns)
-        if n:
-            self._mj_step(model, scratch, nstep=n)
-        if rest_ns:
-            self._short_step(scratch, rest_ns)
-        self._rne_post(model, scratch)  # as after an env step: the obs may read cfrc_ext
+        scratch = integrate_ahead(self, ctrl, duration_ns, state)
+        self._rne_post(self.model, scratch)  # as after an env step: the obs may read cfrc_ext
         return self._observe_data(scratch)
 
     #: ``observe_state(state)``: the observation of a ``save_state()`` array, for tasks
@@ -416,3 +403,24 @@ def integrate_span(
     if stop_ns > t_ns:
         short_step(task, data, stop_ns - t_ns)
         task._after(after_step, t_ns, stop_ns)
+
+
+def integrate_ahead(task: Any, ctrl: np.ndarray, duration_ns: int, state: np.ndarray | None) -> Any:
+    """``task``'s scratch ``MjData`` integrated ``duration_ns`` from ``state`` (default: the
+    task's current state) with ``data.ctrl = ctrl``: whole substeps, then one shortened step.
+    The task's own ``data`` is untouched."""
+    model = task.model
+    if task._scratch is None:
+        mujoco, _ = import_mujoco()
+        task._scratch = mujoco.MjData(model)
+    scratch = task._scratch
+    if state is None:
+        state = task.save_state()
+    task._set_state(model, scratch, state, task._state_spec)
+    scratch.ctrl[:] = ctrl
+    n, rest_ns = divmod(int(duration_ns), task.substep_ns)
+    if n:
+        task._mj_step(model, scratch, nstep=n)
+    if rest_ns:
+        short_step(task, scratch, rest_ns)
+    return scratch
