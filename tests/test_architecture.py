@@ -1,9 +1,10 @@
 """The package's shape: one import name, the layer contracts, and a wheel that carries the demo.
 
-`lint-imports` needs the package as it is installed (``tailguard/`` with ``adapters/`` and
-``firmware_sim/`` inside); an editable install maps three folders instead, so the contracts
-are checked on a staged copy of that layout. Run this file directly for the same check:
-``python tests/test_architecture.py``.
+`lint-imports` reads the package from the folder ``tailguard`` maps to. In a checkout that is
+``guard/``, whose ``adapters`` and ``firmware_sim`` entries are links to the top-level folders,
+so plain ``lint-imports`` sees the whole package. The test checks a staged copy of the
+installed layout instead (links resolved), which does not depend on how the package was
+installed; ``python tests/test_architecture.py`` runs the same check.
 """
 
 from __future__ import annotations
