@@ -186,13 +186,15 @@ def test_any_module_with_example_input(tmp_path: Path) -> None:
 
 
 def test_exporter_choice_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto picks dynamo with onnxscript and legacy without; unknown names are refused."""
+    """auto tries legacy, then dynamo when onnxscript is installed; unknown names refused."""
     import importlib.util
 
-    from tailguard.adapters.export import resolve_exporter
+    from tailguard.adapters.export import exporter_candidates, resolve_exporter
     from tailguard.errors import MissingExtraError
 
     assert resolve_exporter("legacy") == "legacy"
+    assert exporter_candidates("auto") == ("legacy", "dynamo")
+    assert exporter_candidates("dynamo") == ("dynamo",)
     with pytest.raises(ExportError, match="valid choices are"):
         resolve_exporter("fast")
     real_find_spec = importlib.util.find_spec
@@ -201,9 +203,32 @@ def test_exporter_choice_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         "find_spec",
         lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a),
     )
-    assert resolve_exporter("auto") == "legacy"
+    assert exporter_candidates("auto") == ("legacy",)
     with pytest.raises(MissingExtraError, match="onnxscript"):
         resolve_exporter("dynamo")
+
+
+def test_auto_falls_back_to_dynamo_when_legacy_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A legacy export failure under auto is retried with dynamo, which is then recorded."""
+    from tailguard.adapters import export
+
+    real = export._torch_export
+    tried: list[str] = []
+
+    def failing_legacy(module: Any, obs_dim: int, rec: Any, target: Path, name: str, op: int):
+        tried.append(name)
+        if name == "legacy":
+            raise ExportError("torch.onnx.export failed (legacy exporter): simulated")
+        return real(module, obs_dim, rec, target, name, op)
+
+    monkeypatch.setattr(export, "_torch_export", failing_legacy)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    result = export.export_module(module, 4, tmp_path / "p.onnx")
+    assert tried == ["legacy", "dynamo"]
+    assert result.metadata["tailguard.exporter"] == "dynamo"
+    assert result.parity.passed
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
