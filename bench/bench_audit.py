@@ -1,15 +1,19 @@
 """A same-size audit as the peer tool's: 6 conditions x 20 paired episodes on Hopper-v5 with
-the shipped short-lived policy (``guard/policies/hopper_nominal.onnx``), end to end.
+the same SB3 model, end to end, side by side with the peer when it is installed.
 
-The peer (deltatau-audit 0.6.2, ``audit-sb3``) took 13.7 s for 6 conditions x 20 episodes of
-a short-lived SB3 Hopper policy on this kind of 2-core machine. Our six: nominal plus one
-level of each of the peer's axes, in time rather than action repeats: a sustained rate change
-(x2, the peer's "speed"), period jitter (+-0.4 P), one period of latency (the peer's
-"delay"), latency spike bursts (4 P) and observation age (1 P). The wall time includes the
-process start, imports, the sweep, 9999-resample BCa intervals, the envelope derivation and
-every output file (report.html with its plots), like the peer's CLI run.
+The peer (deltatau-audit 0.6.2, ``audit-sb3 --episodes 20``) audits an SB3 ``.zip`` on raw
+observations (it has no VecNormalize option): nominal plus six conditions of 20 episodes.
+The same model for us is ``guard/policies/hopper_nominal.zip`` without ``--vecnormalize``:
+exported on the fly with its parity check, then the same short-lived policy (on raw
+observations it falls within ~100 steps). Our six: nominal plus one level of each of the
+peer's axes, in time rather than action repeats: a sustained rate change (x2, the peer's
+"speed"), period jitter (+-0.4 P), one period of latency (the peer's "delay"), latency spike
+bursts (4 P) and observation age (1 P). Both wall times include the process start, imports
+(torch for both), the sweep, the statistics and every output file (our report.html with its
+plots), like a CLI run. ``--policy onnx`` audits the shipped ONNX instead (normalization
+folded in, so 1000-step episodes: several times the simulated work, no torch import).
 
-    python bench/bench_audit.py [--workers 2]             # wall time of `tailguard audit`
+    python bench/bench_audit.py [--workers 2] [--repeat 3] [--peer PATH/deltatau-audit]
     python -m pytest bench/bench_audit.py --benchmark-enable
 """
 
@@ -35,7 +39,9 @@ from tg_timing import is_smoke
 from tailguard.audit.audit import run_audit
 from tailguard.audit.sweep import build_sweep
 
-POLICY = Path(__file__).resolve().parents[1] / "guard" / "policies" / "hopper_nominal.onnx"
+POLICIES = Path(__file__).resolve().parents[1] / "guard" / "policies"
+POLICY = POLICIES / "hopper_nominal.onnx"
+POLICY_ZIP = POLICIES / "hopper_nominal.zip"
 ENV = "Hopper-v5"
 EPISODES = 20
 PEER_WALL_S = 13.7
@@ -79,7 +85,7 @@ def bench_audit_same_size(benchmark: Any, request: pytest.FixtureRequest) -> Non
     benchmark.extra_info["peer_wall_s"] = PEER_WALL_S
 
 
-def wall_time_cli(workers: str) -> tuple[float, float]:
+def wall_time_cli(workers: str, policy: Path = POLICY_ZIP) -> tuple[float, float]:
     """(wall, CPU) time of one `tailguard audit` process tree (imports and outputs included),
     s. CPU time (user + system of the process and its workers) does not count the time the
     machine gave to other processes."""
@@ -94,7 +100,7 @@ def wall_time_cli(workers: str) -> tuple[float, float]:
             "tailguard",
             "audit",
             "--policy",
-            str(POLICY),
+            str(policy),
             "--env",
             ENV,
             "--sweep",
@@ -116,22 +122,64 @@ def wall_time_cli(workers: str) -> tuple[float, float]:
         return wall, cpu
 
 
+def wall_time_peer(peer: str, workers: str) -> tuple[float, float]:
+    """(wall, CPU) time of one ``deltatau-audit audit-sb3`` run on the same model, s."""
+    import resource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            *(peer, "audit-sb3", "--model", str(POLICY_ZIP), "--algo", "ppo"),
+            *("--env", ENV, "--episodes", str(EPISODES), "--seed", "0"),
+            *("--workers", workers, "--out", str(Path(tmp) / "out"), "--quiet"),
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, timeout=600, capture_output=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workers", default="2")
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    runs = [wall_time_cli(args.workers) for _ in range(args.repeat)]
-    walls = sorted(w for w, _ in runs)
-    median, best = walls[len(walls) // 2], walls[0]
-    print(
-        f"tailguard audit, 6 conditions x {EPISODES} episodes, {ENV}, workers {args.workers}: "
-        f"wall {', '.join(f'{w:.2f}' for w, _ in runs)} s (median {median:.2f}, best "
-        f"{best:.2f}); CPU {', '.join(f'{c:.2f}' for _, c in runs)} s; peer {PEER_WALL_S} s "
-        f"-> {PEER_WALL_S / median:.1f}x (median wall), {PEER_WALL_S / best:.1f}x (best wall)"
+    parser.add_argument("--policy", choices=("zip", "onnx"), default="zip")
+    parser.add_argument(
+        "--peer", help="the peer's deltatau-audit executable: runs interleaved with ours"
     )
+    args = parser.parse_args()
+    policy = POLICY_ZIP if args.policy == "zip" else POLICY
+    ours: list[tuple[float, float]] = []
+    peer: list[tuple[float, float]] = []
+    for _ in range(args.repeat):  # interleaved, so both see the same machine
+        ours.append(wall_time_cli(args.workers, policy))
+        if args.peer:
+            peer.append(wall_time_peer(args.peer, args.workers))
+    fmt = ", ".join
+    m = _median([w for w, _ in ours])
+    print(
+        f"tailguard audit ({policy.name}), 6 conditions x {EPISODES} episodes, {ENV}, "
+        f"workers {args.workers}: wall {fmt(f'{w:.2f}' for w, _ in ours)} s (median {m:.2f}); "
+        f"CPU {fmt(f'{c:.2f}' for _, c in ours)} s"
+    )
+    if peer:
+        pm = _median([w for w, _ in peer])
+        print(
+            f"deltatau-audit audit-sb3, same model, 20 episodes, workers {args.workers}: wall "
+            f"{fmt(f'{w:.2f}' for w, _ in peer)} s (median {pm:.2f}); CPU "
+            f"{fmt(f'{c:.2f}' for _, c in peer)} s -> ours is {pm / m:.2f}x faster (medians)"
+        )
+    else:
+        print(f"peer not run (--peer); its figure from the issue: {PEER_WALL_S} s")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
 
 
