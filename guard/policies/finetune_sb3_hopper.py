@@ -42,22 +42,26 @@ TRAINING_LATENCIES: tuple[tuple[float, str], ...] = (
     (0.20, "uniform:lo_ms=0,hi_ms=12"),
     (0.10, "fixed:ms=8"),
 )
+#: The control run (``--timing nominal``): the same continuation without timing randomization.
+NOMINAL_ONLY: tuple[tuple[float, str], ...] = ((1.0, "nominal"),)
 #: The demo's long-tail profile: what the robust policy is judged under.
 LONG_TAIL = "lognormal:median_ms=2.5,sigma=0.9,cap_ms=40"
 FINETUNE_LEARNING_RATE = 1e-4
 
 
-def make_latency_env(seed: int) -> Any:
-    """Hopper-v5 whose commands arrive after a latency drawn from ``TRAINING_LATENCIES``
-    (released at the next physics substep boundary, ``SubstepLatencyWrapper``)."""
+def make_latency_env(
+    seed: int, latencies: tuple[tuple[float, str], ...] = TRAINING_LATENCIES
+) -> Any:
+    """Hopper-v5 whose commands arrive after a latency drawn from ``latencies`` (released at
+    the next physics substep boundary, ``SubstepLatencyWrapper``)."""
     import gymnasium as gym
 
     from tailguard.firmware_sim.wrappers import SubstepLatencyWrapper
 
     return SubstepLatencyWrapper(
         gym.make("Hopper-v5"),
-        [s for _, s in TRAINING_LATENCIES],
-        weights=[w for w, _ in TRAINING_LATENCIES],
+        [s for _, s in latencies],
+        weights=[w for w, _ in latencies],
         seed=seed,
         reset_seed_offset=7919,
     )
@@ -94,10 +98,17 @@ def replay_returns(onnx_path: Path, profile: str, episodes: int) -> list[float]:
 
 
 def finetune(
-    nominal: Path, timesteps: int, seed: int, out: Path, init: Path | None = None
+    nominal: Path,
+    timesteps: int,
+    seed: int,
+    out: Path,
+    init: Path | None = None,
+    latencies: tuple[tuple[float, str], ...] = TRAINING_LATENCIES,
+    episodes: int = 20,
 ) -> dict[str, Any]:
-    """Fine-tune (from ``init``, default ``nominal``), export, evaluate against ``nominal``;
-    returns the record written to ``PREFIX.training.json``."""
+    """Fine-tune (from ``init``, default ``nominal``) under ``latencies``, export, evaluate
+    against ``nominal`` on reset seeds ``0..episodes-1``; returns the record written to
+    ``PREFIX.training.json``."""
     start_from = nominal if init is None else init
     import torch
     from stable_baselines3 import PPO
@@ -110,7 +121,7 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     venv = VecNormalize.load(
         str(artifact(start_from, ".vecnormalize.pkl")),
-        DummyVecEnv([lambda: Monitor(make_latency_env(seed))]),
+        DummyVecEnv([lambda: Monitor(make_latency_env(seed, latencies))]),
     )
     venv.training = True
     venv.seed(seed)
@@ -132,7 +143,6 @@ def finetune(
         vecnormalize=artifact(out, ".vecnormalize.pkl"),
         observations=np.load(HERE / "hopper_observations.npy"),
     )
-    episodes = 20
     robust_nominal = replay_returns(artifact(out, ".onnx"), "nominal", episodes)
     robust_tail = replay_returns(artifact(out, ".onnx"), LONG_TAIL, episodes)
     nominal_nominal = replay_returns(artifact(nominal, ".onnx"), "nominal", episodes)
@@ -142,7 +152,7 @@ def finetune(
         "fine_tuned_from": str(start_from.name),
         "compared_with": str(nominal.name),
         "ppo_settings": {**PPO_SETTINGS, "learning_rate": FINETUNE_LEARNING_RATE},
-        "training_latencies": [list(x) for x in TRAINING_LATENCIES],
+        "training_latencies": [list(x) for x in latencies],
         "seed": seed,
         "timesteps": timesteps,
         "wall_s": round(wall_s, 1),
@@ -166,7 +176,7 @@ def finetune(
                 np.mean(nominal_tail) / np.mean(nominal_nominal)
             ),
         },
-        "gym_evaluation": evaluate_onnx(artifact(out, ".onnx")),
+        "gym_evaluation": evaluate_onnx(artifact(out, ".onnx"), episodes=episodes),
     }
     artifact(out, ".training.json").write_text(json.dumps(record, indent=2) + "\n")
     venv.close()
@@ -187,15 +197,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=800_000, help="environment steps")
     parser.add_argument("--seed", type=int, default=3, help="fine-tuning seed (>= 0)")
     parser.add_argument(
+        "--timing",
+        choices=("randomized", "nominal"),
+        default="randomized",
+        help="randomized: TRAINING_LATENCIES (the robust sibling); nominal: the same "
+        "continuation at nominal timing (the control: same parent, same budget)",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=20, help="evaluation episodes (reset seeds 0..n-1)"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         required=True,
         help="output path prefix, e.g. guard/policies/hopper_robust",
     )
     args = parser.parse_args(argv)
-    if args.timesteps <= 0 or args.seed < 0:
-        parser.error("--timesteps must be > 0 and --seed >= 0")
-    record = finetune(args.nominal, args.timesteps, args.seed, args.out, init=args.init)
+    if args.timesteps <= 0 or args.seed < 0 or args.episodes < 2:
+        parser.error("--timesteps must be > 0, --seed >= 0 and --episodes >= 2")
+    latencies = TRAINING_LATENCIES if args.timing == "randomized" else NOMINAL_ONLY
+    record = finetune(
+        args.nominal,
+        args.timesteps,
+        args.seed,
+        args.out,
+        init=args.init,
+        latencies=latencies,
+        episodes=args.episodes,
+    )
     print(json.dumps(record["ratios"], indent=2))
     return 0
 
