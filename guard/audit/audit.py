@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.audit.conditions import Condition
-from tailguard.audit.executor import Executor, make_executor
+from tailguard.audit.executor import Executor, select_executor
 from tailguard.audit.ratings import RATING_THRESHOLDS, Rating, required_threshold
 from tailguard.audit.results import ConditionResult, timing_summary
 from tailguard.audit.statistics import BootstrapSettings, paired_ratio, rate_conditions
@@ -237,7 +237,8 @@ def run_audit(
     episodes: int = DEFAULT_EPISODES,
     seed: int = 0,
     workers: int = 1,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
+    address: str | None = None,
     quick: bool = False,
     dimensions: Sequence[str] | None = None,
     sweep_file: str | Path | None = None,
@@ -264,7 +265,9 @@ def run_audit(
         episodes: paired episodes per condition (>= 2).
         seed: base seed; episode ``i`` uses ``seed + i`` under every condition.
         workers: local processes (1 = in this process); ignored with ``executor``.
-        executor: run the units on this executor instead.
+        executor: ``"local"`` (default), ``"ray"`` or an executor object to run the
+            units on (see ``tailguard.audit.executor.select_executor``).
+        address: the Ray cluster for ``executor="ray"`` (None: a Ray started here).
         quick: the smoke-test sweep.
         dimensions: restrict the default ladders to these dimensions.
         sweep_file: a JSON/TOML sweep file (see ``tailguard.audit.sweep``).
@@ -331,7 +334,9 @@ def run_audit(
             raise ConfigError("an explicit condition list must start with the nominal condition")
     target = Target(env=env, policy=str(resolved.onnx_path), seed=seed)
     units = make_units(target, conds, episodes, block)
-    runner = executor if executor is not None else make_executor(workers, while_waiting)
+    runner, close = select_executor(
+        executor, workers=workers, address=address, while_waiting=while_waiting
+    )
     total = len(conds) * episodes
     done = [0]
 
@@ -340,7 +345,10 @@ def run_audit(
         if progress is not None:
             progress(done[0], total)
 
-    unit_results = runner.run(units, on_result)
+    try:
+        unit_results = runner.run(units, on_result)
+    finally:
+        close()
     results = collect(conds, unit_results, info.period_ns, d_cap)
     apply_statistics(results, settings, threshold)
     policy_doc = {

@@ -45,7 +45,7 @@ from tailguard.audit.audit import (
     task_info,
 )
 from tailguard.audit.conditions import NOMINAL, Condition
-from tailguard.audit.executor import Executor, make_executor
+from tailguard.audit.executor import Executor, select_executor
 from tailguard.audit.ratings import Rating, required_threshold
 from tailguard.audit.results import ConditionResult
 from tailguard.audit.statistics import BootstrapSettings, paired_difference
@@ -360,7 +360,8 @@ def certify(
     episodes: int = 20,
     seed: int = 1000,
     workers: int = 1,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
+    address: str | None = None,
     require: str | None = None,
     n_resamples: int = 9999,
     alpha: float = 0.05,
@@ -381,7 +382,8 @@ def certify(
             other episodes than the audit's default seed 0, so certification is not judged
             on the episodes the envelope was derived from).
         require: required rating (default: the one the envelope was audited with, or MILD).
-        workers, executor, n_resamples, alpha, block, workdir, vecnormalize, progress: as in
+        workers, executor, address, n_resamples, alpha, block, workdir, vecnormalize,
+            progress: as in
             :func:`tailguard.audit.run_audit`.
 
     Raises:
@@ -439,7 +441,7 @@ def certify(
     gs = GuardSettings(envelope=env_obj.to_dict(), fallback=fallback or "hold", keep_ticks=True)
     units = make_units(target, conds, episodes, block, tag="unguarded")
     units += make_units(target, conds, episodes, block, guard=gs, tag="guarded")
-    runner = executor if executor is not None else make_executor(workers)
+    runner, close = select_executor(executor, workers=workers, address=address)
     total = 2 * len(conds) * episodes
     done = [0]
 
@@ -448,7 +450,10 @@ def certify(
         if progress is not None:
             progress(done[0], total)
 
-    unit_results = runner.run(units, on_result)
+    try:
+        unit_results = runner.run(units, on_result)
+    finally:
+        close()
     half = len(units) // 2
     ung = collect(conds, unit_results[:half], info.period_ns, 1)
     gua = collect(conds, unit_results[half:], info.period_ns, 1)

@@ -17,7 +17,15 @@ from typing import Protocol
 from tailguard.audit.units import UnitResult, WorkUnit, run_unit
 from tailguard.errors import ConfigError
 
-__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "make_executor", "parse_workers"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "make_executor",
+    "parse_workers",
+    "select_executor",
+]
 
 OnResult = Callable[[UnitResult], None]
 
@@ -107,3 +115,41 @@ def make_executor(
     """In-process for one worker, a process pool otherwise (``while_waiting``: see
     :class:`ProcessExecutor`; ignored in-process)."""
     return LocalExecutor() if workers <= 1 else ProcessExecutor(workers, while_waiting)
+
+
+#: The executor kinds ``--executor`` accepts (``ray``: :mod:`tailguard.audit.ray_executor`).
+EXECUTORS = ("local", "ray")
+
+
+def select_executor(
+    executor: Executor | str | None,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    while_waiting: Callable[[], None] | None = None,
+) -> tuple[Executor, Callable[[], None]]:
+    """The executor an API call asked for, and what to call when done with it.
+
+    ``executor``: an :class:`Executor` (used as is; closing it is the caller's business),
+    ``None`` or ``"local"`` (:func:`make_executor` with ``workers``) or ``"ray"`` (a
+    :class:`~tailguard.audit.ray_executor.RayExecutor` at ``address``, connected here so a
+    missing Ray or an unreachable cluster is refused before any episode runs).
+
+    Raises:
+        ConfigError: an unknown executor name, ``address`` without Ray, Ray missing, the
+            cluster unreachable.
+    """
+    if executor is not None and not isinstance(executor, str):
+        return executor, lambda: None
+    kind = (executor or "local").strip().lower()
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if kind == "local":
+        if address is not None:
+            raise ConfigError("--address is for --executor ray; drop it or add --executor ray")
+        return make_executor(workers, while_waiting), lambda: None
+    from tailguard.audit.ray_executor import RayExecutor
+
+    ray_executor = RayExecutor(address, while_waiting=while_waiting)
+    ray_executor.connect()
+    return ray_executor, ray_executor.close

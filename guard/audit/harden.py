@@ -568,6 +568,8 @@ def harden(
     episodes: int = DEFAULT_EPISODES,
     quick: bool = False,
     workers: int = 1,
+    executor: Any = None,
+    address: str | None = None,
     require: str = "MILD",
     nominal_share: float = DEFAULT_NOMINAL_SHARE,
     learning_rate: float = FINETUNE_LEARNING_RATE,
@@ -591,6 +593,9 @@ def harden(
         episodes: paired episodes per condition (audits and certify).
         quick: the smoke sweep.
         workers: audit worker processes.
+        executor, address: where the audits' and certify's units run (``"local"``,
+            ``"ray"`` or an executor; see :func:`tailguard.audit.run_audit`); one
+            connection serves every stage.
         require: the rating a condition must reach (PASS or MILD).
         nominal_share: the share of nominal-timing training episodes.
         learning_rate: the fine-tuning learning rate.
@@ -607,6 +612,56 @@ def harden(
             missing file, SAC/TD3, a non-gymnasium env id), before anything runs.
         MissingExtraError: stable-baselines3 is not installed (``pip install 'tailguard[train]'``).
     """
+    from tailguard.audit.executor import select_executor
+
+    runner, close = select_executor(executor, workers=workers, address=address)
+    try:
+        return _harden(
+            policy,
+            env,
+            out,
+            runner,
+            vecnormalize=vecnormalize,
+            timesteps=timesteps,
+            seed=seed,
+            episodes=episodes,
+            quick=quick,
+            workers=workers,
+            require=require,
+            nominal_share=nominal_share,
+            learning_rate=learning_rate,
+            train_outside=train_outside,
+            n_resamples=n_resamples,
+            certify_episodes=certify_episodes,
+            html=html,
+            progress=progress,
+        )
+    finally:
+        close()
+
+
+def _harden(
+    policy: str | Path,
+    env: str,
+    out: str | Path,
+    runner: Any,
+    *,
+    vecnormalize: str | Path | None = None,
+    timesteps: int = DEFAULT_TIMESTEPS,
+    seed: int = 0,
+    episodes: int = DEFAULT_EPISODES,
+    quick: bool = False,
+    workers: int = 1,
+    require: str = "MILD",
+    nominal_share: float = DEFAULT_NOMINAL_SHARE,
+    learning_rate: float = FINETUNE_LEARNING_RATE,
+    train_outside: bool = True,
+    n_resamples: int = 9999,
+    certify_episodes: int | None = None,
+    html: bool = True,
+    progress: ProgressFn | None = None,
+) -> HardenResult:
+    """:func:`harden` on an executor (``runner``)."""
     from tailguard.audit.certification import certify
     from tailguard.audit.diff import diff_markdown, diff_summaries
     from tailguard.audit.outputs import dump_json, write_audit, write_certify
@@ -637,6 +692,7 @@ def harden(
         episodes=episodes,
         seed=seed,
         workers=workers,
+        executor=runner,
         quick=quick,
         require=require,
         n_resamples=n_resamples,
@@ -703,6 +759,7 @@ def harden(
         episodes=episodes,
         seed=seed,
         workers=workers,
+        executor=runner,
         conditions=[r.condition for r in before.conditions],
         require=require,
         n_resamples=n_resamples,
@@ -745,6 +802,7 @@ def harden(
         episodes=certify_episodes or episodes,
         seed=seed + 1000,
         workers=workers,
+        executor=runner,
         require=require,
         n_resamples=n_resamples,
         workdir=folder / "certify",

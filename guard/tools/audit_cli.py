@@ -19,7 +19,7 @@ from typing import Any
 from tailguard import cli_args as ca
 from tailguard.errors import TailguardError
 
-__all__ = ["register"]
+__all__ = ["add_executor_flags", "executor_kwargs", "register"]
 
 _EPISODES = ca.Integer(2, 100_000, "episodes")
 
@@ -45,6 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, type=ca.output_dir, help="output folder")
     p.add_argument("--workers", default="1", help="local worker processes: N or 'auto' (default 1)")
+    add_executor_flags(p)
     p.add_argument(
         "--fallback",
         default=None,
@@ -181,6 +182,38 @@ class _Progress:
             self.bar.update(self.task, completed=done, total=total)
 
 
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """``--executor local|ray`` and ``--address`` (audit, certify, harden, sweep)."""
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the work units run: local processes (default; see --workers) or a Ray "
+        "cluster (pip install 'tailguard[cluster]')",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|HOST:PORT|ray://HOST[:PORT]",
+        help="Ray cluster to join with --executor ray (default: start a Ray on this machine; "
+        "auto: the one `ray start` runs here)",
+    )
+
+
+def executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's ``executor`` and ``address`` from the flags (usage errors at once)."""
+    if args.address is not None and args.executor != "ray":
+        raise ca.UsageError("--address is for --executor ray; add --executor ray or drop it")
+    if args.executor == "ray":
+        from tailguard.audit.ray_executor import parse_address
+
+        try:
+            parse_address(args.address)
+        except TailguardError as exc:
+            raise ca.UsageError(str(exc)) from None
+    return {"executor": args.executor, "address": args.address}
+
+
 def _workers(text: str) -> int:
     from tailguard.audit.executor import parse_workers
 
@@ -211,6 +244,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             episodes=episodes,
             seed=args.seed,
             workers=_workers(args.workers),
+            **executor_kwargs(args),
             quick=args.quick,
             dimensions=dims,
             sweep_file=args.sweep,
@@ -249,6 +283,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 episodes=args.episodes,
                 seed=args.seed,
                 workers=_workers(args.workers),
+                **executor_kwargs(args),
                 require=args.require,
                 n_resamples=args.resamples,
                 alpha=args.alpha,

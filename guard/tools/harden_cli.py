@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--quick", action="store_true", help="the smoke sweep")
     p.add_argument("--workers", default="1", help="audit worker processes: N or 'auto'")
+    from tailguard.tools.audit_cli import add_executor_flags
+
+    add_executor_flags(p)
     p.add_argument(
         "--require", choices=["PASS", "MILD"], default="MILD", help="required rating (MILD)"
     )
@@ -110,6 +113,7 @@ def _cmd_harden(args: argparse.Namespace) -> int:
     from tailguard.audit.executor import parse_workers
     from tailguard.audit.harden import harden
     from tailguard.errors import TailguardError
+    from tailguard.tools.audit_cli import executor_kwargs
 
     try:
         workers = parse_workers(args.workers)
@@ -127,6 +131,7 @@ def _cmd_harden(args: argparse.Namespace) -> int:
             episodes=episodes,
             quick=args.quick,
             workers=workers,
+            **executor_kwargs(args),
             require=args.require,
             nominal_share=args.nominal_share,
             train_outside=not args.no_train_outside,
