@@ -21,6 +21,7 @@ __all__ = [
     "NS",
     "as_list",
     "check_choice",
+    "check_float",
     "check_instance",
     "check_int",
     "check_json_value",
@@ -80,6 +81,45 @@ def check_int(
         return False
     if value > maximum:
         p.add(name, f"{what} <= {maximum}", show(value))
+        return False
+    return True
+
+
+def check_float(
+    p: Problems,
+    name: str,
+    value: Any,
+    *,
+    minimum: float,
+    maximum: float = math.inf,
+    above_minimum: bool = False,
+    below_maximum: bool = False,
+    what: str = "a number",
+) -> bool:
+    """Checks a finite number in a range (each end closed unless told open); True if usable."""
+    if value is INVALID:
+        return False
+    low = f"> {minimum:g}" if above_minimum else f">= {minimum:g}"
+    high = (
+        ""
+        if maximum == math.inf
+        else (f" and < {maximum:g}" if below_maximum else f" and <= {maximum:g}")
+    )
+    expected = f"{what} {low}{high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        p.add(name, expected, show_typed(value))
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        p.add(name, expected, show(value), "NaN and infinity are not allowed")
+        return False
+    too_low = number <= minimum if above_minimum else number < minimum
+    too_high = number >= maximum if below_maximum else number > maximum
+    if too_low or too_high:
+        p.add(name, expected, show(value))
         return False
     return True
 

@@ -4,7 +4,7 @@ On disk an envelope is a JSON file whose layout mirrors the dataclasses in ``sch
 (only the marked keys are required)::
 
     {
-      "schema_version": 1,                                      # required
+      "schema_version": 2,                                      # required
       "policy": {"sha256": null, "obs_size": 11, "action_size": 3,   # sizes required
                  "action_low": [-1, -1, -1], "action_high": [1, 1, 1]},
       "timing": {"period_ns": 20000000,                         # required
@@ -17,8 +17,15 @@ On disk an envelope is a JSON file whose layout mirrors the dataclasses in ``sch
       "recovery": {"recovery_ticks": 50, "dwell_ns": 500000000, "max_hold_ticks": 5},
       "safe_action": "hold",
       "provenance": {"source": "manual", "audited": false, "tool_version": "",
-                     "created_utc": "", "notes": "", "results": {}}
+                     "created_utc": "", "notes": "", "results": {}},
+      "observations": {"low": [...], "high": [...], "tolerance": 0.05},   # schema 2
+      "action_rules": {"saturation": {"fraction": 0.5, "margin": 0.01},   # schema 2
+                       "frozen": {"ticks": 100, "epsilon": 1e-4, "obs_delta": 0.05},
+                       "chatter": {"fraction": 0.5, "min_delta": 0.01}}
     }
+
+A version-1 file (no ``observations``, no ``action_rules``) reads as before and is
+migrated to the current version; the version-2 sections are refused in a version-1 file.
 
 A file comes from outside, so reading is bounded before any work: at most
 ``MAX_ENVELOPE_BYTES`` bytes and ``MAX_NESTING_DEPTH`` levels of nesting. The text is
@@ -46,10 +53,15 @@ from tailguard.envelope.problems import INVALID, Problems, did_you_mean, show_ty
 from tailguard.envelope.rules import SCHEMA_VERSION, check_version
 from tailguard.envelope.schema import (
     ActionLimits,
+    ActionRules,
+    ChatterRule,
     Envelope,
+    FrozenRule,
+    ObservationRange,
     PolicyBinding,
     Provenance,
     Recovery,
+    SaturationRule,
     Thresholds,
     Timing,
     Window,
@@ -81,8 +93,10 @@ _SECTIONS: dict[str, type] = {
     "recovery": Recovery,
     "provenance": Provenance,
 }
+_SECTIONS.update(observations=ObservationRange, action_rules=ActionRules)  # schema 2
 _NESTED: dict[type, dict[str, type]] = {
     Envelope: _SECTIONS,
+    ActionRules: {"saturation": SaturationRule, "frozen": FrozenRule, "chatter": ChatterRule},
     Timing: {"dt": Thresholds, "latency": Thresholds},
 }
 #: Key order of an envelope file: the version first, then the sections.
@@ -102,6 +116,13 @@ _REQUIRED: dict[type, dict[str, str]] = {
         "action_size": "the flat action length (an integer >= 1)",
     },
     Timing: {"period_ns": "the nominal control period (an integer number of nanoseconds)"},
+    ObservationRange: {
+        "low": "the lower bound of each observation element (an array of numbers)",
+        "high": "the upper bound of each observation element (an array of numbers)",
+    },
+    SaturationRule: {"fraction": "the fraction of samples at a bound that fires the rule"},
+    FrozenRule: {"ticks": "how many ticks without change fire the rule (an integer)"},
+    ChatterRule: {"fraction": "the fraction of samples with a sign flip that fires the rule"},
 }
 #: Defaults in JSON for fields the dataclasses require.
 _JSON_DEFAULTS: dict[tuple[type, str], Any] = {
@@ -156,6 +177,8 @@ def _build(p: Problems, raw: Mapping[Any, Any], cls: type) -> Any:
     for f in dataclasses.fields(cls):
         if f.name not in raw:
             values[f.name] = _default(cls, f)
+        elif f.name in nested and raw[f.name] is None and _default(cls, f) is None:
+            values[f.name] = None  # an optional section given as null: off
         elif f.name in nested:
             values[f.name] = _load_section(p.child(f.name), raw[f.name], nested[f.name])
         else:

@@ -18,6 +18,7 @@ from typing import Any
 from tailguard.envelope.checks import (
     NS,
     check_choice,
+    check_float,
     check_int,
     check_json_value,
     check_numbers,
@@ -34,22 +35,34 @@ __all__ = [
     "MAX_WINDOW_TICKS",
     "PROVENANCE_SOURCES",
     "SAFE_ACTIONS",
+    "OLDEST_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "as_enum",
+    "check_action_rules",
     "check_actions",
+    "check_chatter",
     "check_envelope",
+    "check_frozen",
+    "check_observations",
     "check_policy",
     "check_provenance",
     "check_recovery",
     "check_responses",
+    "check_saturation",
     "check_thresholds",
     "check_timing",
     "check_version",
     "check_window",
 ]
 
-#: The newest envelope schema this tailguard reads and the one it writes.
-SCHEMA_VERSION = 1
+#: The newest envelope schema this tailguard reads and the one it writes. Version 2 added
+#: the optional ``observations`` and ``action_rules`` sections; a version-1 envelope (which
+#: has neither) reads as it always did and is written back as version 2.
+SCHEMA_VERSION = 2
+#: The oldest envelope schema this tailguard reads.
+OLDEST_SCHEMA_VERSION = 1
+#: Sections a version-1 envelope cannot have (added by version 2).
+_V2_SECTIONS = ("observations", "action_rules")
 #: ``Envelope.safe_action`` values: repeat the last applied action, or zeros clipped to bounds.
 SAFE_ACTIONS = ("hold", "zero")
 #: ``Provenance.source`` values: a starter file, an audit result, or written by hand.
@@ -141,6 +154,64 @@ def check_timing(p: Problems, v: Mapping[str, Any]) -> None:
 def check_actions(p: Problems, v: Mapping[str, Any]) -> None:
     """``ActionLimits``: positive finite deltas or null (length checked by the envelope)."""
     check_numbers(p, "max_delta", v["max_delta"], length=None, positive=True)
+
+
+def check_observations(p: Problems, v: Mapping[str, Any]) -> None:
+    """``ObservationRange``: equal-length finite ``low <= high``, ``tolerance >= 0``
+    (length against ``policy.obs_size`` is checked by the envelope)."""
+    low, high = v["low"], v["high"]
+    low_ok = check_numbers(p, "low", low, length=None)
+    high_ok = check_numbers(p, "high", high, length=None)
+    for name, value in (("low", low), ("high", high)):
+        if value is None:
+            p.add(name, "an array of finite numbers (one per observation element)", "null")
+    check_float(p, "tolerance", v["tolerance"], minimum=0.0, what="a fraction of the range")
+    if not (low_ok and high_ok) or low is None or high is None:
+        return
+    lows, highs = float_tuple(low) or (), float_tuple(high) or ()
+    if len(lows) != len(highs):
+        p.add(
+            "high",
+            f"{len(lows)} numbers (as many as low)",
+            f"{len(highs)} numbers",
+            "give one low and one high per observation element",
+        )
+        return
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if not lo <= hi:
+            p.add(f"high[{i}]", f"a number >= low[{i}] ({lo})", show(hi))
+
+
+_FRACTION = "a fraction"
+
+
+def check_saturation(p: Problems, v: Mapping[str, Any]) -> None:
+    """``SaturationRule``: 0 <= fraction < 1, 0 <= margin < 0.5."""
+    check_float(
+        p, "fraction", v["fraction"], minimum=0.0, maximum=1.0, below_maximum=True, what=_FRACTION
+    )
+    check_float(
+        p, "margin", v["margin"], minimum=0.0, maximum=0.5, below_maximum=True, what=_FRACTION
+    )
+
+
+def check_frozen(p: Problems, v: Mapping[str, Any]) -> None:
+    """``FrozenRule``: 2 <= ticks <= MAX_WINDOW_TICKS, epsilon >= 0, obs_delta > 0."""
+    check_int(p, "ticks", v["ticks"], minimum=2, maximum=MAX_WINDOW_TICKS, what=_TICKS)
+    check_float(p, "epsilon", v["epsilon"], minimum=0.0)
+    check_float(p, "obs_delta", v["obs_delta"], minimum=0.0, above_minimum=True)
+
+
+def check_chatter(p: Problems, v: Mapping[str, Any]) -> None:
+    """``ChatterRule``: 0 <= fraction < 1, min_delta >= 0."""
+    check_float(
+        p, "fraction", v["fraction"], minimum=0.0, maximum=1.0, below_maximum=True, what=_FRACTION
+    )
+    check_float(p, "min_delta", v["min_delta"], minimum=0.0)
+
+
+def check_action_rules(p: Problems, v: Mapping[str, Any]) -> None:
+    """``ActionRules``: its rules are checked as sections; nothing of its own."""
 
 
 def check_window(p: Problems, v: Mapping[str, Any]) -> None:
@@ -266,12 +337,14 @@ def check_responses(p: Problems, value: Any) -> dict[Violation, Response] | None
 
 
 def check_version(p: Problems, version: Any) -> None:
-    """``schema_version`` is SCHEMA_VERSION; a newer one asks to upgrade tailguard."""
+    """``schema_version`` is one this tailguard reads (OLDEST_SCHEMA_VERSION to
+    SCHEMA_VERSION); a newer one asks to upgrade tailguard."""
     if version is INVALID:
         return
+    readable = f"an integer from {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
     if not is_int(version):
         hint = int_hint(version, "an integer")
-        p.add("schema_version", f"the integer {SCHEMA_VERSION}", show_typed(version), hint)
+        p.add("schema_version", readable, show_typed(version), hint)
     elif version > SCHEMA_VERSION:
         p.add(
             "schema_version",
@@ -279,8 +352,43 @@ def check_version(p: Problems, version: Any) -> None:
             show(version),
             "the envelope was written by a newer tailguard; upgrade tailguard",
         )
-    elif version != SCHEMA_VERSION:
-        p.add("schema_version", f"the integer {SCHEMA_VERSION}", show(version))
+    elif version < OLDEST_SCHEMA_VERSION:
+        p.add("schema_version", readable, show(version))
+
+
+def _section_used(section: Any) -> bool:
+    """A version-2 section that says something: observations given, or any action rule."""
+    if section is INVALID or section is None:
+        return False
+    fields = ("saturation", "frozen", "chatter")
+    if all(hasattr(section, name) for name in fields):
+        return any(getattr(section, name) is not None for name in fields)
+    return True
+
+
+def _check_observations_fit(p: Problems, policy: Any, observations: Any) -> None:
+    if policy is INVALID or observations is INVALID or observations is None:
+        return
+    size = policy.obs_size
+    if len(observations.low) != size:
+        p.add(
+            "observations.low",
+            f"{size} numbers (policy.obs_size = {size})",
+            f"{len(observations.low)} numbers",
+            "give one entry per observation element",
+        )
+
+
+def _check_rules_fit(p: Problems, policy: Any, rules: Any) -> None:
+    if policy is INVALID or rules is INVALID:
+        return
+    if rules.saturation is not None and policy.action_low is None:
+        p.add(
+            "action_rules.saturation",
+            "policy.action_low and policy.action_high (saturation is judged against them)",
+            "an envelope without action bounds",
+            "set the action bounds, or remove the saturation rule",
+        )
 
 
 def check_envelope(p: Problems, v: Mapping[str, Any]) -> dict[Violation, Response] | None:
@@ -289,9 +397,21 @@ def check_envelope(p: Problems, v: Mapping[str, Any]) -> dict[Violation, Respons
     The sections (``policy``, ``timing``, ...) arrive type-checked or as ``INVALID``.
     """
     check_version(p, v["schema_version"])
+    version = v["schema_version"]
+    if is_int(version) and version < 2:
+        for name in _V2_SECTIONS:
+            if _section_used(v[name]):
+                p.add(
+                    name,
+                    f"no {name} section in a schema_version {version} envelope",
+                    "one",
+                    f"{name} needs schema_version 2 or later; set schema_version to 2",
+                )
     responses = check_responses(p, v["responses"])
     check_choice(p, "safe_action", v["safe_action"], SAFE_ACTIONS)
     policy, actions = v["policy"], v["actions"]
+    _check_observations_fit(p, policy, v["observations"])
+    _check_rules_fit(p, policy, v["action_rules"])
     if policy is not INVALID and actions is not INVALID:
         size = policy.action_size
         max_delta = actions.max_delta

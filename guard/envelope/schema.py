@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,10 +29,15 @@ from tailguard.runtime.state import DEFAULT_RESPONSES, Response, Violation
 
 __all__ = [
     "ActionLimits",
+    "ActionRules",
+    "ChatterRule",
     "Envelope",
+    "FrozenRule",
+    "ObservationRange",
     "PolicyBinding",
     "Provenance",
     "Recovery",
+    "SaturationRule",
     "Thresholds",
     "Timing",
     "Window",
@@ -46,6 +52,7 @@ def _validate(
     obj: Any,
     rule: Callable[[Problems, Mapping[str, Any]], object],
     sections: Mapping[str, type] | None = None,
+    optional: frozenset[str] = frozenset(),
 ) -> Any:
     """Type-checks nested sections, runs the rule, raises on problems, normalizes integers.
 
@@ -55,6 +62,8 @@ def _validate(
     p = Problems()
     values = _values(obj)
     for name, cls in (sections or {}).items():
+        if values[name] is None and name in optional:
+            continue
         if not check_instance(p, name, values[name], cls):
             values[name] = INVALID
     result = rule(p, values)
@@ -308,6 +317,159 @@ class Provenance:
     __reduce__ = _reduce
 
 
+def _floats(obj: Any, *names: str) -> None:
+    """Store validated numbers as Python floats (a missing one, INVALID, stays as it is)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            object.__setattr__(obj, name, float(value))
+
+
+@_known_fields
+@dataclass(frozen=True)
+class ObservationRange:
+    """The observations the policy was audited on: per element ``[low, high]``.
+
+    An element below ``low - tolerance * (high - low)`` or above ``high + tolerance *
+    (high - low)`` is ``Violation.OBS_RANGE`` (the guard tests it inside the policy's check
+    vector, see ``runtime/policy.py``). The audit writes ``low``/``high`` from nominal
+    episodes (a quantile plus a margin, both recorded in ``provenance.results``).
+
+    Attributes:
+        low: per-element lower bounds, ``policy.obs_size`` finite floats.
+        high: per-element upper bounds, each >= its ``low``.
+        tolerance: allowed excursion beyond either bound, as a fraction of the element's
+            range ``high - low``, >= 0.
+
+    Raises:
+        EnvelopeError: a value is not finite, the lengths differ or ``low > high``.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        _validate(self, rules.check_observations)
+        object.__setattr__(self, "low", float_tuple(self.low))
+        object.__setattr__(self, "high", float_tuple(self.high))
+        _floats(self, "tolerance")
+
+    def limits(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The bounds the guard enforces: ``low``/``high`` widened by the tolerance."""
+        t = self.tolerance
+        pairs = list(zip(self.low, self.high, strict=True))
+        return (
+            tuple(lo - t * (hi - lo) for lo, hi in pairs),
+            tuple(hi + t * (hi - lo) for lo, hi in pairs),
+        )
+
+
+@_known_fields
+@dataclass(frozen=True)
+class SaturationRule:
+    """``Violation.ACTION_SATURATION``: an action element pinned at a bound.
+
+    Attributes:
+        fraction: fires when an element is at a bound on more than this fraction of the
+            window's samples, 0 <= fraction < 1.
+        margin: "at a bound" means within ``margin * (high - low)`` of it (or beyond),
+            0 <= margin < 0.5.
+
+    Raises:
+        EnvelopeError: a value is out of range.
+    """
+
+    fraction: float
+    margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        _validate(self, rules.check_saturation)
+        _floats(self, "fraction", "margin")
+
+
+@_known_fields
+@dataclass(frozen=True)
+class FrozenRule:
+    """``Violation.ACTION_FROZEN``: the actions stopped changing while the observations did.
+
+    Attributes:
+        ticks: fires once no action element has moved more than ``epsilon`` for at least
+            this many ticks, 2 <= ticks <= ``MAX_WINDOW_TICKS`` ...
+        epsilon: largest change of an action element that still counts as unchanged, >= 0.
+        obs_delta: ... while some observation element moved more than this, > 0.
+
+    Raises:
+        EnvelopeError: a value is out of range.
+    """
+
+    ticks: int
+    epsilon: float = 1e-4
+    obs_delta: float = 0.05
+
+    def __post_init__(self) -> None:
+        _validate(self, rules.check_frozen)
+        _floats(self, "epsilon", "obs_delta")
+
+
+@_known_fields
+@dataclass(frozen=True)
+class ChatterRule:
+    """``Violation.ACTION_CHATTER``: an action element whose direction flips tick after tick.
+
+    Attributes:
+        fraction: fires when an element's change flips sign on more than this fraction of
+            the window's samples, 0 <= fraction < 1.
+        min_delta: a flip counts only when the change and the one before are both larger
+            than this (sensor noise is not chatter), >= 0.
+
+    Raises:
+        EnvelopeError: a value is out of range.
+    """
+
+    fraction: float
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _validate(self, rules.check_chatter)
+        _floats(self, "fraction", "min_delta")
+
+
+_RULE_SECTIONS: dict[str, type] = {
+    "saturation": SaturationRule,
+    "frozen": FrozenRule,
+    "chatter": ChatterRule,
+}
+
+
+@_known_fields
+@dataclass(frozen=True)
+class ActionRules:
+    """Window rules on the policy's actions (each None = off). What each judges, and on
+    which ticks, is stated in ``tailguard.runtime.state`` ("Action window rules").
+
+    Attributes:
+        saturation: an element at a bound too often.
+        frozen: no change while the observation changes.
+        chatter: the change flips sign too often.
+
+    Raises:
+        EnvelopeError: a rule is not a rule object.
+    """
+
+    saturation: SaturationRule | None = None
+    frozen: FrozenRule | None = None
+    chatter: ChatterRule | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self, rules.check_action_rules, _RULE_SECTIONS, frozenset(_RULE_SECTIONS))
+
+    @property
+    def any(self) -> bool:
+        """True when at least one rule is on."""
+        return any(getattr(self, name) is not None for name in _RULE_SECTIONS)
+
+
 _ENVELOPE_SECTIONS: dict[str, type] = {
     "policy": PolicyBinding,
     "timing": Timing,
@@ -315,7 +477,11 @@ _ENVELOPE_SECTIONS: dict[str, type] = {
     "window": Window,
     "recovery": Recovery,
     "provenance": Provenance,
+    "observations": ObservationRange,
+    "action_rules": ActionRules,
 }
+#: Sections an envelope may leave out (None).
+_OPTIONAL_SECTIONS = frozenset({"observations"})
 
 
 def _default_responses() -> Mapping[Violation, Response]:
@@ -339,7 +505,12 @@ class Envelope:
         safe_action: "hold" (repeat the last applied action) or "zero" (zeros clipped
             to the action bounds).
         provenance: where the numbers come from.
-        schema_version: must be ``SCHEMA_VERSION``.
+        observations: the audited observation range (schema 2), or None (no range
+            check; then absent from the JSON).
+        action_rules: window rules on the actions (schema 2); all off by default (and
+            then absent from the JSON).
+        schema_version: a version this tailguard reads (``OLDEST_SCHEMA_VERSION`` to
+            ``SCHEMA_VERSION``); a valid envelope is migrated to ``SCHEMA_VERSION``.
 
     Raises:
         EnvelopeError: with every problem found (key paths relative to the envelope).
@@ -353,10 +524,15 @@ class Envelope:
     recovery: Recovery = Recovery()
     safe_action: str = "hold"
     provenance: Provenance = Provenance(source="manual", audited=False)
+    observations: ObservationRange | None = None
+    action_rules: ActionRules = ActionRules()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        responses = _validate(self, rules.check_envelope, _ENVELOPE_SECTIONS)
+        responses = _validate(self, rules.check_envelope, _ENVELOPE_SECTIONS, _OPTIONAL_SECTIONS)
+        # Migration: an older schema's envelope is the same envelope in the newest schema
+        # (version 1 lacks only the optional version-2 sections).
+        object.__setattr__(self, "schema_version", SCHEMA_VERSION)
         object.__setattr__(
             self, "responses", MappingProxyType({v: responses[v] for v in Violation})
         )
@@ -366,6 +542,10 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain data in schema order; ``envelope_from_dict`` reads it back equal."""
         data: dict[str, Any] = _to_json(self)
+        if data.get("observations", ()) is None:  # no range check: no observations key
+            del data["observations"]
+        if not self.action_rules.any:  # no action rule: no action_rules key
+            del data["action_rules"]
         return {"schema_version": data.pop("schema_version"), **data}
 
     def digest(self) -> str:

@@ -36,6 +36,7 @@ import numpy as np
 
 from tailguard.envelope.model import Envelope, load_envelope
 from tailguard.errors import ConfigError, EnvelopeError, HashMismatchError
+from tailguard.runtime.action_rules import NO_TICK, ActionWindowRules
 from tailguard.runtime.deadline import (
     InlineDeadlineRunner,
     ThreadDeadlineRunner,
@@ -113,7 +114,8 @@ _OBS_SHAPE, _OBS_NONFINITE, _POLICY_ERROR, _DEADLINE, _ACTION = 1, 2, 3, 4, 5
 _QUANTILES = (0.5, 0.95, 0.99)
 _LAT_WINDOW = (Violation.LATENCY_P50, Violation.LATENCY_P95, Violation.LATENCY_P99)
 _DT_WINDOW = (Violation.DT_P50, Violation.DT_P95, Violation.DT_P99)
-_WINDOW_KINDS = frozenset(_LAT_WINDOW + _DT_WINDOW)
+_ACTION_WINDOW = (Violation.ACTION_SATURATION, Violation.ACTION_FROZEN, Violation.ACTION_CHATTER)
+_WINDOW_KINDS = frozenset(_LAT_WINDOW + _DT_WINDOW + _ACTION_WINDOW)
 _REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -184,6 +186,11 @@ class Guard:
         self.envelope = env = envelope
         self._clock = clock
         pb, timing = env.policy, env.timing
+        # The observation range is tested inside the policy's check vector (no work of
+        # the guard's own on a nominal tick); set before the buffers are bound below.
+        self._range_on = env.observations is not None
+        obs_limits = env.observations.limits() if env.observations is not None else (None, None)
+        policy.set_observation_range(*obs_limits)
         policy.set_limits(pb.action_low, pb.action_high, env.actions.max_delta)
         self._low, self._high, self._rate = policy.limits
 
@@ -235,6 +242,8 @@ class Guard:
         self._lat_exceed: list[deque[int]] = [deque(maxlen=cap) for _ in _QUANTILES]
         self._dt_exceed: list[deque[int]] = [deque(maxlen=cap) for _ in _QUANTILES]
         self._window_active: set[Violation] = set()
+        self._action_rules = self._make_action_rules(env)
+        self._next_probe = NO_TICK  # the next tick the action rules sample (chatter)
         self._counted_window: set[Violation] = set()
         self._responses = dict(env.responses)
         rec = env.recovery
@@ -285,7 +294,9 @@ class Guard:
         self._tick = 0
         self._next_check = self._check_every  # window percentiles due (_window_due)
         self._next_flush = _FLUSH_EVERY  # ring -> histograms due (_flush_ring)
-        self._reschedule()  # _next_due: either of them
+        if self._action_rules is not None:
+            self._next_probe = self._action_rules.next_probe(0, self._next_check)
+        self._reschedule()  # _next_due: whichever of them comes first
         self._next_roll = _INTERVAL
         # The latest run of overruns: its length and the tick it ended on. Consecutive
         # means on consecutive ticks, so no path needs to reset it on a clean tick.
@@ -329,6 +340,20 @@ class Guard:
                 "or pass allow_hash_mismatch=True to run it anyway",
                 where,
             )
+
+    def _make_action_rules(self, env: Envelope) -> ActionWindowRules | None:
+        rules = env.action_rules
+        if not rules.any:
+            return None
+        sat, frozen, chatter = rules.saturation, rules.frozen, rules.chatter
+        return ActionWindowRules(
+            saturation=None if sat is None else (sat.fraction, sat.margin),
+            frozen=None if frozen is None else (frozen.ticks, frozen.epsilon, frozen.obs_delta),
+            chatter=None if chatter is None else (chatter.fraction, chatter.min_delta),
+            low=self._low,
+            high=self._high,
+            window_ticks=env.window.ticks,
+        )
 
     def _resolve_fallback(self, fallback: Fallback, policy: _CheckedPolicy) -> tuple[str, Any]:
         if isinstance(fallback, str):
@@ -550,7 +575,17 @@ class Guard:
                 q.append(tick)
 
     def _reschedule(self) -> None:
-        self._next_due = min(self._next_check, self._next_flush)
+        self._next_due = min(self._next_check, self._next_flush, self._next_probe)
+
+    def _probe(self, tick: int, ok: bool) -> None:
+        """Sample this tick's action for the action rules (a tick before a check tick)."""
+        rules = self._action_rules
+        if rules is None:
+            self._next_probe = NO_TICK
+        else:
+            action = self.policy._act[self._cur]
+            self._next_probe = rules.probe(tick, action, ok, self._next_check)
+        self._reschedule()
 
     def _flush_ring(self, upto: int | None = None) -> None:
         """Fold ticks not yet counted (up to ``upto``, default all) into the histograms."""
@@ -603,6 +638,8 @@ class Guard:
                 if dt > self._dt_p50:
                     self._note_exceed(self._dt_exceed, self._dt_thr, tick, dt)
                 if tick < self._next_check or not self._window_due(tick):
+                    if tick >= self._next_probe:
+                        self._probe(tick, True)
                     j = tick & self._ring_mask
                     self._ring_lat[j] = lat
                     self._ring_dt[j] = dt
@@ -674,6 +711,13 @@ class Guard:
             and not all_pass(self._obs_bytes, OBS_FLAGS)
         ):
             bad = _OBS_NONFINITE  # the policy's own check flagged the observation
+        if (
+            self._range_on
+            and self._policy_on
+            and bad in (_ACTION, _POLICY_ERROR, _DEADLINE)
+            and self.policy.observation_outside()
+        ):
+            viols.append(Violation.OBS_RANGE)  # finite, but outside the audited range
         if self._policy_on:
             if bad == _OBS_SHAPE:
                 viols.append(Violation.OBS_SHAPE)
@@ -690,9 +734,11 @@ class Guard:
             else:
                 policy_valid = True
 
-        # -- window percentiles (evaluated every check_every_ticks by _window_due) --
+        # -- windows (evaluated every check_every_ticks by _window_due) --
         if tick >= self._next_check:
-            self._window_due(tick)
+            self._window_due(tick, policy_valid)
+        if tick >= self._next_probe:
+            self._probe(tick, policy_valid)
 
         # -- the decision and the state machine --
         state = self._state
@@ -808,18 +854,25 @@ class Guard:
             beyond_rate = bool((over_rate > 0).any())
         return out, bool((over_bounds > 0).any()), beyond_rate
 
-    def _window_due(self, tick: int) -> bool:
-        """Evaluate the window percentiles; True when a window violation is active.
+    def _window_due(self, tick: int, action_ok: bool = True) -> bool:
+        """Evaluate the window percentiles and the action rules; True when a window
+        violation is active. ``action_ok``: this tick's policy output is usable.
 
         A window is judged only once it holds ``window.ticks`` samples since the start or
         the last reset (see ``tailguard.runtime.state``). Cheap when the window holds no
-        sample above any threshold (the common case).
+        sample above any threshold and no action rule is on (the common case).
         """
         self._next_check = tick + self._check_every
+        detected: frozenset[Violation] = frozenset()
+        rules = self._action_rules
+        if rules is not None:
+            ok = action_ok and self._policy_on
+            detected = rules.check(tick, self.policy._act[self._cur], self._obs_flat, ok)
+            self._next_probe = rules.next_probe(tick, self._next_check)
         self._reschedule()
-        if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active):
+        if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active or detected):
             return False
-        active: set[Violation] = set()
+        active: set[Violation] = set(detected)
         w = self._window_ticks
         oldest = tick - w
         for queues, kinds, start in (
@@ -966,6 +1019,8 @@ class Guard:
         for q in (*self._lat_exceed, *self._dt_exceed):
             q.clear()
         self._lat_from, self._dt_from = tick + 1, tick + 2
+        if self._action_rules is not None:
+            self._action_rules.reset(tick)
         self._window_active = set()
         self._counted_window = set()
         self._policy_on = True

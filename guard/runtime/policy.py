@@ -15,6 +15,10 @@ Both keep the same preallocated buffers so the guard's hot path treats them alik
 * optionally (``checks_observation``) ``|obs|`` right before the slack in the same
   buffer: the top byte of ``|x|`` is below 0x7F exactly when ``x`` is finite and
   ``|x| < 2**127``, the guard's observation rule, so the same byte test covers it.
+* with an observation range (:meth:`_CheckedPolicy.set_observation_range`, the envelope's
+  ``observations``), ``obs - low`` and ``high - obs`` instead of ``|obs|``: both are >= +0
+  and finite exactly when the observation is finite and inside ``[low, high]`` (float32),
+  so the same one byte test covers finiteness and the range (``checks_observation``).
 
 For ONNX policies the check is appended to the model's own graph at load time
 (:func:`check_extension`, serialized by ``_onnx_proto``): one ``Gemm`` that takes the
@@ -97,6 +101,8 @@ def all_pass(buffer: memoryview, flags: bytes) -> bool:
 
 _CHECK_IN, _CHECK_OUT, _CHECK_SIGNS = "tailguard_check_bias", "tailguard_check", "tailguard_signs"
 _OBS_ABS = "tailguard_obs_abs"
+_OBS_LOW, _OBS_HIGH = "tailguard_obs_low", "tailguard_obs_high"  # range bounds (constants)
+_OBS_BELOW, _OBS_ABOVE = "tailguard_obs_minus_low", "tailguard_high_minus_obs"
 #: Rows of the check: r+prev-a, r-prev+a, s0, a-low, high-a | next r+a, r-a. The first five
 #: are the slack, the last two the next tick's rate bias; ``CONST_ROWS`` follow them in
 #: the buffer, so ``rows[5:12]`` of one slot is the bias of the other slot's next check.
@@ -178,17 +184,25 @@ class _CheckedPolicy:
     _run_args: tuple[Any, Any]
 
     def _init_buffers(
-        self, obs_size: int, action_size: int, checks_observation: bool = False
+        self,
+        obs_size: int,
+        action_size: int,
+        checks_observation: bool = False,
+        obs_range: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.obs_size, self.action_size = obs_size, action_size
-        self.checks_observation = checks_observation
+        self.obs_range = obs_range
+        if obs_range is None:
+            self._folds_abs = checks_observation  # |obs| in the check (kept under a range)
+        self.checks_observation = checks_observation or obs_range is not None
         o, a = obs_size, action_size
+        lead = 2 * o if obs_range is not None else o  # [obs-low | high-obs] or [|obs|]
         self._obs = np.zeros(o, dtype=np.float32)
         self._act = np.zeros((2, a), dtype=np.float32)
-        self._chk = np.zeros((2, o + (CHECK_ROWS + CONST_ROWS) * a), dtype=np.float32)
-        self._rows = self._chk[:, o:].reshape(2, CHECK_ROWS + CONST_ROWS, a)  # a view
-        first = 0 if checks_observation else o
-        views = [self._chk[s, first : o + SLACK_ROWS * a].data.cast("B") for s in (0, 1)]
+        self._chk = np.zeros((2, lead + (CHECK_ROWS + CONST_ROWS) * a), dtype=np.float32)
+        self._rows = self._chk[:, lead:].reshape(2, CHECK_ROWS + CONST_ROWS, a)  # a view
+        first = 0 if self.checks_observation else lead
+        views = [self._chk[s, first : lead + SLACK_ROWS * a].data.cast("B") for s in (0, 1)]
         self._slack_bytes = (views[0], views[1])
         self._obs_bytes = self._obs.data.cast("B")
         self._low = np.full(a, -UNLIMITED, dtype=np.float32)
@@ -253,6 +267,59 @@ class _CheckedPolicy:
         for slot in (0, 1):
             self._set_applied(slot, self.clip(self._act[slot]))
 
+    def set_observation_range(
+        self,
+        low: Sequence[float] | np.ndarray | None,
+        high: Sequence[float] | np.ndarray | None,
+    ) -> None:
+        """Test ``low <= obs <= high`` (float32, elementwise) in the check vector, or stop
+        testing it (None, None). Rebuilds the buffers (and, for an ONNX policy, the checked
+        session): call it before building a ``Guard``, which calls it for its envelope.
+
+        Raises:
+            ConfigError: a bound of the wrong length, not finite, or ``low > high``.
+        """
+        if low is None and high is None:
+            new = None
+        else:
+            lo = np.asarray(low, dtype=np.float64).reshape(-1)
+            hi = np.asarray(high, dtype=np.float64).reshape(-1)
+            o = self.obs_size
+            if lo.size != o or hi.size != o:
+                raise ConfigError(
+                    f"observation range: expected {o} lows and highs, got {lo.size}/{hi.size}"
+                )
+            if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+                raise ConfigError("observation range: bounds must be finite with low <= high")
+            # + 0.0: no -0.0 bound (obs - low of an equal obs is then +0.0, which passes)
+            new = (lo.astype(np.float32) + np.float32(0.0), hi.astype(np.float32) + np.float32(0.0))
+        old = self.obs_range
+        if (old is None and new is None) or (
+            old is not None
+            and new is not None
+            and np.array_equal(old[0], new[0])
+            and np.array_equal(old[1], new[1])
+        ):
+            return
+        limits = self._low, self._high, self._rate
+        self._init_buffers(self.obs_size, self.action_size, self._folds_abs, new)
+        self._low, self._high, self._rate = limits
+        self._write_const()
+        for slot in (0, 1):
+            self._set_applied(slot, self._act[slot])
+        self._rebuild_checks()
+
+    def _rebuild_checks(self) -> None:
+        """Re-create whatever computes the check vector after the buffers changed."""
+
+    def observation_outside(self) -> bool:
+        """Reference test of the observation in the input buffer against the range: True
+        when some element is below its low or above its high (False without a range)."""
+        if self.obs_range is None:
+            return False
+        lo, hi = self.obs_range
+        return bool(((self._obs < lo) | (self._obs > hi)).any())
+
     @property
     def limits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(low, high, max_delta) as float32 [A] arrays; +-UNLIMITED where not limited."""
@@ -281,8 +348,14 @@ class _CheckedPolicy:
         """numpy version of the in-graph nodes: |obs|, and rows[slot, :7] = signs * a + bias
         where bias = rows[other, 5:12] (each entry one product by -1, 0 or 1 and one
         rounded add, as the Gemm computes it)."""
-        if self.checks_observation:
-            np.abs(self._obs, out=self._chk[slot, : self.obs_size])
+        o = self.obs_size
+        if self.obs_range is not None:
+            lo, hi = self.obs_range
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.subtract(self._obs, lo, out=self._chk[slot, :o])
+                np.subtract(hi, self._obs, out=self._chk[slot, o : 2 * o])
+        elif self.checks_observation:
+            np.abs(self._obs, out=self._chk[slot, :o])
         bias = self._rows[1 - slot, SLACK_ROWS:]
         a = self._act[slot].astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -387,6 +460,7 @@ class OnnxPolicy(_CheckedPolicy):
         self.producer = f"{header.producer_name} {header.producer_version}".strip()
         if _check_external_data(data, self.path):
             external = True
+        self._external = external
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._intra = intra_op_threads
         so = session_options(intra_op_threads)
@@ -523,6 +597,7 @@ class OnnxPolicy(_CheckedPolicy):
             self.obs_size,
             self.action_size,
             fold_observation=self.checks_observation,
+            obs_range=self.obs_range,
         )
         if external:  # bytes have no location; tell onnxruntime where the data file lives
             so.add_session_config_entry(
@@ -562,7 +637,12 @@ class OnnxPolicy(_CheckedPolicy):
                 bias = self._rows[1 - slot, SLACK_ROWS:]  # the other slot's next rows + const
                 b.bind_input(_CHECK_IN, "cpu", 0, np.float32, rows, bias.ctypes.data)
                 b.bind_output(_CHECK_OUT, "cpu", 0, np.float32, rows, self._rows[slot].ctypes.data)
-                if self.checks_observation:
+                if self.obs_range is not None:
+                    chk = self._chk[slot]
+                    b.bind_output(_OBS_BELOW, "cpu", 0, np.float32, [1, o], chk.ctypes.data)
+                    above = chk[o:].ctypes.data
+                    b.bind_output(_OBS_ABOVE, "cpu", 0, np.float32, [1, o], above)
+                elif self.checks_observation:
                     obs_abs = self._chk[slot].ctypes.data
                     b.bind_output(_OBS_ABS, "cpu", 0, np.float32, [1, o], obs_abs)
             bindings.append(b)
@@ -584,6 +664,24 @@ class OnnxPolicy(_CheckedPolicy):
     def _run_reference(self, slot: int) -> None:
         self._session.run_with_iobinding(self._bindings[slot])
         self._reference_check(slot)
+
+    def _rebuild_checks(self) -> None:
+        """A new observation range: a new checked session (its nodes hold the bounds) and
+        new bindings. The file is read again and must still be the one loaded."""
+        if self.fast_checks:
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                raise PolicyLoadError(
+                    f"cannot read the policy file again ({exc.strerror})", self.path
+                ) from None
+            if hashlib.sha256(data).hexdigest() != self.sha256:
+                raise PolicyLoadError(
+                    "the policy file changed since it was loaded; load it again", self.path
+                )
+            so = session_options(self._intra)
+            self._session = self._build_checked_session(data, so, self._external)
+        self._bind()
 
     def reset_state(self) -> None:
         """Zero the recurrent state (both slots) and the convenience-call state."""
@@ -635,6 +733,7 @@ class OnnxPolicy(_CheckedPolicy):
             "metadata": dict(self.metadata),
             "fast_checks": self.fast_checks,
             "checks_observation": self.checks_observation,
+            "observation_range": self.obs_range is not None,
         }
 
 
@@ -645,13 +744,16 @@ def check_extension(
     action_size: int,
     *,
     fold_observation: bool = False,
+    obs_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> bytes:
     """The serialized graph fragment that, appended to a model, adds the guard's check.
 
     ``Gemm(signs [7, 1], actions [1, A], bias [7, A]) -> [7, A]`` (for up to
     :data:`ROW_CHECK_MAX_ACTIONS` actions the faster ``Gemm(actions, [A, 7A], bias [1, 7A])
     -> [1, 7A]``, same memory layout) with one new input (the bias) and one new output;
-    with ``fold_observation`` also ``Abs(obs) -> [1, O]`` (see the module docstring).
+    with ``fold_observation`` also ``Abs(obs) -> [1, O]``; with ``obs_range`` (float32
+    low, high) instead ``Sub(obs, low)`` and ``Sub(high, obs)``, each ``[1, O]`` (see the
+    module docstring).
     """
     rows = _check_shape(action_size)
     if action_size <= ROW_CHECK_MAX_ACTIONS:
@@ -660,14 +762,26 @@ def check_extension(
         operands, signs = [_CHECK_SIGNS, action_name, _CHECK_IN], CHECK_SIGNS
     nodes = [proto.node("Gemm", operands, [_CHECK_OUT], "tailguard_check_gemm")]
     outputs = [proto.value_info(_CHECK_OUT, rows)]
-    if fold_observation:
+    initializers = [proto.tensor(_CHECK_SIGNS, signs)]
+    if obs_range is not None:
+        low, high = (np.asarray(b, dtype=np.float32).reshape(1, obs_size) for b in obs_range)
+        nodes[:0] = [
+            proto.node("Sub", [obs_name, _OBS_LOW], [_OBS_BELOW], "tailguard_obs_below"),
+            proto.node("Sub", [_OBS_HIGH, obs_name], [_OBS_ABOVE], "tailguard_obs_above"),
+        ]
+        outputs[:0] = [
+            proto.value_info(_OBS_BELOW, [1, obs_size]),
+            proto.value_info(_OBS_ABOVE, [1, obs_size]),
+        ]
+        initializers += [proto.tensor(_OBS_LOW, low), proto.tensor(_OBS_HIGH, high)]
+    elif fold_observation:
         nodes.insert(0, proto.node("Abs", [obs_name], [_OBS_ABS], "tailguard_obs_abs"))
         outputs.insert(0, proto.value_info(_OBS_ABS, [1, obs_size]))
     return proto.graph_extension(
         nodes=nodes,
         inputs=[proto.value_info(_CHECK_IN, rows)],
         outputs=outputs,
-        initializers=[proto.tensor(_CHECK_SIGNS, signs)],
+        initializers=initializers,
     )
 
 
@@ -777,9 +891,7 @@ class CallablePolicy(_CheckedPolicy):
         self._set_run(self._run_reference, (0, 1))
 
     def _run_reference(self, slot: int) -> None:
-        o = self.obs_size
-        np.abs(self._obs, out=self._chk[slot, :o])
-        if not all_pass(self._chk[slot, :o].data.cast("B"), SLACK_FLAGS):
+        if not all_pass(self._obs_bytes, OBS_FLAGS):
             # A function need not survive NaN input: no call, no action (the |obs| entries
             # already fail the check, and a reader of the action sees NaN, not a stale one).
             self._act[slot] = np.nan

@@ -56,6 +56,23 @@ The guard's semantics, in one place (``Guard`` and its tests follow this text):
   unless the envelope sets ``timing.obs_age_max_ns``; then the age ``tick start -
   obs_timestamp_ns`` must be a number in [0, obs_age_max_ns]: anything else -- too old,
   ahead of the guard's clock, NaN, infinite, not a number -- is ``obs_age``.
+* **Observation range** (envelope ``observations``). A finite observation with an element
+  below ``low - tolerance * (high - low)`` or above ``high + tolerance * (high - low)``
+  (float32) is ``obs_range``, a per-tick observation check. The policy still runs on it,
+  and a fallback may read it (it is not a rejected observation).
+* **Action window rules** (envelope ``action_rules``). They judge the policy's own output
+  (also in FALLBACK, where the policy still runs; not in LATCHED) on the window cadence:
+  the check ticks ``k * check_every_ticks`` are the samples (with ``chatter``, the two
+  ticks before each are sampled too). ``saturation``: an element within ``margin`` of
+  the action range of a bound (or beyond it) on more than ``fraction`` of the samples in
+  the last ``window.ticks`` ticks. ``chatter``: an element whose change ``a_t - a_{t-1}``
+  flips sign against ``a_{t-1} - a_{t-2}``, both larger than ``min_delta``, on more than
+  ``fraction`` of the samples. ``frozen``: since some sample at least ``ticks`` ticks ago
+  no action element has moved more than ``epsilon`` from its value there, while some
+  observation element has moved more than ``obs_delta``. A sample without a usable action
+  (rejected observation, policy error, non-finite action) restarts the frozen run and is
+  left out of the fractions. They are window violations (judged once the window is full,
+  active while the condition holds, counted once per episode).
 """
 
 from __future__ import annotations
@@ -116,6 +133,12 @@ class Violation(Enum):
     LATENCY_P50 = "latency_p50"
     LATENCY_P95 = "latency_p95"
     LATENCY_P99 = "latency_p99"
+    # Envelope schema 2: the observation range (per tick) and the action window rules
+    # (evaluated on the window cadence; see "Action window rules" above).
+    OBS_RANGE = "obs_range"  # an observation element outside the envelope's range
+    ACTION_SATURATION = "action_saturation"  # an action element at a bound too often
+    ACTION_FROZEN = "action_frozen"  # actions stopped changing while observations did
+    ACTION_CHATTER = "action_chatter"  # an action element's change flips sign too often
 
 
 class Response(Enum):
@@ -236,6 +259,10 @@ DEFAULT_RESPONSES: dict[Violation, Response] = {
     Violation.LATENCY_P50: Response.FALLBACK,
     Violation.LATENCY_P95: Response.FALLBACK,
     Violation.LATENCY_P99: Response.FALLBACK,
+    Violation.OBS_RANGE: Response.FALLBACK,
+    Violation.ACTION_SATURATION: Response.LOG,
+    Violation.ACTION_FROZEN: Response.FALLBACK,
+    Violation.ACTION_CHATTER: Response.LOG,
 }
 
 
@@ -260,7 +287,9 @@ def next_state(state: GuardState, event: Event) -> GuardState:
 
 
 #: Checks about the observation itself (not the policy's output or the loop's timing).
-OBSERVATION_CHECKS = frozenset({Violation.OBS_SHAPE, Violation.OBS_NONFINITE, Violation.OBS_AGE})
+OBSERVATION_CHECKS = frozenset(
+    {Violation.OBS_SHAPE, Violation.OBS_NONFINITE, Violation.OBS_AGE, Violation.OBS_RANGE}
+)
 #: Observations the guard refuses to hand to anyone (the policy or a fallback).
 REJECTED_OBSERVATION = frozenset({Violation.OBS_SHAPE, Violation.OBS_NONFINITE})
 

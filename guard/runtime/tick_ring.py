@@ -58,6 +58,10 @@ VIOLATION_BITS: dict[Violation, int] = {
     _V.LATENCY_P50: 1 << 20,
     _V.LATENCY_P95: 1 << 21,
     _V.LATENCY_P99: 1 << 22,
+    _V.OBS_RANGE: 1 << 23,
+    _V.ACTION_SATURATION: 1 << 24,
+    _V.ACTION_FROZEN: 1 << 25,
+    _V.ACTION_CHATTER: 1 << 26,
 }
 del _V
 _STATE_OF_CODE = {code: s for s, code in STATE_CODES.items()}

@@ -150,8 +150,8 @@ def test_example_file_is_valid() -> None:
 BAD_CASES: list[tuple[str, Any, str, str]] = [
     # (key path to change, new value, key path of the problem, message fragment)
     ("schema_version", DELETE, "schema_version", "missing"),
-    ("schema_version", 2, "schema_version", "upgrade tailguard"),
-    ("schema_version", 0, "schema_version", "the integer 1"),
+    ("schema_version", SCHEMA_VERSION + 1, "schema_version", "upgrade tailguard"),
+    ("schema_version", 0, "schema_version", "an integer from 1 to"),
     ("schema_version", True, "schema_version", "boolean"),
     ("schema_version", "1", "schema_version", "remove the quotes"),
     ("policy", DELETE, "policy", "obs_size and action_size"),
@@ -344,7 +344,10 @@ def test_saved_file_is_stable_pretty_json(tmp_path: Path) -> None:
     save_envelope(load_envelope(first), second)
     text = first.read_text()
     assert text == second.read_text()
-    assert text.endswith("}\n") and text.startswith('{\n  "schema_version": 1,\n  "policy"')
+    # valid_dict() is a version-1 file: it is written back migrated to the current version
+    assert text.endswith("}\n") and text.startswith(
+        '{\n  "schema_version": %d,\n  "policy"' % SCHEMA_VERSION
+    )
     assert list(json.loads(text)) == [
         "schema_version",
         "policy",
@@ -435,7 +438,7 @@ def test_starter_envelope_rejects_bad_arguments(kwargs: dict[str, Any], fragment
             lambda: Envelope(PolicyBinding(None, 3, 2), Timing(10), safe_action="stop"),
             "safe_action",
         ),
-        (lambda: Envelope(PolicyBinding(None, 3, 2), Timing(10), schema_version=2), "upgrade"),
+        (lambda: Envelope(PolicyBinding(None, 3, 2), Timing(10), schema_version=3), "upgrade"),
         (
             lambda: Envelope(
                 PolicyBinding(None, 3, 2), Timing(10), responses={Violation.OBS_AGE: Response.CLIP}

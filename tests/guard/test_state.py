@@ -31,6 +31,9 @@ WINDOW = {
     Violation.LATENCY_P50,
     Violation.LATENCY_P95,
     Violation.LATENCY_P99,
+    Violation.ACTION_SATURATION,
+    Violation.ACTION_FROZEN,
+    Violation.ACTION_CHATTER,
 }
 PER_TICK = [v for v in Violation if v not in WINDOW and v is not Violation.HOLD_LIMIT]
 RULE = Hysteresis(recovery_ticks=3, dwell_ns=100, max_hold_ticks=2)
@@ -183,7 +186,8 @@ def test_window_violations_act_in_nominal_and_hold_only() -> None:
 def test_in_fallback_a_hold_on_the_observation_holds(violation, reads_obs) -> None:
     """In FALLBACK a hold response to an observation check holds the last action this tick
     (the fallback is not run on it) and counts as a held tick; state stays FALLBACK."""
-    d = run(F, [violation], fallback_reads_obs=reads_obs)
+    resp = {**DEFAULT_RESPONSES, violation: Response.HOLD}  # obs_range defaults to fallback
+    d = run(F, [violation], resp=resp, fallback_reads_obs=reads_obs)
     assert (d.state, d.source, d.hold_streak) == (F, ActionSource.HOLD, 1)
 
 

@@ -190,6 +190,10 @@ def test_wire_codes_are_pinned() -> None:
         "latency_p50": 20,
         "latency_p95": 21,
         "latency_p99": 22,
+        "obs_range": 23,
+        "action_saturation": 24,
+        "action_frozen": 25,
+        "action_chatter": 26,
     }
     assert all(b & (b - 1) == 0 for b in VIOLATION_BITS.values())  # one bit each
 
