@@ -24,8 +24,15 @@ the threaded runner does on a robot:
 Without a deadline the inference takes its full latency and the guard's action (its own or
 a hold/fallback one) is released when the inference returns, as on a robot where the guard
 must wait for the policy. When the guard does not run the policy at all (latched, or an
-invalid observation) the tick takes no time. Fallback controllers, including a second ONNX
-policy, are modelled as instantaneous: only the main policy's inference takes simulated time.
+invalid observation) the tick takes no time.
+
+The fallback controller is instantaneous unless ``fallback_latency`` is given: then every
+call of a fallback *policy* (a second ONNX model) takes a latency drawn from that profile
+(its own random stream, seeded per episode like the loop's), after the main policy's
+inference or its deadline, and the tick's action is released when it returns. With
+``process_wide=True`` the main latency models a pause of the whole process (a garbage
+collection, a page-fault storm): the guard's own thread is paused too, so a deadline miss
+is answered when the pause ends (``t0 + max(deadline, latency)``), not at the deadline.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from tailguard.envelope.model import Envelope
 from tailguard.errors import ConfigError
 from tailguard.firmware_sim.clock import SimClock
 from tailguard.firmware_sim.controllers import SimulatedInference
+from tailguard.firmware_sim.profiles import Profile
 from tailguard.runtime.guard import Fallback, Guard
 from tailguard.runtime.policy import _CheckedPolicy
 from tailguard.runtime.state import GuardState
@@ -52,13 +60,25 @@ class GuardedInference(SimulatedInference):
     Args:
         clock: the loop's simulated clock.
         deadline_ns: the guard's deadline, ns, or None (no deadline mode).
+        fallback_latency: latency of each fallback-policy call (None: instantaneous).
+        process_wide: the main latency pauses the guard's thread too (see the module doc).
     """
 
-    def __init__(self, clock: SimClock, deadline_ns: int | None = None) -> None:
+    def __init__(
+        self,
+        clock: SimClock,
+        deadline_ns: int | None = None,
+        *,
+        fallback_latency: Profile | None = None,
+        process_wide: bool = False,
+    ) -> None:
         super().__init__(clock)
         if deadline_ns is not None and deadline_ns <= 0:
             raise ConfigError(f"deadline_ns must be positive, got {deadline_ns}")
         self.deadline_ns = deadline_ns
+        self.fallback_latency = fallback_latency
+        self.process_wide = process_wide
+        self._fallback_ns = 0  # fallback time spent this tick
         self._busy_until_ns = -1
         self._release_ns: int | None = None
         self.missed = False  # this tick's inference missed its deadline
@@ -70,7 +90,30 @@ class GuardedInference(SimulatedInference):
         """Set this tick's inference latency (the clock is at the tick start), ns."""
         self._armed_ns = latency_ns
         self._release_ns = None
+        self._fallback_ns = 0
         self.missed = self.busy = False
+
+    def reseed(self, seq: np.random.SeedSequence) -> None:
+        """Seed the fallback latency stream for an episode (the loop calls this)."""
+        if self.fallback_latency is not None:
+            self.fallback_latency.reseed(seq)
+
+    def wrap_fallback(self, run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``run`` (a fallback policy's inference) made to take a ``fallback_latency``
+        sample of simulated time per call (``run`` itself when there is no such profile)."""
+        profile = self.fallback_latency
+        if profile is None:
+            return run
+        clock, next_ns = self.clock, profile.next_ns
+
+        def timed(arg: Any) -> Any:
+            out = run(arg)
+            ns = next_ns()
+            clock.advance(ns)
+            self._fallback_ns += ns
+            return out
+
+        return timed
 
     def reset(self) -> None:
         """Forget the busy worker and the miss counts (a new episode)."""
@@ -85,7 +128,7 @@ class GuardedInference(SimulatedInference):
         """
         self._armed_ns = 0
         if self._release_ns is not None:
-            return self._release_ns
+            return self._release_ns + self._fallback_ns
         return self.clock()
 
     def wrap(self, policy: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -93,6 +136,7 @@ class GuardedInference(SimulatedInference):
         ``InferenceWrapper`` for ``policy.set_inference_wrapper``)."""
         clock = self.clock
         deadline_ns = self.deadline_ns
+        process_wide = self.process_wide
 
         if deadline_ns is None:
 
@@ -122,9 +166,13 @@ class GuardedInference(SimulatedInference):
                 return out
             self.misses += 1
             # Just past the deadline, so the inline runner sees the miss; the guard's answer
-            # is released at the deadline itself.
-            clock.set(t0_ns + deadline_ns + 1)
-            self._release_ns = t0_ns + deadline_ns
+            # is released at the deadline itself -- or, when the pause stopped the guard's
+            # thread too, when the pause ends.
+            answer_ns = deadline_ns
+            if process_wide and not self.busy and latency_ns > deadline_ns:
+                answer_ns = latency_ns
+            clock.set(t0_ns + answer_ns + 1)
+            self._release_ns = t0_ns + answer_ns
             return None
 
         return timed_deadline
@@ -150,6 +198,9 @@ class GuardedController:
         clock: the simulated clock (the loop's); a new one when None.
         fallback: ``"hold"``, ``"zero"``, a callable or a second policy (see ``Guard``).
         deadline_ns: deadline mode in simulated time when set, ns.
+        fallback_latency: latency profile of each call of a fallback policy (None:
+            instantaneous); see the module docstring.
+        process_wide: the loop's latency pauses the whole process (see the module docstring).
         keep_ticks: record per tick the guard state and the deadline outcome (tests, traces).
         **guard_kwargs: passed to ``Guard`` (``recorder``: an object with ``append``, shared
             by the episodes' guards; ``allow_hash_mismatch``).
@@ -166,12 +217,23 @@ class GuardedController:
         clock: SimClock | None = None,
         fallback: Fallback = "hold",
         deadline_ns: int | None = None,
+        fallback_latency: Profile | None = None,
+        process_wide: bool = False,
         keep_ticks: bool = False,
         **guard_kwargs: Any,
     ) -> None:
         self.clock = clock if clock is not None else SimClock()
-        self.inference = GuardedInference(self.clock, deadline_ns)
+        self.inference = GuardedInference(
+            self.clock, deadline_ns, fallback_latency=fallback_latency, process_wide=process_wide
+        )
         policy.set_inference_wrapper(self.inference.wrap)  # replaces, never stacks
+        if fallback_latency is not None:
+            if not isinstance(fallback, _CheckedPolicy):
+                raise ConfigError(
+                    "fallback_latency models a fallback policy's inference; the fallback here "
+                    f"is {fallback!r}: give a policy, or no fallback_latency"
+                )
+            fallback.set_inference_wrapper(self.inference.wrap_fallback)
         self.policy = policy
         self.envelope = envelope
         self.fallback = fallback

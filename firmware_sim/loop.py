@@ -84,6 +84,7 @@ __all__ = ["EpisodeResult", "EpisodeTrace", "SimLoop", "percentiles_ns"]
 
 # Independent random streams per episode: SeedSequence([seed, stream]).
 _STREAM_LATENCY, _STREAM_DT, _STREAM_OBS, _STREAM_DROP = 1, 2, 3, 4
+_STREAM_CONTROLLER = 5  # the controller's own inference model (a guard's fallback latency)
 
 _EXACT_TASK_METHODS = ("run_ns", "save_state", "observe_ahead")
 
@@ -273,6 +274,9 @@ class SimLoop:
         ):
             if profile is not None:
                 profile.reseed(np.random.SeedSequence([seed, stream]))
+        reseed = getattr(self.inference, "reseed", None)
+        if reseed is not None:
+            reseed(np.random.SeedSequence([seed, _STREAM_CONTROLLER]))
 
     def run_episode(
         self, seed: int, *, trace: bool = False, substep_ctrl: bool = False

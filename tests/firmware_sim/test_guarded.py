@@ -177,3 +177,76 @@ def test_loop_rejects_a_controller_on_another_clock(
     ctl, _ = _guarded(cheetah, cheetah_onnx)
     with pytest.raises(ValueError, match="another clock"):
         SimLoop(cheetah, ctl, clock=SimClock())
+
+
+def test_fallback_latency_delays_the_fallback_action(
+    cheetah: MujocoTask, cheetah_onnx: Path
+) -> None:
+    """With ``fallback_latency`` a fallback policy's call takes simulated time after the main
+    inference: FALLBACK ticks release at main + fallback latency, the others at main's."""
+    fallback = CallablePolicy(lambda obs: np.full(6, 0.25, np.float32), 17, 6, name="robust")
+    ctl, _ = _guarded(
+        cheetah, cheetah_onnx, fallback=fallback, fallback_latency=parse_profile("fixed:ms=3")
+    )
+    loop = SimLoop(cheetah, ctl, latency=parse_profile("fixed:ms=80"))
+    r = loop.run_episode(0, trace=True)
+    assert r.trace is not None
+    states = np.asarray(ctl.tick_states)
+    fb = np.flatnonzero(states == "fallback")
+    other = np.flatnonzero(states != "fallback")
+    assert len(fb) > 100 and len(other) > 0
+    assert np.all(r.trace.latency_ns[fb] == 83 * MS)
+    assert np.all(r.trace.latency_ns[other] == 80 * MS)
+
+
+def test_fallback_latency_stream_is_seeded_per_episode(
+    cheetah: MujocoTask, cheetah_onnx: Path
+) -> None:
+    """A random fallback latency is drawn from its own per-episode stream: the same seed
+    gives the same release times (also after another episode), another seed others."""
+    fallback = CallablePolicy(lambda obs: np.full(6, 0.25, np.float32), 17, 6, name="robust")
+    ctl, _ = _guarded(
+        cheetah,
+        cheetah_onnx,
+        fallback=fallback,
+        fallback_latency=parse_profile("uniform:lo_ms=1,hi_ms=9"),
+    )
+    loop = SimLoop(cheetah, ctl, latency=parse_profile("fixed:ms=80"))
+
+    def lat(seed: int) -> np.ndarray:
+        tr = loop.run_episode(seed, trace=True).trace
+        assert tr is not None
+        return tr.latency_ns.copy()
+
+    a, b, a_again = lat(4), lat(5), lat(4)
+    np.testing.assert_array_equal(a, a_again)
+    assert not np.array_equal(a, b)
+    assert len(np.unique(a)) > 10  # drawn per call, not once
+
+
+def test_process_wide_pause_is_answered_when_it_ends(
+    cheetah: MujocoTask, cheetah_onnx: Path
+) -> None:
+    """``process_wide``: a 120 ms pause against a 10 ms deadline stops the guard too; the
+    miss is answered when the pause ends (the tick slips), not at the deadline."""
+    ctl, _ = _guarded(
+        cheetah, cheetah_onnx, deadline_ns=10 * MS, fallback="hold", process_wide=True
+    )
+    loop = SimLoop(cheetah, ctl, latency=parse_profile("spikes:every=200,len=1,ms=120,phase=50"))
+    r = loop.run_episode(1, trace=True, substep_ctrl=True)
+    tr = r.trace
+    assert tr is not None
+    assert tr.applied_ns[50] == tr.tick_ns[50] + 120 * MS
+    assert tr.tick_ns[51] - tr.tick_ns[50] > 120 * MS
+    np.testing.assert_array_equal(tr.actions[50], tr.actions[49])  # the late result: discarded
+    assert r.guard is not None and r.guard["violations"]["deadline_miss"] >= 1
+
+
+def test_fallback_latency_needs_a_fallback_policy(cheetah: MujocoTask, cheetah_onnx: Path) -> None:
+    """A fallback latency with a hold/zero fallback is refused before the loop starts."""
+    from tailguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fallback policy"):
+        _guarded(
+            cheetah, cheetah_onnx, fallback="hold", fallback_latency=parse_profile("fixed:ms=1")
+        )
