@@ -52,6 +52,10 @@ _EXTERNAL = {
     "certify": ("tailguard.tools.audit_cli", "certify a policy against its envelope (0/1/2)"),
     "report": ("tailguard.tools.audit_cli", "compare two audit summaries (report diff)"),
     "harden": ("tailguard.tools.harden_cli", "audit, fine-tune under failing timing, certify"),
+    "sweep": (
+        "tailguard.tools.sweep_cli",
+        "audit or certify many checkpoints from one manifest into one results tree",
+    ),
 }
 
 
