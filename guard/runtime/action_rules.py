@@ -11,6 +11,9 @@ A sample is the policy's own output of that tick (``a_t``; also in FALLBACK, whe
 policy still runs) and the observation it was computed from. Per sample, and per action
 element: "at a bound" (saturation), "the change flipped sign" (chatter); the window keeps
 the samples of the last ``window.ticks`` ticks with running sums, so judging is O(A).
+The per-element work is plain Python over short lists: for the handful of actions a robot
+policy has, a dozen numpy calls on tiny arrays would cost several times more
+(``bench/bench_detectors.py`` measures what a sampled tick costs).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = ["ActionWindowRules", "NO_TICK"]
 
 #: "No probe due": later than any tick.
 NO_TICK = 1 << 62
+_NOTHING: frozenset[Violation] = frozenset()
 
 
 class ActionWindowRules:
@@ -54,8 +58,11 @@ class ActionWindowRules:
         self._w = window_ticks
         lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
         margin = saturation[1] if saturation is not None else 0.0
-        self._lo_at = lo + margin * (hi - lo)  # at or below: at the lower bound
-        self._hi_at = hi - margin * (hi - lo)
+        # at or below / at or above: at the bound (float64, as the samples are compared)
+        self._lo_at: list[float] = (lo + margin * (hi - lo)).tolist()
+        self._hi_at: list[float] = (hi - margin * (hi - lo)).tolist()
+        self._lo_any, self._hi_any = max(self._lo_at), min(self._hi_at)  # quick rejects
+        self._size = lo.size
         self.reset(0)
 
     @property
@@ -65,13 +72,20 @@ class ActionWindowRules:
 
     def reset(self, tick: int) -> None:
         """Forget every sample: the window is judged again once full after ``tick``."""
+        n = self._size
         self._from = tick + 1
-        self._history: deque[tuple[int, np.ndarray | None]] = deque(maxlen=3)
-        self._samples: deque[tuple[int, np.ndarray | None, np.ndarray | None]] = deque()
-        self._sat_sum: np.ndarray | None = None
-        self._flip_sum: np.ndarray | None = None
-        self._sat_n = self._flip_n = 0
-        self._ref: tuple[int, np.ndarray, np.ndarray] | None = None  # frozen run start
+        # the actions of the last three sampled ticks, by tick % 3 (chatter)
+        self._history: list[tuple[int, list[float] | None]] = [(-9, None)] * 3
+        # per sample: (tick, elements at a bound, elements that flipped), index tuples;
+        # None: no usable action on that sample
+        self._samples: deque[tuple[int, tuple[int, ...] | None, tuple[int, ...] | None]]
+        self._samples = deque()
+        self._sat_sum, self._flip_sum = [0] * n, [0] * n
+        self._sat_n = self._flip_n = 0  # samples that count
+        self._sat_hits = self._flip_hits = 0  # sum of the sums (0: nothing to judge)
+        self._ref_tick = -1  # frozen: where the run of unchanged actions started
+        self._ref_action: list[float] = []
+        self._ref_obs: np.ndarray | None = None
         self._obs_moved = False
 
     # -- sampling ---------------------------------------------------------------------------
@@ -86,83 +100,105 @@ class ActionWindowRules:
     def probe(self, tick: int, action: np.ndarray, ok: bool, next_check: int) -> int:
         """Keep this tick's action (``ok``: the policy produced a usable one); returns the
         next probe tick."""
-        self._history.append((tick, action.astype(np.float64) if ok else None))
+        self._history[tick % 3] = (tick, action.tolist() if ok else None)
         return self.next_probe(tick, next_check)
 
     def check(
         self, tick: int, action: np.ndarray, obs: np.ndarray, ok: bool
     ) -> frozenset[Violation]:
         """Take the check tick's sample and judge: the rules that hold after it."""
-        a = action.astype(np.float64) if ok else None
-        self._history.append((tick, a))
+        a: list[float] | None = action.tolist() if ok else None
         sat = flip = None
         if a is not None and self._sat is not None:
-            sat = (a <= self._lo_at) | (a >= self._hi_at)
-        if a is not None and self._chatter is not None:
-            flip = self._flips(tick)
+            sat = ()
+            if max(a) >= self._hi_any or min(a) <= self._lo_any:
+                lo, hi = self._lo_at, self._hi_at
+                sat = tuple(j for j, x in enumerate(a) if x <= lo[j] or x >= hi[j])
+        if self._chatter is not None:
+            self._history[tick % 3] = (tick, a)
+            if a is not None:
+                flip = self._flips(tick)
         self._push(tick, sat, flip)
-        active: set[Violation] = set()
+        active: list[Violation] = []
         if self._frozen is not None and self._frozen_now(tick, a, obs):
-            active.add(Violation.ACTION_FROZEN)
+            active.append(Violation.ACTION_FROZEN)
         if tick - self._from + 1 >= self._w:  # the window is full (as for percentiles)
-            if self._sat is not None and self._over(self._sat_sum, self._sat_n, self._sat[0]):
-                active.add(Violation.ACTION_SATURATION)
-            chatter = self._chatter
-            if chatter is not None and self._over(self._flip_sum, self._flip_n, chatter[0]):
-                active.add(Violation.ACTION_CHATTER)
-        return frozenset(active)
+            rule = self._sat
+            if (
+                rule is not None
+                and self._sat_hits
+                and self._over(self._sat_sum, self._sat_n, rule[0])
+            ):
+                active.append(Violation.ACTION_SATURATION)
+            rule = self._chatter
+            if (
+                rule is not None
+                and self._flip_hits
+                and self._over(self._flip_sum, self._flip_n, rule[0])
+            ):
+                active.append(Violation.ACTION_CHATTER)
+        return frozenset(active) if active else _NOTHING
 
     # -- the rules --------------------------------------------------------------------------
-    def _flips(self, tick: int) -> np.ndarray | None:
-        """Per element: did ``a_t - a_{t-1}`` flip sign against ``a_{t-1} - a_{t-2}`` (both
-        above min_delta)? None unless the last three ticks were all sampled and usable."""
-        h = self._history
-        if len(h) < 3 or [t for t, _ in h] != [tick - 2, tick - 1, tick]:
-            return None
-        a0, a1, a2 = (x for _, x in h)
-        if a0 is None or a1 is None or a2 is None:
-            return None
-        d1, d2 = a1 - a0, a2 - a1
-        m = self._chatter[1] if self._chatter is not None else 0.0
-        flipped: np.ndarray = (d1 * d2 < 0) & (np.abs(d1) > m) & (np.abs(d2) > m)
-        return flipped
+    @staticmethod
+    def _over(counts: list[int], n: int, fraction: float) -> bool:
+        return n > 0 and max(counts) > fraction * n
 
-    def _push(self, tick: int, sat: np.ndarray | None, flip: np.ndarray | None) -> None:
-        self._samples.append((tick, sat, flip))
+    def _flips(self, tick: int) -> tuple[int, ...] | None:
+        """The elements whose ``a_t - a_{t-1}`` flipped sign against ``a_{t-1} - a_{t-2}``
+        (both above min_delta); None unless the last three ticks were sampled and usable."""
+        h = self._history
+        (t0, a0), (t1, a1), (t2, a2) = h[(tick - 2) % 3], h[(tick - 1) % 3], h[tick % 3]
+        if a0 is None or a1 is None or a2 is None or (t0, t1, t2) != (tick - 2, tick - 1, tick):
+            return None
+        m = self._chatter[1] if self._chatter is not None else 0.0
+        out = []
+        for j, x1 in enumerate(a1):
+            d1, d2 = x1 - a0[j], a2[j] - x1
+            if (d1 > m and d2 < -m) or (d1 < -m and d2 > m):
+                out.append(j)
+        return tuple(out)
+
+    def _push(self, tick: int, sat: tuple[int, ...] | None, flip: tuple[int, ...] | None) -> None:
+        samples = self._samples
+        samples.append((tick, sat, flip))
         if sat is not None:
-            self._sat_sum = sat.astype(np.int64) + (0 if self._sat_sum is None else self._sat_sum)
             self._sat_n += 1
+            self._count(self._sat_sum, sat, 1)
+            self._sat_hits += len(sat)
         if flip is not None:
-            self._flip_sum = flip.astype(np.int64) + (
-                0 if self._flip_sum is None else self._flip_sum
-            )
             self._flip_n += 1
+            self._count(self._flip_sum, flip, 1)
+            self._flip_hits += len(flip)
         oldest = tick - self._w
-        while self._samples and self._samples[0][0] <= oldest:
-            _, old_sat, old_flip = self._samples.popleft()
-            if old_sat is not None and self._sat_sum is not None:
-                self._sat_sum = self._sat_sum - old_sat
+        while samples and samples[0][0] <= oldest:
+            _, old_sat, old_flip = samples.popleft()
+            if old_sat is not None:
                 self._sat_n -= 1
-            if old_flip is not None and self._flip_sum is not None:
-                self._flip_sum = self._flip_sum - old_flip
+                self._count(self._sat_sum, old_sat, -1)
+                self._sat_hits -= len(old_sat)
+            if old_flip is not None:
                 self._flip_n -= 1
+                self._count(self._flip_sum, old_flip, -1)
+                self._flip_hits -= len(old_flip)
 
     @staticmethod
-    def _over(counts: np.ndarray | None, n: int, fraction: float) -> bool:
-        return counts is not None and n > 0 and bool(counts.max() > fraction * n)
+    def _count(sums: list[int], elements: tuple[int, ...], step: int) -> None:
+        for j in elements:
+            sums[j] += step
 
-    def _frozen_now(self, tick: int, a: np.ndarray | None, obs: np.ndarray) -> bool:
+    def _frozen_now(self, tick: int, a: list[float] | None, obs: np.ndarray) -> bool:
         assert self._frozen is not None
         ticks, epsilon, obs_delta = self._frozen
         if a is None:  # no usable action: the run restarts
-            self._ref = None
+            self._ref_tick = -1
             return False
-        o = obs.astype(np.float64)
-        ref = self._ref
-        if ref is None or np.abs(a - ref[1]).max() > epsilon:
-            self._ref = (tick, a, o)
+        ref = self._ref_action
+        if self._ref_tick < 0 or any(abs(x - r) > epsilon for x, r in zip(a, ref, strict=True)):
+            self._ref_tick, self._ref_action = tick, a
+            self._ref_obs = obs.copy()
             self._obs_moved = False
             return False
-        if not self._obs_moved and np.abs(o - ref[2]).max() > obs_delta:
-            self._obs_moved = True
-        return self._obs_moved and tick - ref[0] >= ticks
+        if not self._obs_moved and self._ref_obs is not None:
+            self._obs_moved = float(np.abs(obs - self._ref_obs).max()) > obs_delta
+        return self._obs_moved and tick - self._ref_tick >= ticks
