@@ -20,8 +20,9 @@ on which the executing chunk's index is ``>= s`` and no inference is in flight.
   ``chunk_exhausted`` and the envelope's ``chunks.on_exhausted`` response applies (hold,
   fallback or latch). (With ``d <= s`` every request starts at index ``s``; a chunk that
   arrives later than ``s`` ticks starts the next request on its arrival, at index ``d``, and
-  then runs out when that ``d`` plus the next one exceed ``H``.) A request still in flight after ``chunks.max_delay_ticks`` ticks (the
-  tail cap on d) is ``chunk_late`` once (``chunks.on_late``).
+  then runs out when that ``d`` plus the next one exceed ``H``.) A request still in flight
+  after ``chunks.max_delay_ticks`` ticks (the tail cap on d) is ``chunk_late``, once per
+  request (``chunks.on_late``).
 * The first chunk of an episode (after construction, :meth:`ChunkGuard.reset` or a policy
   error with nothing left to execute) is computed inline in both modes: there is nothing to
   execute while it is computed.
@@ -473,6 +474,7 @@ class ChunkGuard:
     def _judge(self, tick: int, obs: Any) -> np.ndarray:
         t0 = self._clock()
         prev = self._prev()
+        was_contig, chunk_before = self._contig, (self._cs, self._origin)
         viols: list[Any] = []
         if (
             self._inflight
@@ -508,36 +510,51 @@ class ChunkGuard:
         beyond_bounds = beyond_rate = False
         action_ok = False
         if self._policy_on:
-            if self._cs >= 0 and tick - self._origin < self._h:
-                cand = self.policy.chunks[self._cs, tick - self._origin]
-                kinds, beyond_bounds, beyond_rate = self._classify(cand, prev)
-                viols.extend(kinds)
-                action_ok = Violation.ACTION_NONFINITE not in kinds
+            idx = tick - self._origin
+            if self._cs >= 0 and idx < self._h:
+                cand = self.policy.chunks[self._cs, idx]
+                if (
+                    was_contig
+                    and chunk_before == (self._cs, self._origin)
+                    and self._next_bad[self._cs, idx] > idx
+                ):
+                    action_ok = True  # checked at install against the row applied before it
+                else:
+                    kinds, beyond_bounds, beyond_rate = self._classify(cand, prev)
+                    viols.extend(kinds)
+                    action_ok = Violation.ACTION_NONFINITE not in kinds
             else:
                 viols.append(ChunkViolation.CHUNK_EXHAUSTED)
                 self._exhausted_ticks += 1
         state = self._state
-        dec = decide(
-            state,
-            viols,
-            frozenset(),
-            self._responses,
-            self._rule,
-            hold_streak=self._hold_streak,
-            clean_streak=self._clean_streak,
-            in_state_ns=t0 - self._state_since,
-            action_ok=action_ok,
-            fallback_reads_obs=self._fb_reads_obs,
-        )
-        self._hold_streak, self._clean_streak = dec.hold_streak, dec.clean_streak
-        src = dec.source
+        if not viols and state is GuardState.NOMINAL:  # what decide() gives, without the call
+            new_state, src, counted = state, _Source.POLICY, ()
+            self._hold_streak = self._clean_streak = 0
+        else:
+            dec = decide(
+                state,
+                viols,
+                frozenset(),
+                self._responses,
+                self._rule,
+                hold_streak=self._hold_streak,
+                clean_streak=self._clean_streak,
+                in_state_ns=t0 - self._state_since,
+                action_ok=action_ok,
+                fallback_reads_obs=self._fb_reads_obs,
+            )
+            self._hold_streak, self._clean_streak = dec.hold_streak, dec.clean_streak
+            new_state, src, counted = dec.state, dec.source, dec.violations
         out = self._last
+        clipped = False
         if src is _Source.POLICY and cand is not None:
             out[:] = cand
             if prev is not None and beyond_rate and not self._log_rate:
                 np.clip(out, prev - self._rate, prev + self._rate, out=out)
+                clipped = True
             if (beyond_bounds and not self._log_bounds) or (beyond_rate and not self._log_rate):
                 np.clip(out, self._low, self._high, out=out)
+                clipped = True
         elif src is _Source.FALLBACK:
             out[:] = self._fallback_action(prev, tick, t0)
         elif src is _Source.SAFE:
@@ -545,16 +562,15 @@ class ChunkGuard:
         else:  # HOLD (or a policy tick without a usable action)
             src = _Source.HOLD
             out[:] = prev if prev is not None else self._zero
-        self._count(dec.violations, tick, t0)
-        self._transition(dec.state, tick, dec.violations)
+        if counted:
+            self._count(counted, tick, t0)
+        self._transition(new_state, tick, counted)
         if self._state is not GuardState.NOMINAL:
             self._state_ticks[self._state] += 1
         if src is not _Source.POLICY:
             self._interventions += 1
         self._has_prev = True
-        self._contig = (
-            src is _Source.POLICY and cand is not None and bool(np.array_equal(out, cand))
-        )
+        self._contig = src is _Source.POLICY and cand is not None and not clipped
         self._plan_fast(tick)
         return self._last_view
 

@@ -341,3 +341,58 @@ def test_thread_runner_executes_chunks_in_order() -> None:
     assert st_["chunks_installed"] >= 3 and st_["violations"]["policy_error"] == 0
     for v in values:
         assert 0 <= v % 1000 < h
+
+
+class AlwaysGeneral(ChunkGuard):
+    """The same guard with the plain path switched off: every tick is judged in full."""
+
+    def step(self, obs: np.ndarray) -> np.ndarray:
+        self._tick += 1
+        return self._general(self._tick, obs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    delays=st.lists(st.integers(0, 9), min_size=1, max_size=30),
+    seed=st.integers(0, 1000),
+    rate=st.sampled_from([None, 0.3, 2.0]),
+    exhausted=st.sampled_from(["hold", "fallback"]),
+)
+def test_plain_path_gives_what_the_general_path_gives(
+    delays: list[int], seed: int, rate: float | None, exhausted: str
+) -> None:
+    """Random chunks (some rows out of bounds, some non-finite), limits and delays: the
+    plain path is only a shortcut (same actions, states and counts)."""
+
+    def make(cls: type[ChunkGuard]) -> ChunkGuard:
+        rng = np.random.default_rng(seed)
+
+        def fn(obs: np.ndarray) -> np.ndarray:
+            c = np.cumsum(rng.normal(0, 0.4, (6, 2)), axis=0)
+            if rng.random() < 0.2:
+                c[rng.integers(6)] = np.nan
+            return c
+
+        draws = itertools.cycle(delays)
+        return cls(
+            CallableChunkPolicy(fn, 2, 2, 6, 3),
+            envelope(
+                chunks=ChunkLimits(on_exhausted=exhausted, max_delay_ticks=2),
+                max_delta=None if rate is None else (rate, rate),
+                bounds=(-1.5, 1.5),
+                action_size=2,
+                max_hold_ticks=4,
+            ),
+            fallback="zero",
+            mode="async",
+            runner=ScheduledChunkRunner(lambda: next(draws)),
+            clock=TickClock(),
+        )
+
+    plain, general = make(ChunkGuard), make(AlwaysGeneral)
+    for _ in range(150):
+        a = plain.step(np.zeros(2)).copy()
+        b = general.step(np.zeros(2)).copy()
+        np.testing.assert_array_equal(a, b)
+        assert plain.state is general.state
+    assert plain.stats() == general.stats()
