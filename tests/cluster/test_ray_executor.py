@@ -216,6 +216,9 @@ def test_usage_and_connection_errors(tmp_path: Path, plant_policy: Path) -> None
     args = ["audit", "--policy", str(plant_policy), "--env", ENV, "--out", str(out), "--quick"]
     assert cli_main([*args, "--address", "auto"]) == 2
     assert cli_main([*args, "--executor", "ray", "--address", "http://x"]) == 2
+    harden = ["harden", "--policy", str(plant_policy), "--env", "Pendulum-v1", "--out", str(out)]
+    assert cli_main([*harden, "--address", "auto"]) == 2
+    assert cli_main([*harden, "--executor", "ray", "--address", "ray://"]) == 2
     for bad in ("http://host", "host:notaport", "ray://", ":123", "host:70000"):
         with pytest.raises(ConfigError, match="--address must be"):
             RayExecutor(bad)
@@ -250,7 +253,6 @@ from ray.cluster_utils import Cluster
 import ray
 from tailguard.audit.audit import run_audit
 from tailguard.audit.conditions import NOMINAL, Condition
-from tailguard.audit.ray_executor import RayExecutor
 from tailguard.audit.outputs import dump_json
 
 cluster = Cluster(
@@ -260,14 +262,15 @@ cluster = Cluster(
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 try:
-    ray.init(address=cluster.address, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": sys.argv[3]}})
-    nodes = [n for n in ray.nodes() if n["Alive"]]
     conds = [NOMINAL, Condition(name="lat", dimension="custom", latency="fixed:ms=5")]
     r = run_audit(sys.argv[1], sys.argv[2], episodes=4, conditions=conds, n_resamples=200,
-                  block=1, executor=RayExecutor(), derive=False)
+                  block=1, executor="ray", address=cluster.address, derive=False)
     doc = {k: v for k, v in r.summary().items() if k != "run"}
-    print(json.dumps({"nodes": len(nodes), "summary": dump_json(doc), "run": r.run}))
+    after = ray.is_initialized()  # the executor joined the cluster: it leaves, the cluster stays
+    ray.init(address=cluster.address, log_to_driver=False)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    print(json.dumps({"nodes": len(nodes), "summary": dump_json(doc), "run": r.run,
+                      "connected_after": after}))
 finally:
     ray.shutdown()
     cluster.shutdown()
@@ -276,14 +279,15 @@ finally:
 
 def test_two_node_cluster_in_one_machine(plant_policy: Path) -> None:
     """A head and a worker node (``ray.cluster_utils.Cluster``, one CPU each, in a separate
-    process): the audit's summary is the local executor's."""
+    process), joined with ``address=HOST:PORT``: the audit's summary is the local executor's,
+    and the executor disconnects when the audit ends (the cluster keeps running)."""
     pytest.importorskip("ray")
     conds = [NOMINAL, Condition(name="lat", dimension="custom", latency="fixed:ms=5")]
     local = run_audit(
         plant_policy, ENV, episodes=4, conditions=conds, n_resamples=200, block=1, derive=False
     )
     done = subprocess.run(
-        [sys.executable, "-c", _TWO_NODES, str(plant_policy), ENV, PLANT_PATH],
+        [sys.executable, "-c", _TWO_NODES, str(plant_policy), ENV],
         capture_output=True,
         text=True,
         timeout=100,
@@ -292,27 +296,16 @@ def test_two_node_cluster_in_one_machine(plant_policy: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["nodes"] == 2 and out["run"]["workers"] == 2
+    assert out["connected_after"] is False
     assert out["summary"] == _without_run(local.summary())
 
 
-def test_ray_is_not_left_running_by_a_local_start(plant_policy: Path) -> None:
-    """An executor that started its own Ray shuts it down when the audit ends (run in a
-    fresh process: this package's Ray is the one already running here)."""
-    pytest.importorskip("ray")
-    code = (
-        "import sys, ray\n"
-        "from tailguard.audit.audit import run_audit\n"
-        "from tailguard.audit.conditions import NOMINAL\n"
-        "run_audit(sys.argv[1], sys.argv[2], episodes=2, conditions=[NOMINAL], "
-        "n_resamples=100, executor='ray', derive=False)\n"
-        "print(ray.is_initialized())\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(plant_policy), ENV],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, "PYTHONPATH": PLANT_PATH, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "False"
+def test_a_ray_already_running_here_is_used_and_left_running(
+    ray_local: Any, plant_policy: Path
+) -> None:
+    """An executor in a process whose Ray is already initialised uses it and does not shut
+    it down."""
+    from tailguard.audit.conditions import NOMINAL as nominal
+
+    run_audit(plant_policy, ENV, episodes=2, conditions=[nominal], n_resamples=100, executor="ray")
+    assert ray_local.is_initialized()

@@ -1,0 +1,1 @@
+"""Cluster tests (real Ray): a package, so that its Ray fixture ends with its last test."""
