@@ -462,18 +462,18 @@ class ChunkGuard:
             self._fast_tick = 0
             return self._last_view
 
-    def _prev(self) -> np.ndarray | None:
-        """A copy of the last applied action (None before the first one)."""
+    def _prev(self, last_tick: int) -> np.ndarray | None:
+        """A copy of the last applied action, applied on ``last_tick`` (None before the
+        first one)."""
         if not self._has_prev:
             return None
         if self._contig:  # the plain path applied the executing chunk's rows since
-            idx = self._tick - 1 - self._origin
-            return self.policy.chunks[self._cs, idx].copy()
+            return self.policy.chunks[self._cs, last_tick - self._origin].copy()
         return self._last.copy()
 
     def _judge(self, tick: int, obs: Any) -> np.ndarray:
         t0 = self._clock()
-        prev = self._prev()
+        prev = self._prev(tick - 1)
         was_contig, chunk_before = self._contig, (self._cs, self._origin)
         viols: list[Any] = []
         if (
@@ -765,6 +765,9 @@ class ChunkGuard:
         and any request in flight, restart the delay window's warm-up. The last applied
         action is kept (the rate limit stays continuous)."""
         self._runner.cancel()
+        prev = self._prev(self._tick)
+        if prev is not None:  # the plain path applied a chunk row: keep it as the last action
+            self._last[:] = prev
         self._transition(next_state(self._state, _Event.RESET), self._tick, ["reset"])
         self.policy.reset_state()
         if self._fb is not None:

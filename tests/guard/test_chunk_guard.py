@@ -396,3 +396,25 @@ def test_plain_path_gives_what_the_general_path_gives(
         np.testing.assert_array_equal(a, b)
         assert plain.state is general.state
     assert plain.stats() == general.stats()
+
+
+def test_reset_keeps_the_last_applied_action_for_the_rate_limit() -> None:
+    # the plain path applies chunk rows 0, 1, 2 (0.0, 0.1, 0.2); after reset the next
+    # chunk starts at 5.0 and the rate limit (0.1 per tick) continues from 0.2
+    calls = itertools.count()
+
+    def fn(obs: np.ndarray) -> np.ndarray:
+        base = 0.0 if next(calls) == 0 else 5.0
+        return (base + 0.1 * np.arange(8))[:, None]
+
+    guard = ChunkGuard(
+        CallableChunkPolicy(fn, 2, 1, 8, 8),
+        envelope(max_delta=(0.1,)),
+        mode="sync",
+        clock=TickClock(),
+    )
+    out = [float(x[0]) for x in run_guard(guard, 3)]
+    assert out == pytest.approx([0.0, 0.1, 0.2])
+    guard.reset()
+    after = float(guard.step(np.zeros(2))[0])
+    assert after == pytest.approx(0.3) and guard.stats()["violations"]["action_rate"] == 1
