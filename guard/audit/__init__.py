@@ -6,6 +6,8 @@ certification and reports.
     result.envelope                  # the derived, audited Envelope
     cert = certify("policy.onnx", "audit/envelope.json", "Hopper-v5")
     cert.exit_code                   # 0 pass, 1 warn, 2 fail
+    run_audit(..., executor="ray", address="auto")   # the units on a Ray cluster
+    run_sweep("manifest.toml", "results/", executor="ray")  # many checkpoints, one tree
 
 Importing this package is light: numpy only; scipy, matplotlib, MuJoCo and gymnasium are
 imported when an audit runs.
@@ -23,9 +25,11 @@ __all__ = [
     "Condition",
     "HardenResult",
     "Rating",
+    "RayExecutor",
     "certify",
     "harden",
     "run_audit",
+    "run_sweep",
     "write_audit",
     "write_certify",
 ]
@@ -40,6 +44,8 @@ _LAZY = {
     "HardenResult": "tailguard.audit.harden",
     "harden": "tailguard.audit.harden",
     "Rating": "tailguard.audit.ratings",
+    "RayExecutor": "tailguard.audit.ray_executor",
+    "run_sweep": "tailguard.audit.campaign",
     "write_audit": "tailguard.audit.outputs",
     "write_certify": "tailguard.audit.outputs",
 }
