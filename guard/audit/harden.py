@@ -25,8 +25,11 @@ export it with the parity check, re-audit it, compare, and certify the pair.
    as the guard's fallback) is certified against the original's audited envelope, whose
    per-tick timing violations switch to the fallback instead of holding (``PAIR_RESPONSES``).
 
-Supported: SB3 PPO and A2C ``.zip``. SAC / TD3 (off-policy: replay buffer and target
-networks are not in the weights-only state) and RSL-RL ``.pt`` are refused with a message.
+Supported: SB3 PPO and A2C ``.zip``, and RSL-RL ``.pt`` checkpoints of every format the
+audit reads (1.x to 5.x, MLP or recurrent; fine-tuned with rsl-rl-lib's ``OnPolicyRunner``,
+exported with the RSL-RL adapter: :mod:`tailguard.audit.harden_rsl_rl`). SAC / TD3
+(off-policy: replay buffer and target networks are not in the weights-only state) are
+refused with a message.
 """
 
 from __future__ import annotations
@@ -238,27 +241,23 @@ class HardenResult:
 def _check_policy(policy: Path) -> None:
     if not policy.is_file():
         raise ConfigError(
-            "policy file not found; pass the SB3 .zip the policy was saved as", policy
+            "policy file not found; pass the SB3 .zip or the RSL-RL .pt checkpoint the policy "
+            "was saved as",
+            policy,
         )
     suffix = policy.suffix.lower()
     if suffix == ".onnx":
         raise ConfigError(
             "an ONNX file holds no training state (no value function, no log-std, no "
             "normalization statistics to update): harden cannot fine-tune it; pass the SB3 "
-            ".zip it was exported from (and its --vecnormalize file)",
+            ".zip it was exported from (and its --vecnormalize file) or the RSL-RL .pt "
+            "checkpoint",
             policy,
         )
-    if suffix == ".pt":
-        raise ConfigError(
-            "fine-tuning RSL-RL .pt checkpoints is not supported by harden yet (SB3 PPO and A2C "
-            ".zip models are); audit it with `tailguard audit` and fine-tune it with rsl-rl's "
-            "OnPolicyRunner under tailguard.firmware_sim.wrappers",
-            policy,
-        )
-    if suffix != ".zip":
+    if suffix not in (".zip", ".pt"):
         raise ConfigError(
             f"unrecognised policy format '{suffix or '(no suffix)'}'; harden fine-tunes SB3 "
-            ".zip models (PPO, A2C)",
+            ".zip models (PPO, A2C) and RSL-RL .pt checkpoints (PPO, formats 1.x to 5.x)",
             policy,
         )
 
@@ -582,10 +581,11 @@ def harden(
     """Audit, fine-tune under the failing timing, export, re-audit, diff, certify the pair.
 
     Args:
-        policy: an SB3 ``.zip`` (PPO or A2C).
+        policy: an SB3 ``.zip`` (PPO or A2C) or an RSL-RL ``.pt`` checkpoint.
         env: a gymnasium env id.
         out: output folder: ``before/`` and ``after/`` audits, ``training.json``,
-            ``hardened.zip`` / ``.onnx`` (/ ``.vecnormalize.pkl``), ``diff/``, ``pair/``
+            ``hardened.zip`` (RSL-RL: ``hardened.pt``) / ``.onnx`` (/ ``.vecnormalize.pkl``),
+            ``diff/``, ``pair/``
             (envelope.json, pair.json) and ``certify/``.
         vecnormalize: the model's VecNormalize statistics.
         timesteps: fine-tuning budget, env steps.
@@ -608,9 +608,11 @@ def harden(
             ``re-audit``, ``certify``.
 
     Raises:
-        ConfigError: an input harden cannot fine-tune (ONNX, RSL-RL .pt, unknown suffix,
-            missing file, SAC/TD3, a non-gymnasium env id), before anything runs.
-        MissingExtraError: stable-baselines3 is not installed (``pip install 'tailguard[train]'``).
+        ConfigError: an input harden cannot fine-tune (ONNX, unknown suffix, missing file,
+            SAC/TD3, an RSL-RL checkpoint whose layout cannot be mapped, a non-gymnasium env
+            id), before anything runs.
+        MissingExtraError: stable-baselines3 (or, for ``.pt``, rsl-rl-lib) is not installed
+            (``pip install 'tailguard[train]'``).
     """
     from tailguard.audit.executor import select_executor
 
@@ -674,9 +676,17 @@ def _harden(
     if env.startswith(("py:", "mjcf:")):
         raise ConfigError(f"harden trains on gymnasium env ids; got '{env}'")
     required_threshold(require)
-    _require_sb3()
     vn_path = Path(vecnormalize) if vecnormalize is not None else None
-    model_info = _read_model(src, vn_path)
+    rsl_rl = src.suffix.lower() == ".pt"
+    if rsl_rl:
+        from tailguard.audit.harden_rsl_rl import read_rsl_rl
+
+        if vn_path is not None:
+            raise ConfigError("--vecnormalize goes with an SB3 .zip model only", src)
+        model_info = read_rsl_rl(src)
+    else:
+        _require_sb3()
+        model_info = _read_model(src, vn_path)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -715,7 +725,9 @@ def _harden(
     if not mix.trainable:
         result.status = "untrainable"
         return result
-    tuned = _finetune(
+    from tailguard.audit.harden_rsl_rl import ACTIVATION, finetune_rsl_rl
+
+    tuned = (finetune_rsl_rl if rsl_rl else _finetune)(
         model_info,
         env,
         mix,
@@ -726,15 +738,22 @@ def _harden(
         folder,
         progress,
     )
-    from tailguard.adapters.sb3 import export_sb3
-
     onnx_path = folder / "hardened.onnx"
-    exported = export_sb3(
-        tuned["model"],
-        onnx_path,
-        vecnormalize=tuned["vecnormalize"],
-        observations=tuned["observations"],
-    )
+    if rsl_rl:
+        from tailguard.adapters.rsl_rl_export import export_rsl_rl
+
+        exported = export_rsl_rl(
+            tuned["model"], onnx_path, activation=ACTIVATION, observations=tuned["observations"]
+        )
+    else:
+        from tailguard.adapters.sb3 import export_sb3
+
+        exported = export_sb3(
+            tuned["model"],
+            onnx_path,
+            vecnormalize=tuned["vecnormalize"],
+            observations=tuned["observations"],
+        )
     record = tuned["record"]
     record["export"] = {
         "onnx": onnx_path.name,
@@ -752,7 +771,7 @@ def _harden(
     result.training = record
     result.hardened_model = tuned["model"]
     result.hardened_onnx = onnx_path
-    result.hardened_vecnormalize = tuned["vecnormalize"]
+    result.hardened_vecnormalize = tuned.get("vecnormalize")
     after = run_audit(
         onnx_path,
         env,
