@@ -84,10 +84,6 @@ def _same(a: EpisodeOutcome, b: EpisodeOutcome) -> bool:
     return True
 
 
-def _place(unit: WorkUnit) -> tuple[int, int, int, str]:
-    return (unit.index, unit.start, unit.stop, unit.tag)
-
-
 class CachingExecutor:
     """Runs on ``inner`` only the units ``folder`` has no finished result for.
 
@@ -160,11 +156,10 @@ class CachingExecutor:
         for i in sorted(results):
             if on_result is not None:
                 on_result(results[i])
-        # A pool hands back copies of the units: know them by their place in the run.
-        key_of = {_place(units[i]): keys[i] for i in todo}
 
         def keep(res: UnitResult) -> None:
-            self._store(key_of[_place(res.unit)], res)
+            # A pool hands back copies of the units: the key is of their content.
+            self._store(unit_key(res.unit, digests), res)
             if on_result is not None:
                 on_result(res)
 
