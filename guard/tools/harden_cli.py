@@ -2,9 +2,9 @@
 report diff -> certify the pair (original in charge, hardened as fallback).
 
 Exit codes: certify's verdict for the pair, 0 pass / 1 warn / 2 fail; 0 when the audit finds
-nothing to harden; 1 when an input is refused (an ONNX file, an RSL-RL checkpoint, SAC/TD3,
-a missing ``train`` extra) or the failing conditions are all of kinds harden cannot train
-on; 2 on a usage error.
+nothing to harden; 1 when an input is refused (an ONNX file, an RSL-RL checkpoint whose
+layout cannot be mapped onto rsl-rl's networks, SAC/TD3, a missing ``train`` extra) or the
+failing conditions are all of kinds harden cannot train on; 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--policy", required=True, type=ca.input_file, help="SB3 .zip model (PPO or A2C)"
+        "--policy",
+        required=True,
+        type=ca.input_file,
+        help="SB3 .zip model (PPO or A2C) or RSL-RL .pt checkpoint (PPO)",
     )
     p.add_argument("--vecnormalize", type=ca.input_file, default=None, help="its VecNormalize file")
     p.add_argument("--env", required=True, help="gymnasium env id (MuJoCo: substep timing)")

@@ -141,13 +141,13 @@ def _refusal_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
         "onnx": (POLICIES / "hopper_nominal.onnx", "holds no training state"),
         "suffix": (tmp / "model.pkl", "unrecognised policy format '.pkl'"),
         "missing": (tmp / "absent.zip", "not found"),
-        "rsl_rl": (tmp / "ckpt.pt", "RSL-RL .pt checkpoints is not supported"),
+        "rsl_rl": (tmp / "ckpt.pt", "cannot fine-tune this RSL-RL checkpoint"),
         "sac": (_tiny_model(tmp / "sac.zip", "SAC"), "this is SAC"),
     }
 
 
 def test_refuses_what_it_cannot_fine_tune_before_running(tmp_path: Path) -> None:
-    """ONNX, an unknown suffix, a missing file, an RSL-RL checkpoint and an SAC model are
+    """ONNX, an unknown suffix, a missing file, an unreadable RSL-RL checkpoint and an SAC model are
     refused with a ConfigError saying what to pass instead, before any audit writes a file;
     the CLI maps the refusal to exit code 1."""
     from tailguard.tools.cli import main
