@@ -16,6 +16,9 @@ Checks (each named in the verdict, with its condition and numbers):
   least as well as the unguarded one (paired interval on mean(guarded - unguarded)).
 - ``measured``: each ``--profile FILE`` is placed inside or outside the envelope from its
   measured samples and judged as above.
+- ``distribution_shift``: the nominal episodes' observations, offset and scaled beyond the
+  envelope's observation range, replayed through the guard must trip ``obs_range``
+  (``tailguard.audit.shift``).
 - ``parity``: ONNX-vs-source parity when a checkpoint was exported.
 - ``determinism``: a subset re-run in this process must reproduce the same episodes.
 
@@ -81,7 +84,7 @@ class Check:
 
     Attributes:
         name: ``in_envelope``, ``false_alarms``, ``out_of_envelope``, ``measured``,
-            ``parity`` or ``determinism``.
+            ``distribution_shift``, ``parity`` or ``determinism``.
         status: ``pass``, ``warn`` or ``fail``.
         condition: the condition it is about ("" for global checks).
         message: what was measured against what.
@@ -488,6 +491,12 @@ def certify(
             totals,
         )
     )
+    from tailguard.audit.shift import distribution_shift
+
+    shift_status, shift_detail, shift_numbers = distribution_shift(
+        env_obj, str(resolved.onnx_path), ung[0].episodes
+    )
+    checks.append(Check("distribution_shift", shift_status, "nominal", shift_detail, shift_numbers))
     worst: dict[str, Any] | None = None
     for c, u, g in zip(conds[1:], ung[1:], gua[1:], strict=True):
         where = placement[c.name]

@@ -23,6 +23,11 @@ nearest-rank percentile (``tailguard.stats.percentile``):
 - ``actions.max_delta``: 1.5 x the largest per-element |a_t - a_{t-1}| in the tolerated set
   (at least the bound range for a policy whose outputs saturate the env's bounds).
 
+The failure detectors (envelope schema 2: ``observations`` and ``action_rules``) come from
+the nominal episodes' observations and actions, with their false-alarm rate under nominal
+timing and how often each would have fired in every condition (``tailguard.audit.detectors``;
+recorded under ``derivation.detectors``).
+
 Responses are the guard's defaults (``action_bounds`` is logged instead of clipped when the
 policy's outputs routinely leave the bounds the env clamps to anyway): hold on a single late
 tick, fallback on window violations (the fallback controller is ``--fallback``, else
@@ -275,6 +280,13 @@ def derive_envelope(
             per = np.where(np.isfinite(span), np.maximum(per, span), per)
         max_delta = [float(max(v, 1e-3)) for v in per]
         record["action_max_delta"] = max_delta
+    from tailguard.audit.detectors import derive_detectors
+
+    every = max(1, window // 10)
+    detectors, record["detectors"] = derive_detectors(
+        results, window=window, every=every, action_low=action_low, action_high=action_high
+    )
+    notes.extend(record["detectors"]["notes"])
     record["notes"] = notes
     finite = (
         action_low is not None
@@ -298,7 +310,7 @@ def derive_envelope(
             max_consecutive_overruns=overruns,
         ),
         actions=ActionLimits(max_delta=max_delta),
-        window=Window(ticks=window, check_every_ticks=max(1, window // 10)),
+        window=Window(ticks=window, check_every_ticks=every),
         responses=responses,
         provenance=Provenance(
             source="audit",
@@ -308,8 +320,29 @@ def derive_envelope(
             notes="Derived by `tailguard audit` from the tolerated conditions. " + " ".join(notes),
             results={**provenance, "derivation": _jsonable(record)},
         ),
+        **_detector_sections(detectors),
     )
     return envelope, record
+
+
+def _detector_sections(detectors: dict[str, Any] | None) -> dict[str, Any]:
+    """The envelope's ``observations`` / ``action_rules`` from derive_detectors' data."""
+    from tailguard.envelope.schema import (
+        ActionRules,
+        ChatterRule,
+        FrozenRule,
+        ObservationRange,
+        SaturationRule,
+    )
+
+    if detectors is None:
+        return {}
+    rules = detectors["action_rules"]
+    kinds = {"saturation": SaturationRule, "frozen": FrozenRule, "chatter": ChatterRule}
+    return {
+        "observations": ObservationRange(**detectors["observations"]),
+        "action_rules": ActionRules(**{k: kinds[k](**v) for k, v in rules.items()}),
+    }
 
 
 def _jsonable(value: Any) -> Any:

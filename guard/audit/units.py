@@ -92,6 +92,9 @@ class EpisodeOutcome:
             env clamps it; the envelope's bound check must not count that as a fault).
         guard: per-episode guard statistics (guarded units only).
         guard_states: per-tick guard state (``keep_ticks`` only).
+        observations, actions: per tick, what the policy saw and returned, float32
+            (n, obs_dim) and (n, act_dim) (bare units only): the failure detectors'
+            thresholds are derived from them (``tailguard.audit.derive``).
     """
 
     episode: int
@@ -109,6 +112,8 @@ class EpisodeOutcome:
     out_of_bounds_ticks: int = 0
     guard: dict[str, Any] | None = None
     guard_states: list[str] | None = None
+    observations: np.ndarray | None = None
+    actions: np.ndarray | None = None
 
 
 @dataclass
@@ -128,8 +133,10 @@ class _FaultCounting:
         self.nu = nu
         self.faults = 0
         self._last = np.zeros(nu, np.float32)
+        self.seen: list[np.ndarray] = []  # the observations of the episode, as decided on
 
     def __call__(self, obs: np.ndarray, obs_time_ns: int) -> np.ndarray:
+        self.seen.append(np.array(obs, dtype=np.float32).reshape(-1))
         try:
             action = np.asarray(self.inner(obs, obs_time_ns), np.float32).reshape(-1)
         except Exception:  # a policy fault is data for the audit, not a crash
@@ -144,6 +151,7 @@ class _FaultCounting:
     def reset(self) -> None:
         self.faults = 0
         self._last = np.zeros(self.nu, np.float32)
+        self.seen = []
         reset = getattr(self.inner, "reset", None)
         if reset is not None:
             reset()
@@ -246,6 +254,8 @@ def run_unit(unit: WorkUnit) -> UnitResult:
         da = np.abs(np.diff(acts, axis=0))
         lat = np.asarray(tr.latency_ns, np.int64)
         faults = getattr(controller, "faults", 0)
+        seen = getattr(controller, "seen", None)
+        observations = np.stack(seen) if seen and len(seen) == len(acts) else None
         guard = r.guard
         if guard is not None:
             faults = int(guard["violations"].get("policy_error", 0)) + int(
@@ -270,6 +280,8 @@ def run_unit(unit: WorkUnit) -> UnitResult:
                 guard_states=list(controller.tick_states)
                 if getattr(controller, "keep_ticks", False)
                 else None,
+                observations=observations,
+                actions=acts.astype(np.float32) if observations is not None else None,
             )
         )
     return out

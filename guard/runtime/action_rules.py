@@ -139,6 +139,21 @@ class ActionWindowRules:
                 active.append(Violation.ACTION_CHATTER)
         return frozenset(active) if active else _NOTHING
 
+    def window_fractions(self) -> tuple[float | None, float | None]:
+        """(saturation, chatter): the largest per-element fraction of the window's samples
+        at a bound / with a sign flip, after the latest check (None: rule off or no
+        sample). The audit derives the rules' thresholds from these."""
+        sat = max(self._sat_sum) / self._sat_n if self._sat and self._sat_n else None
+        flip = max(self._flip_sum) / self._flip_n if self._chatter and self._flip_n else None
+        return sat, flip
+
+    def frozen_run(self, tick: int) -> int:
+        """Ticks since the actions last moved more than epsilon, counted only while the
+        observation has moved more than obs_delta since then (0 otherwise)."""
+        if self._frozen is None or self._ref_tick < 0 or not self._obs_moved:
+            return 0
+        return tick - self._ref_tick
+
     # -- the rules --------------------------------------------------------------------------
     @staticmethod
     def _over(counts: list[int], n: int, fraction: float) -> bool:
