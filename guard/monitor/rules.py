@@ -16,7 +16,9 @@ A rules file is TOML (``tomllib``, no extra dependency)::
     actions = ["log", "alert"]      # log, alert (JSONL), exec, trip (command channel only)
     exec = ["notify-send", "tailguard"]   # the command of the exec action
 
-Presets ``default`` and ``strict`` are built in (:data:`PRESETS`).
+Presets ``default`` and ``strict`` are built in (:data:`PRESETS`; the README's table lists
+them). A rules file is checked whole: every problem (unknown keys and metrics with a "did you
+mean", wrong types, bad ops or actions) is reported at once.
 """
 
 from __future__ import annotations
@@ -79,10 +81,36 @@ def _r(name: str, metric: str, op: str, threshold: float, **kw: Any) -> Rule:
     return Rule(name=name, metric=metric, op=op, threshold=threshold, **kw)
 
 
-#: Built-in rule sets. Latencies are in units of the guard's nominal period.
+def _detector_rules(severity_range: str, severity_frozen: str, cooldown: float) -> tuple[Rule, ...]:
+    """The failure detectors (envelope schema 2) as rules: any in the rolling window."""
+    return (
+        _r("obs_out_of_range", "obs_range_window", ">", 0, severity=severity_range,
+           cooldown_s=cooldown),
+        _r("action_frozen", "action_frozen_window", ">", 0, severity=severity_frozen,
+           cooldown_s=cooldown),
+        _r("action_saturation", "action_saturation_window", ">", 0, cooldown_s=cooldown),
+        _r("action_chatter", "action_chatter_window", ">", 0, cooldown_s=cooldown),
+    )  # fmt: skip
+
+
+#: Built-in rule sets. Latencies are in units of the guard's nominal period, or of the
+#: envelope's own latency p99 (``latency_p99_envelope``, from the guard's hello).
 PRESETS: dict[str, tuple[Rule, ...]] = {
     "default": (
         _r("latched", "latched", "==", 1, severity="fail", cooldown_s=60.0),
+        _r(
+            "latency_p99_envelope",
+            "latency_p99_envelope",
+            ">",
+            1.0,
+            mode="rolling",
+            count=3,
+            of=5,
+            grace_s=2.0,
+        ),
+        _r("heartbeat", "silence_s", ">", 2.0, severity="fail", cooldown_s=30.0),
+        _r("events_dropped", "events_dropped_total", ">", 0, cooldown_s=300.0),
+        *_detector_rules("warn", "fail", 30.0),
         _r(
             "latency_p99",
             "latency_p99_period",
@@ -108,12 +136,28 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
         _r("message_loss", "msg_lost_total", ">", 0, cooldown_s=60.0),
         _r("ring_overflow", "ring_overflow_total", ">", 0, severity="fail", cooldown_s=60.0),
         _r("send_dropped", "send_dropped_total", ">", 0, cooldown_s=60.0),
+        _r("latency_p99_envelope", "latency_p99_envelope", ">", 1.0, severity="fail"),
+        _r("heartbeat", "silence_s", ">", 1.0, severity="fail", cooldown_s=10.0),
+        _r("events_dropped", "events_dropped_total", ">", 0, severity="fail", cooldown_s=60.0),
+        *_detector_rules("fail", "fail", 10.0),
     ),
 }
 
 
-def parse_rules(data: Mapping[str, Any], command_enabled: bool = False) -> tuple[Rule, ...]:
+def metric_names() -> tuple[str, ...]:
+    """Every metric a rule may name (the keys of ``MonitorState.metrics()``)."""
+    from tailguard.monitor.stats import MonitorState
+
+    return tuple(MonitorState().metrics(0))
+
+
+def parse_rules(
+    data: Mapping[str, Any], command_enabled: bool = False, check_metrics: bool = False
+) -> tuple[Rule, ...]:
     """Validate a parsed rules document; every problem is collected.
+
+    ``check_metrics``: a metric must be one ``MonitorState.metrics()`` has (rules files are
+    checked so; the engine itself judges whatever metrics it is given).
 
     Raises:
         TailguardError: unknown keys (with a hint), wrong types, unknown ops/actions, or a
@@ -150,19 +194,23 @@ def parse_rules(data: Mapping[str, Any], command_enabled: bool = False) -> tuple
         except TypeError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        problems += [f"{where}: {p}" for p in _check(rule, command_enabled)]
+        problems += [f"{where}: {p}" for p in _check(rule, command_enabled, check_metrics)]
         rules.append(rule)
     if problems:
         raise TailguardError("invalid rules:\n" + "\n".join(f"  - {p}" for p in problems))
     return tuple(rules)
 
 
-def _check(rule: Rule, command_enabled: bool) -> list[str]:
+def _check(rule: Rule, command_enabled: bool, check_metrics: bool) -> list[str]:
     p = []
     if not isinstance(rule.name, str) or not rule.name:
         p.append("'name' must be a non-empty string")
     if not isinstance(rule.metric, str):
         p.append("'metric' must be a string")
+    elif check_metrics and rule.metric not in (known := metric_names()):
+        close = difflib.get_close_matches(rule.metric, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see `tailguard monitor --help`"
+        p.append(f"unknown metric {rule.metric!r}{hint}")
     if rule.op not in _OPS:
         p.append(f"unknown op {rule.op!r}; valid choices are {list(_OPS)}")
     if isinstance(rule.threshold, bool) or not isinstance(rule.threshold, int | float):
@@ -271,7 +319,7 @@ def load_rules(source: str | Path, command_enabled: bool = False) -> tuple[Rule,
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise TailguardError(f"cannot read rules ({exc})", path) from exc
     try:
-        return parse_rules(data, command_enabled)
+        return parse_rules(data, command_enabled, check_metrics=True)
     except TailguardError as exc:
         raise TailguardError(exc.message, path) from None
 

@@ -6,22 +6,24 @@ in a recording), so the same code runs live and offline and tests need no sleeps
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
 
 from tailguard.protocol.telemetry_wire import HIST_DIGITS, HIST_MAX_NS, decode_message
-from tailguard.runtime.state import GuardState
+from tailguard.runtime.state import GuardState, Violation
 from tailguard.runtime.tick_ring import STATE_CODES
 from tailguard.stats.histogram import LogLinearHistogram
 from tailguard.stats.percentile import percentiles
 
-__all__ = ["MonitorState", "PERCENTILES"]
+__all__ = ["MonitorState", "PERCENTILES", "WINDOW_KINDS"]
 
 PERCENTILES = (50.0, 99.0, 99.9)
 # State names by wire code, from the runtime's explicit table (never from Enum order); the
 # codes are dense from 0, so a gap fails here at import.
+#: Violation kinds counted per rolling window as their own metric ``<kind>_window``.
+WINDOW_KINDS = tuple(v.value for v in Violation)
 _STATES = [""] * len(STATE_CODES)
 for _state, _code in STATE_CODES.items():
     _STATES[_code] = _state.value
@@ -130,7 +132,15 @@ class MonitorState:
         return out
 
     def _on_hello(self, msg: dict[str, Any], now_ns: int, out: list[dict[str, Any]]) -> None:
-        keys = ("policy", "policy_sha256", "envelope_sha256", "period_ns", "pid", "heartbeat_ns")
+        keys = (
+            "policy",
+            "policy_sha256",
+            "envelope_sha256",
+            "period_ns",
+            "pid",
+            "heartbeat_ns",
+            "envelope_latency_p99_ns",
+        )
         self.hello = {k: msg.get(k) for k in keys}
         hb = msg.get("heartbeat_ns")
         if isinstance(hb, int) and hb > 0:
@@ -287,7 +297,16 @@ class MonitorState:
             m["tick_rate_hz"] = 0.0 if self.last_rx_ns is not None else None
             m["non_nominal_fraction"] = None
         m["violation_flag_ticks"] = int(np.count_nonzero(flags & ~0xF)) if len(flags) else 0
+        # the tail against the envelope the guard enforces (its hello says the p99 limit)
+        limit = self.hello.get("envelope_latency_p99_ns")
+        p99 = m.get("latency_p99_ns")
+        m["latency_p99_envelope"] = (
+            p99 / limit if isinstance(limit, int) and limit > 0 and p99 is not None else None
+        )
         m["violations_window"] = len(self._viol_window)
+        per_kind = Counter(name for _, name in self._viol_window)
+        for kind in WINDOW_KINDS:  # e.g. obs_range_window: that kind in the rolling window
+            m[f"{kind}_window"] = per_kind.get(kind, 0)
         m["violations_total"] = sum(self.violations.values())
         m["latched"] = int(self.state == GuardState.LATCHED.value)
         m["fallback"] = int(self.state == GuardState.FALLBACK.value)

@@ -390,6 +390,8 @@ class Guard:
                 "policy": getattr(self.policy, "name", ""),
                 "envelope_sha256": env.digest() if hasattr(env, "digest") else None,
                 "period_ns": env.timing.period_ns,
+                # what `tailguard monitor` compares the live tail with (latency_p99_envelope)
+                "envelope_latency_p99_ns": env.timing.latency.p99_ns,
             },
             allow_non_loopback=allow_non_loopback,
         )
