@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.envelope.checks import is_int
+from tailguard.envelope.chunks import ChunkLimits
 from tailguard.envelope.problems import INVALID, Problems, did_you_mean, show_typed
 from tailguard.envelope.rules import SCHEMA_VERSION, check_version
 from tailguard.envelope.schema import (
@@ -92,6 +93,7 @@ _SECTIONS: dict[str, type] = {
     "window": Window,
     "recovery": Recovery,
     "provenance": Provenance,
+    "chunks": ChunkLimits,  # optional: only action-chunk policies' envelopes have it
 }
 _SECTIONS.update(observations=ObservationRange, action_rules=ActionRules)  # schema 2
 _NESTED: dict[type, dict[str, type]] = {

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tailguard.envelope import rules
 from tailguard.envelope.checks import check_instance, float_tuple, freeze, is_int
+from tailguard.envelope.chunks import ChunkLimits
 from tailguard.envelope.problems import INVALID, Problems, did_you_mean
 from tailguard.envelope.rules import SCHEMA_VERSION, as_enum
 from tailguard.errors import EnvelopeError
@@ -479,9 +480,10 @@ _ENVELOPE_SECTIONS: dict[str, type] = {
     "provenance": Provenance,
     "observations": ObservationRange,
     "action_rules": ActionRules,
+    "chunks": ChunkLimits,
 }
 #: Sections an envelope may leave out (None).
-_OPTIONAL_SECTIONS = frozenset({"observations"})
+_OPTIONAL_SECTIONS = frozenset({"observations", "chunks"})
 
 
 def _default_responses() -> Mapping[Violation, Response]:
@@ -511,6 +513,8 @@ class Envelope:
             then absent from the JSON).
         schema_version: a version this tailguard reads (``OLDEST_SCHEMA_VERSION`` to
             ``SCHEMA_VERSION``); a valid envelope is migrated to ``SCHEMA_VERSION``.
+        chunks: optional limits for an action-chunk policy (``envelope.chunks``); None
+            for a per-tick policy (and then absent from the JSON).
 
     Raises:
         EnvelopeError: with every problem found (key paths relative to the envelope).
@@ -527,6 +531,7 @@ class Envelope:
     observations: ObservationRange | None = None
     action_rules: ActionRules = ActionRules()
     schema_version: int = SCHEMA_VERSION
+    chunks: ChunkLimits | None = None
 
     def __post_init__(self) -> None:
         responses = _validate(self, rules.check_envelope, _ENVELOPE_SECTIONS, _OPTIONAL_SECTIONS)
@@ -546,6 +551,8 @@ class Envelope:
             del data["observations"]
         if not self.action_rules.any:  # no action rule: no action_rules key
             del data["action_rules"]
+        if data.get("chunks", ()) is None:  # a per-tick policy's envelope: no chunks key
+            del data["chunks"]
         return {"schema_version": data.pop("schema_version"), **data}
 
     def digest(self) -> str:

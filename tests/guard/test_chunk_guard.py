@@ -418,3 +418,21 @@ def test_reset_keeps_the_last_applied_action_for_the_rate_limit() -> None:
     guard.reset()
     after = float(guard.step(np.zeros(2))[0])
     assert after == pytest.approx(0.3) and guard.stats()["violations"]["action_rate"] == 1
+
+
+def test_envelope_chunks_section(tmp_path) -> None:
+    from tailguard.envelope import envelope_from_dict, load_envelope, save_envelope
+    from tailguard.errors import EnvelopeError
+
+    plain = envelope()
+    assert plain.chunks is None and "chunks" not in plain.to_dict()  # old files unchanged
+    with_chunks = envelope(chunks=ChunkLimits(8, 5, max_delay_ticks=2, on_exhausted="latch"))
+    data = with_chunks.to_dict()
+    assert data["chunks"]["on_exhausted"] == "latch" and data["chunks"]["max_delay_ticks"] == 2
+    save_envelope(with_chunks, tmp_path / "e.json")
+    assert load_envelope(tmp_path / "e.json") == with_chunks
+    data["chunks"] = {"horizon": 4, "execute_horizon": 5, "on_exhausted": "log", "cap": 1}
+    with pytest.raises(EnvelopeError) as err:
+        envelope_from_dict(data)
+    paths = {p.key_path for p in err.value.problems}
+    assert {"chunks.cap", "chunks.execute_horizon", "chunks.on_exhausted"} <= paths
