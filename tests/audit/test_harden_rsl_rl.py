@@ -256,3 +256,40 @@ def test_refuses_checkpoints_it_cannot_fine_tune_before_running(tmp_path: Path) 
     good = _controller(tmp_path / "good.pt")
     with pytest.raises(ConfigError, match=r"--vecnormalize goes with an SB3 \.zip"):
         harden(good, ENV, tmp_path / "out_vn", vecnormalize=good, **BUDGET)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [cf.Case("2", "gru", True, "log_std"), cf.Case("5", "lstm", True, "std")],
+    ids=lambda c: c.id,
+)
+def test_recurrent_checkpoints_fine_tune_and_export_with_parity(
+    case: cf.Case, tmp_path: Path
+) -> None:
+    """A recurrent actor (a 2.x GRU with a runner-level normalizer, a 5.x LSTM) is fine-tuned
+    as an rsl-rl ``RNNModel`` under a latency mix and written as a 5.x checkpoint that the
+    RSL-RL adapter exports with its parity check passing (hidden state carried)."""
+    from tailguard.adapters.rsl_rl_export import export_rsl_rl
+    from tailguard.audit.harden import TrainingMix
+
+    ckpt, _ = _build(case)
+    torch.save(ckpt, tmp_path / "rec.pt")
+    mix = TrainingMix(
+        profiles=((0.5, "nominal", "nominal", "test"), (0.5, "fixed:ms=30", "x", "test")),
+        skipped=(),
+        nominal_share=0.5,
+        failing=("x",),
+    )
+    tuned = finetune_rsl_rl(
+        read_rsl_rl(tmp_path / "rec.pt"), ENV, mix, 40_000_000, 300, 0, 1e-4, tmp_path, None
+    )
+    assert tuned["record"]["architecture"]["actor"] == "RNNModel"
+    assert tuned["record"]["architecture"]["recurrent"] == case.rnn
+    exported = export_rsl_rl(
+        tuned["model"], tmp_path / "rec.onnx", observations=tuned["observations"]
+    )
+    assert exported.parity.passed and exported.parity.num_observations >= 200
+    after = _tensors(tuned["model"], "actor_state_dict")
+    before = read_rsl_rl(tmp_path / "rec.pt")["actor_state"]
+    assert after.keys() == before.keys()
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("rnn."))
