@@ -16,7 +16,10 @@ export it with the parity check, re-audit it, compare, and certify the pair.
    SB3 model is built with the architecture read by :mod:`tailguard.adapters.sb3`
    (algorithm, hidden sizes, activation, spaces) and the weights-only state dict is loaded
    into ``model.policy``; VecNormalize statistics come from the restricted reader. The
-   optimizer starts fresh (its state is not read). Training latency: MuJoCo envs through
+   optimizer starts fresh (its state is not read). An RSL-RL ``.pt`` is rebuilt as rsl-rl-lib
+   5.x actor and critic holding the checkpoint's weights, normalizers and (5.x) optimizer
+   state and trained with its ``OnPolicyRunner`` (:mod:`tailguard.audit.harden_rsl_rl`),
+   on the same timing wrappers. Training latency: MuJoCo envs through
    :class:`~tailguard.firmware_sim.wrappers.SubstepLatencyWrapper` (the audit's substep
    resolution), other envs through ``ActionLatencyWrapper(round_up=True)`` (the audit's
    whole-step resolution).

@@ -293,3 +293,26 @@ def test_recurrent_checkpoints_fine_tune_and_export_with_parity(
     before = read_rsl_rl(tmp_path / "rec.pt")["actor_state"]
     assert after.keys() == before.keys()
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("rnn."))
+
+
+def test_missing_train_extra_names_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without rsl-rl-lib, hardening a .pt names the exact install command, before any
+    audit writes a file."""
+    import builtins
+
+    from tailguard.errors import MissingExtraError
+
+    real = builtins.__import__
+
+    def fake(name: str, *a: Any, **k: Any) -> Any:
+        if name == "rsl_rl" or name.startswith("rsl_rl."):
+            raise ImportError("no rsl_rl")
+        return real(name, *a, **k)
+
+    good = _controller(tmp_path / "good.pt")
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(MissingExtraError, match=r"pip install 'tailguard\[train\]'"):
+        harden(good, ENV, tmp_path / "out", **BUDGET)
+    assert not (tmp_path / "out").exists()
