@@ -10,8 +10,10 @@ peer's axes, in time rather than action repeats: a sustained rate change (x2, th
 "speed"), period jitter (+-0.4 P), one period of latency (the peer's "delay"), latency spike
 bursts (4 P) and observation age (1 P). Both wall times include the process start, imports
 (torch for both), the sweep, the statistics and every output file (our report.html with its
-plots), like a CLI run. ``--policy onnx`` audits the shipped ONNX instead (normalization
-folded in, so 1000-step episodes: several times the simulated work, no torch import).
+plots), like a CLI run. ``--policy exported`` first exports the same zip once with
+``tailguard export sb3`` (timed apart: a one-time step per checkpoint) and audits that ONNX
+file, the product's path (no torch at audit time). ``--policy onnx`` audits the shipped ONNX
+(normalization folded in, so 1000-step episodes: several times the simulated work).
 
     python bench/bench_audit.py [--workers 2] [--repeat 3] [--peer PATH/deltatau-audit]
     python -m pytest bench/bench_audit.py --benchmark-enable
@@ -152,12 +154,20 @@ def main() -> None:
     )
     parser.add_argument("--workers", default="2")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--policy", choices=("zip", "onnx"), default="zip")
+    parser.add_argument("--policy", choices=("zip", "exported", "onnx"), default="zip")
     parser.add_argument(
         "--peer", help="the peer's deltatau-audit executable: runs interleaved with ours"
     )
     args = parser.parse_args()
     policy = POLICY_ZIP if args.policy == "zip" else POLICY
+    tmp = tempfile.TemporaryDirectory()
+    if args.policy == "exported":
+        policy = Path(tmp.name) / "hopper_nominal_raw.onnx"
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "tailguard", "export", "sb3", str(POLICY_ZIP)]
+        subprocess.run([*cmd, "--out", str(policy)], check=True, timeout=600, capture_output=True)
+        print(f"one-time export of {POLICY_ZIP.name} (parity checked): "
+              f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
     ours: list[tuple[float, float]] = []
     peer: list[tuple[float, float]] = []
     for _ in range(args.repeat):  # interleaved, so both see the same machine
@@ -181,6 +191,7 @@ def main() -> None:
     else:
         print(f"peer not run (--peer); its figure from the issue: {PEER_WALL_S} s")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":
