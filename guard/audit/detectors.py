@@ -239,8 +239,8 @@ def detector_rates(
         n = len(obs32)
         total += n
         flagged = np.zeros(n, bool)
-        outside = ((obs32 < lo32) | (obs32 > hi32)).any(axis=1)
-        per = {"obs_range": outside.copy()}
+        outside: np.ndarray = np.asarray(((obs32 < lo32) | (obs32 > hi32)).any(axis=1))
+        per: dict[str, np.ndarray] = {"obs_range": outside}
         if sat or fr or ch:
             rules = ActionWindowRules(
                 saturation=None if sat is None else (sat["fraction"], sat["margin"]),

@@ -108,7 +108,8 @@ class ActionWindowRules:
     ) -> frozenset[Violation]:
         """Take the check tick's sample and judge: the rules that hold after it."""
         a: list[float] | None = action.tolist() if ok else None
-        sat = flip = None
+        sat: tuple[int, ...] | None = None
+        flip: tuple[int, ...] | None = None
         if a is not None and self._sat is not None:
             sat = ()
             if max(a) >= self._hi_any or min(a) <= self._lo_any:

@@ -158,6 +158,8 @@ class Guard:
         EnvelopeError: the envelope does not fit the policy (sizes, bounds).
         HashMismatchError: the policy file is not the one the envelope was written for.
         ConfigError: an unknown fallback or deadline mode, a non-positive ``deadline_ns``.
+        PolicyLoadError: the envelope's observation range needs the ONNX policy's check
+            graph rebuilt, and its file changed since it was loaded.
         TypeError: ``clock()`` does not return a Python int.
     """
 
