@@ -408,6 +408,7 @@ def _rollout_observations(runner: Any, env_id: str, seed: int, steps: int = 200)
     policy.eval()
     policy.reset()
     env = gym.make(env_id)
+    space: Any = env.action_space
     obs, _ = env.reset(seed=seed)
     out = []
     with torch.inference_mode():
@@ -416,7 +417,7 @@ def _rollout_observations(runner: Any, env_id: str, seed: int, steps: int = 200)
             out.append(x[0])
             td = TensorDict({"policy": torch.from_numpy(x)}, batch_size=[1])
             action = policy(td).numpy()[0].astype(np.float64)
-            action = np.clip(action, env.action_space.low, env.action_space.high)
+            action = np.clip(action, space.low, space.high)
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 obs, _ = env.reset()
