@@ -53,6 +53,7 @@ the boundary, a clipped action, a non-nominal state) takes the general path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -94,6 +95,7 @@ __all__ = [
 ]
 
 _NEVER = NEVER_NS
+_NO_ERRSTATE = contextlib.nullcontext()
 
 
 class ChunkViolation(Enum):
@@ -638,21 +640,22 @@ class ChunkGuard:
     def _install(self, slot: int, origin: int, d: int) -> None:
         """Make the chunk in ``slot`` (requested on tick ``origin``, usable ``d`` ticks
         later) the executing one, and check all its rows at once."""
-        rows = self.policy.chunks[slot].astype(np.float64)
-        finite = np.isfinite(rows).all(axis=1)
-        with np.errstate(invalid="ignore"):
-            ok = finite & (rows >= self._low).all(axis=1) & (rows <= self._high).all(axis=1)
-            if self._rate_on:
-                steps = np.abs(np.diff(rows, axis=0)) <= self._rate
-                ok[1:] &= steps.all(axis=1)
+        rows = self.policy.chunks[slot]
+        ok = ((rows >= self._low) & (rows <= self._high)).all(axis=1)  # NaN fails both
+        clean = bool(ok.all())
+        if self._rate_on:
+            with np.errstate(invalid="ignore") if not clean else _NO_ERRSTATE:
+                steps = np.abs(np.diff(rows.astype(np.float64), axis=0)) <= self._rate
+            ok[1:] &= steps.all(axis=1)
+            clean = bool(ok.all())
         # next_bad[i] = the first row j >= i that cannot take the plain path (H if none)
-        nb = np.full(self._h + 1, self._h, dtype=np.int64)
-        bad = np.flatnonzero(~ok)
-        if bad.size:
+        if clean:
+            self._next_bad[slot].fill(self._h)
+        else:
             marks = np.full(self._h + 1, self._h, dtype=np.int64)
+            bad = np.flatnonzero(~ok)
             marks[bad] = bad
-            nb = np.minimum.accumulate(marks[::-1])[::-1]
-        self._next_bad[slot] = nb
+            self._next_bad[slot] = np.minimum.accumulate(marks[::-1])[::-1]
         self._cs, self._origin = slot, origin
         self._installed += 1
         self.delays.add(d)
@@ -662,10 +665,16 @@ class ChunkGuard:
         self, a32: np.ndarray, prev: np.ndarray | None
     ) -> tuple[list[Violation], bool, bool]:
         """The per-tick guard's action checks on one action (see ``Guard._classify_action``)."""
+        low, high, rate = self._low, self._high, self._rate
+        if ((a32 >= low) & (a32 <= high)).all() and (  # the common case: exactly within
+            prev is None
+            or not self._rate_on
+            or (np.abs(a32.astype(np.float64) - prev) <= rate).all()
+        ):
+            return [], False, False
         a = a32.astype(np.float64)
         if not np.isfinite(a).all():
             return [Violation.ACTION_NONFINITE], False, False
-        low, high, rate = self._low, self._high, self._rate
         over_bounds = np.maximum(low - a, a - high)
         out = []
         if (over_bounds > _ulps(np.maximum(np.abs(low), np.abs(high)))).any():
