@@ -89,8 +89,13 @@ def compare_chunk_execution(
     seed: int = 2000,
     n_resamples: int = 9999,
     variants: Sequence[str] = VARIANTS,
+    horizon: int | None = None,
+    execute_horizon: int | None = None,
 ) -> dict[str, Any]:
     """Run every variant under nominal timing and each profile; return the metrics.
+
+    ``horizon`` / ``execute_horizon`` are passed to ``OnnxChunkPolicy`` (for a model whose
+    metadata does not declare them).
 
     Returns:
         ``{"conditions": {"PROFILE/VARIANT": metrics}, "rate_limit": [...],
@@ -100,7 +105,7 @@ def compare_chunk_execution(
     from tailguard.firmware_sim.replay import make_task
 
     task = make_task(env_id)
-    policy = OnnxChunkPolicy(policy_path)
+    policy = OnnxChunkPolicy(policy_path, horizon=horizon, execute_horizon=execute_horizon)
     h, s = policy.horizon, policy.execute_horizon
     fallback = OnnxPolicy(fallback_path) if fallback_path is not None else None
     settings = BootstrapSettings(n_resamples=n_resamples, seed=seed)

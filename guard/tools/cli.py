@@ -56,6 +56,10 @@ _EXTERNAL = {
         "tailguard.tools.sweep_cli",
         "audit or certify many checkpoints from one manifest into one results tree",
     ),
+    "chunks": (
+        "tailguard.tools.chunks_cli",
+        "audit an action-chunk policy under per-chunk delays (sync / async / guarded)",
+    ),
 }
 
 
