@@ -193,11 +193,15 @@ class CertifyResult:
         }
 
 
-def _guard_totals(r: ConditionResult) -> dict[str, Any]:
-    ticks = sum(e.length for e in r.episodes)
-    interventions = sum((e.guard or {}).get("interventions", 0) for e in r.episodes)
+def _guard_totals(r: ConditionResult, exclude: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Guard totals over ``r``'s episodes, leaving out the episode indices in ``exclude``
+    (their violations are listed apart)."""
+    left_out = [e for e in r.episodes if e.episode in exclude]
+    episodes = [e for e in r.episodes if e.episode not in exclude]
+    ticks = sum(e.length for e in episodes)
+    interventions = sum((e.guard or {}).get("interventions", 0) for e in episodes)
     violations: dict[str, int] = {}
-    for e in r.episodes:
+    for e in episodes:
         for k, v in (e.guard or {}).get("violations", {}).items():
             violations[k] = violations.get(k, 0) + int(v)
     return {
@@ -207,8 +211,16 @@ def _guard_totals(r: ConditionResult) -> dict[str, Any]:
         "violations": dict(sorted(violations.items())),
         "episodes_with_timing_violation": sum(
             1
-            for e in r.episodes
+            for e in episodes
             if any(k in TIMING_VIOLATIONS for k in (e.guard or {}).get("violations", {}))
+        ),
+        **(
+            {
+                "left_out_episodes": sorted(e.episode for e in left_out),
+                "left_out_violations": [(e.guard or {}).get("violations", {}) for e in left_out],
+            }
+            if left_out
+            else {}
         ),
     }
 
@@ -479,15 +491,24 @@ def certify(
     gua[0].companions(ung[0].returns, 0.0)
 
     checks: list[Check] = []
-    totals = _guard_totals(gua[0])
+    # An episode the unguarded policy fails on its own under nominal timing (it falls) is
+    # no place for a false alarm: what the guard does there (e.g. obs_range as the robot
+    # leaves the audited states before the fall) is left out of the count and listed.
+    own_failures = frozenset(e.episode for e in ung[0].episodes if e.fell)
+    totals = _guard_totals(gua[0], own_failures)
     frac = totals["intervention_fraction"]
+    left_out = (
+        f"; {len(own_failures)} episode(s) the unguarded policy fails on its own left out"
+        if own_failures
+        else ""
+    )
     checks.append(
         Check(
             "false_alarms",
             "pass" if frac < MAX_INTERVENTION_FRACTION else "fail",
             "nominal",
             f"guard interventions on {frac:.4%} of nominal ticks (limit "
-            f"{MAX_INTERVENTION_FRACTION:.1%})",
+            f"{MAX_INTERVENTION_FRACTION:.1%}){left_out}",
             totals,
         )
     )

@@ -100,7 +100,8 @@ def _replay(
                     flip_max = flip if flip_max is None else max(flip_max, flip)
             run_max = max(run_max, rules.frozen_run(t))
         if t >= next_probe:
-            next_probe = rules.probe(t, acts[t - 1], True, next_check)
+            previous = acts[t - 2] if t >= 2 else None  # a bare run applies its outputs
+            next_probe = rules.probe(t, acts[t - 1], True, next_check, previous)
     return verdicts, {"saturation": sat_max, "chatter": flip_max, "frozen_run": run_max}
 
 

@@ -17,8 +17,10 @@ tick by construction: each such episode must see ``obs_range`` from the first sh
 on (detection delay 0). A scaled episode leaves the range where its excursions are large
 enough, at least once by construction: it must be detected (the delay is reported). An
 episode whose observations never leave the range's centre cannot be scaled out of it and
-is counted as such. Any miss fails the check. The replay as recorded (other seeds than the audit's
-episodes) may fire it on fewer than ``MAX_FALSE_ALARM`` of its ticks, else the check fails.
+is counted as such. Any miss fails the check. The replay as recorded (other seeds than the
+audit's episodes) may fire it on fewer than ``MAX_FALSE_ALARM`` of its ticks, else the
+check fails; an episode the policy fails on its own (it falls) is not counted there, since
+leaving the audited states before a fall is what the rule is for (its hits are listed).
 Open loop: the guard's response does not change the replayed observations, so what is
 judged is the detector, not how the robot fares after it.
 """
@@ -114,8 +116,12 @@ def distribution_shift(
     }
     for e in traced:
         obs = np.asarray(e.observations, np.float64)
-        false_alarms += len(_replay(policy, env, obs.astype(np.float32)))
-        ticks += len(obs)
+        hits = len(_replay(policy, env, obs.astype(np.float32)))
+        if getattr(e, "fell", False):  # failing on its own: leaving the range is expected
+            out.setdefault("own_failure_obs_range_ticks", []).append(hits)
+        else:
+            false_alarms += hits
+            ticks += len(obs)
         mid = len(obs) // 2
         for name, shift in shifts.items():
             moved = shift(obs[mid:])
@@ -130,7 +136,7 @@ def distribution_shift(
                 per[name]["delays"].append(fired[0] - (mid + 1))
     out["unshifted_obs_range_ticks"] = false_alarms
     out["unshifted_ticks"] = ticks
-    alarm_rate = false_alarms / ticks
+    alarm_rate = false_alarms / ticks if ticks else 0.0
     out["shifts"] = per
     n = len(traced)
     missed = [k for k, v in per.items() if v["detected"] < n - v["not_shiftable"]]

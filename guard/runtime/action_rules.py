@@ -89,18 +89,35 @@ class ActionWindowRules:
         self._obs_moved = False
 
     # -- sampling ---------------------------------------------------------------------------
-    def next_probe(self, tick: int, next_check: int) -> int:
-        """The next tick after ``tick`` to sample before the check at ``next_check``."""
+    def next_probe(self, tick: int, next_check: int, nominal: bool = True) -> int:
+        """The next tick after ``tick`` to sample before the check at ``next_check``.
+
+        ``nominal``: the policy's actions are being applied as they are, so the tick before
+        a check can hand in its predecessor's (applied) action too and one probe suffices;
+        else both ticks before the check are sampled.
+        """
         if self._chatter is not None:
-            for t in (next_check - 2, next_check - 1):
+            for t in (next_check - 1,) if nominal else (next_check - 2, next_check - 1):
                 if t > tick:
                     return t
         return NO_TICK
 
-    def probe(self, tick: int, action: np.ndarray, ok: bool, next_check: int) -> int:
-        """Keep this tick's action (``ok``: the policy produced a usable one); returns the
-        next probe tick."""
-        self._history[tick % 3] = (tick, action.tolist() if ok else None)
+    def probe(
+        self,
+        tick: int,
+        action: np.ndarray,
+        ok: bool,
+        next_check: int,
+        previous: np.ndarray | None = None,
+    ) -> int:
+        """Keep this tick's action (``ok``: the policy produced a usable one) and, when
+        given, the previous tick's (``previous``: the policy's own output as applied, or
+        None); returns the next probe tick."""
+        h = self._history
+        before = tick - 1
+        if previous is not None and before >= self._from and h[before % 3][0] != before:
+            h[before % 3] = (before, previous.tolist())
+        h[tick % 3] = (tick, action.tolist() if ok else None)
         return self.next_probe(tick, next_check)
 
     def check(

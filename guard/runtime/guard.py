@@ -246,6 +246,7 @@ class Guard:
         self._window_active: set[Violation] = set()
         self._action_rules = self._make_action_rules(env)
         self._next_probe = NO_TICK  # the next tick the action rules sample (chatter)
+        self._intervened = -2  # the latest tick whose applied action was not the policy's
         self._counted_window: set[Violation] = set()
         self._responses = dict(env.responses)
         rec = env.recovery
@@ -587,8 +588,11 @@ class Guard:
         if rules is None:
             self._next_probe = NO_TICK
         else:
-            action = self.policy._act[self._cur]
-            self._next_probe = rules.probe(tick, action, ok, self._next_check)
+            act, cur = self.policy._act, self._cur
+            # the last applied action is the policy's own output unless the last tick
+            # intervened (held, clipped, fallback, latched): then it is not handed in
+            prev = act[1 - cur] if self._intervened != tick - 1 else None
+            self._next_probe = rules.probe(tick, act[cur], ok, self._next_check, prev)
         self._reschedule()
 
     def _flush_ring(self, upto: int | None = None) -> None:
@@ -777,6 +781,7 @@ class Guard:
             applied = self._latched_action(cur)
         if self._state is not GuardState.NOMINAL or applied is not None:
             self._interventions += 1
+            self._intervened = tick
             self._state_ticks[self._state] += 1
         if policy_valid:  # advance (recurrent state); an unused action is overwritten below
             self._cur = cur ^ 1
@@ -872,7 +877,8 @@ class Guard:
         if rules is not None:
             ok = action_ok and self._policy_on
             detected = rules.check(tick, self.policy._act[self._cur], self._obs_flat, ok)
-            self._next_probe = rules.next_probe(tick, self._next_check)
+            nominal = self._state is GuardState.NOMINAL
+            self._next_probe = rules.next_probe(tick, self._next_check, nominal)
         self._reschedule()
         if not (any(self._lat_exceed) or any(self._dt_exceed) or self._window_active or detected):
             return False

@@ -161,3 +161,22 @@ def test_distribution_shift_check_warns_without_a_range(policy: Path) -> None:
     env = Envelope(PolicyBinding(None, 4, 2), Timing(20_000_000))
     status, detail, _ = distribution_shift(env, str(policy), [nominal_episode(0, n=50)])
     assert status == "warn" and "no observation range" in detail
+
+
+def test_episodes_the_policy_fails_on_its_own_are_not_false_alarms(policy: Path) -> None:
+    """Leaving the audited range before an unguarded fall is a detection: the shift check's
+    unshifted count and certify's false-alarm totals leave such episodes out (listed)."""
+    from tailguard.audit.certification import _guard_totals
+
+    fell = nominal_episode(1, n=200, shift=0.5)  # strays out of the range below
+    fell.fell = True
+    ok = nominal_episode(2, n=200)
+    status, _, numbers = distribution_shift(_env([-0.7] * 4, [0.7] * 4), str(policy), [fell, ok])
+    assert status == "pass"
+    assert numbers["unshifted_ticks"] == 200 and numbers["own_failure_obs_range_ticks"][0] > 0
+    fell.guard = {"interventions": 30, "violations": {"obs_range": 30}}
+    ok.guard = {"interventions": 0, "violations": {}}
+    totals = _guard_totals(SimpleNamespace(episodes=[fell, ok]), frozenset({1}))
+    assert totals["intervention_fraction"] == 0.0 and totals["ticks"] == 200
+    assert totals["left_out_episodes"] == [1]
+    assert totals["left_out_violations"] == [{"obs_range": 30}]

@@ -153,6 +153,29 @@ def test_chatter_fires_on_sign_flips_above_min_delta() -> None:
     assert set(states) == {GuardState.NOMINAL}
 
 
+def test_chatter_is_judged_on_the_policy_while_in_fallback() -> None:
+    """With response fallback: the policy chatters from tick 31, FALLBACK at tick 45; the
+    policy still chatters (its own output is sampled, two probes per check, though the
+    fallback's actions are applied) until tick 70; 2/4 samples at tick 80 clear the rule,
+    and after 3 clean ticks (80, 81, 82) the guard recovers."""
+    env = envelope(
+        action_rules=ActionRules(chatter=ChatterRule(fraction=0.5, min_delta=0.01)),
+        responses={"action_chatter": "fallback"},
+        recovery=Recovery(recovery_ticks=3, dwell_ns=0),
+    )
+
+    def actions(t: int) -> np.ndarray:
+        if t <= 30 or t > 70:
+            return np.array([0.001 * t, 0.0])
+        return np.array([0.5 if t % 2 else -0.5, 0.0])
+
+    _, records, states = run(env, actions, moving_obs, 100)
+    assert fired(records, Violation.ACTION_CHATTER) == [45]
+    changes = [(r.tick, r.fields["to"]) for r in records if r.kind == "state"]
+    assert changes == [(45, "fallback"), (82, "nominal")]
+    assert states[43] is GuardState.NOMINAL and states[-1] is GuardState.NOMINAL
+
+
 def test_noise_below_min_delta_is_not_chatter() -> None:
     env = envelope(action_rules=ActionRules(chatter=ChatterRule(fraction=0.1, min_delta=0.01)))
     _, records, _ = run(env, lambda t: np.array([0.005 * (-1) ** t, 0.0]), moving_obs, 100)
@@ -187,7 +210,7 @@ def test_plain_path_is_kept_on_nominal_ticks_with_rules_on() -> None:
     )
     g, records, _ = run(env, lambda t: np.array([0.1 * math.sin(t / 7), 0.0]), moving_obs, 41)
     assert not g._general and records == []
-    assert g._next_due == 43  # the next probe: two ticks before the check tick 45
+    assert g._next_due == 44  # the next probe: the tick before the check tick 45
 
 
 # ------------------------------------------------------------------ the observation range --
