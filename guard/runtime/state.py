@@ -63,7 +63,9 @@ The guard's semantics, in one place (``Guard`` and its tests follow this text):
 * **Action window rules** (envelope ``action_rules``). They judge the policy's own output
   (also in FALLBACK, where the policy still runs; not in LATCHED) on the window cadence:
   the check ticks ``k * check_every_ticks`` are the samples (with ``chatter``, the two
-  ticks before each are sampled too). ``saturation``: an element within ``margin`` of
+  ticks before each are sampled too: in NOMINAL the tick before hands in its predecessor's
+  applied action, the policy's own unless that tick intervened, else the sample is
+  skipped). ``saturation``: an element within ``margin`` of
   the action range of a bound (or beyond it) on more than ``fraction`` of the samples in
   the last ``window.ticks`` ticks. ``chatter``: an element whose change ``a_t - a_{t-1}``
   flips sign against ``a_{t-1} - a_{t-2}``, both larger than ``min_delta``, on more than
