@@ -4,15 +4,24 @@
 steps MuJoCo substeps itself, so a command can change between substeps. Rewards are computed
 the way each environment computes them, for the stretch of time actually simulated:
 
-- forward reward: weight * (x_after - x_before) / env.dt; over a control period the
-  segment terms telescope to exactly the env's (x_after - x_before) / env.dt;
-- healthy reward, control cost and (Ant) contact cost: the env's own functions evaluated at
-  the end of each segment, weighted by segment length / frame_skip. A segment covering a
-  whole env step gives exactly the env's value; finer segments give a time-weighted sum.
+- forward reward (Hopper, Walker2d, HalfCheetah, Ant, Swimmer): weight * (x_after -
+  x_before) / env.dt; over a control period the segment terms telescope to exactly the
+  env's (x_after - x_before) / env.dt;
+- per-step terms: healthy reward, control cost and (Ant) contact cost, and for the envs
+  without a forward term the env's whole per-step reward (InvertedPendulum's survival
+  reward, InvertedDoublePendulum's alive bonus minus distance and velocity penalties,
+  Reacher's and Pusher's distance and control terms, each through the env's own
+  ``_get_rew``) are evaluated at the end of each segment, weighted by segment length /
+  frame_skip. A segment covering a whole env step gives exactly the env's value; finer
+  segments give a time-weighted sum.
 
-Termination is the env's own check (``not is_healthy and terminate_when_unhealthy``).
-Supported: Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5 (and v4 variants with the same
-attributes). Other envs raise ``TailguardError`` naming the supported ones.
+Termination is the env's own rule on the state at the end of the segment (``not is_healthy
+and terminate_when_unhealthy``; InvertedPendulum: a non-finite state or |pole angle| > 0.2;
+InvertedDoublePendulum: tip height <= 1); the loop judges it on the env's step grid.
+Supported: Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5, Swimmer-v5 (and v4 variants with
+the same attributes), InvertedPendulum-v5, InvertedDoublePendulum-v5, Reacher-v5, Pusher-v5
+(v5 only: their v4 rewards differ). Other envs (Humanoid, HumanoidStandup) raise
+``TailguardError`` naming the supported ones.
 """
 
 from __future__ import annotations
@@ -26,14 +35,60 @@ from tailguard.errors import MissingExtraError, TailguardError
 
 __all__ = ["SUPPORTED_ENVS", "MujocoTask", "Task", "import_mujoco"]
 
-#: unwrapped class name -> how its forward position is measured
+#: unwrapped class name -> how its forward position is measured (locomotion envs, whose
+#: per-step terms are the env's healthy reward, control cost and contact cost)
 _X_SOURCE = {
     "HopperEnv": "qpos",
     "Walker2dEnv": "qpos",
     "HalfCheetahEnv": "qpos",
     "AntEnv": "body",
+    "SwimmerEnv": "qpos",
 }
-SUPPORTED_ENVS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5")
+
+
+def _inverted_pendulum_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
+    """InvertedPendulum-v5 ``step``: reward ``int(not terminated)``, terminated when the
+    observation (qpos, qvel) is not finite or |qpos[1]| > 0.2."""
+    data = u.data
+    qpos, qvel = data.qpos, data.qvel
+    healthy = bool(np.isfinite(qpos).all() and np.isfinite(qvel).all() and abs(qpos[1]) <= 0.2)
+    return int(healthy), healthy
+
+
+def _double_pendulum_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
+    """InvertedDoublePendulum-v5 ``step``: the tip site's (x, y), terminated when y <= 1, the
+    env's ``_get_rew(x, y, terminated)``."""
+    x, _, y = u.data.site_xpos[0]
+    terminated = bool(y <= 1)
+    return u._get_rew(x, y, terminated)[0], not terminated
+
+
+def _action_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
+    """Reacher-v5 / Pusher-v5 ``step``: the env's ``_get_rew(action)``; never terminates."""
+    return u._get_rew(ctrl)[0], True
+
+
+#: unwrapped class (module.name) -> the env's whole per-step reward and healthy flag on the
+#: current state (envs without a forward term)
+_STEP_TERMS: dict[str, Callable[[Any, np.ndarray], tuple[Any, bool]]] = {
+    "gymnasium.envs.mujoco.inverted_pendulum_v5.InvertedPendulumEnv": _inverted_pendulum_terms,
+    "gymnasium.envs.mujoco.inverted_double_pendulum_v5.InvertedDoublePendulumEnv": (
+        _double_pendulum_terms
+    ),
+    "gymnasium.envs.mujoco.reacher_v5.ReacherEnv": _action_terms,
+    "gymnasium.envs.mujoco.pusher_v5.PusherEnv": _action_terms,
+}
+SUPPORTED_ENVS = (
+    "Hopper-v5",
+    "Walker2d-v5",
+    "HalfCheetah-v5",
+    "Ant-v5",
+    "Swimmer-v5",
+    "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5",
+    "Reacher-v5",
+    "Pusher-v5",
+)
 
 
 def _planar_obs_functions() -> dict[str, Any]:
@@ -42,10 +97,11 @@ def _planar_obs_functions() -> dict[str, Any]:
     try:
         from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
         from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+        from gymnasium.envs.mujoco.swimmer_v5 import SwimmerEnv
         from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
     except ImportError:  # another gymnasium layout: use the env's own _get_obs
         return out
-    for cls in (HalfCheetahEnv, HopperEnv, Walker2dEnv):
+    for cls in (HalfCheetahEnv, HopperEnv, SwimmerEnv, Walker2dEnv):
         out[cls.__name__] = cls._get_obs
     return out
 
@@ -134,7 +190,8 @@ class MujocoTask:
         if _PLANAR_OBS is None:
             _PLANAR_OBS = _planar_obs_functions()
         name = type(u).__name__
-        if name not in _X_SOURCE:
+        terms = _STEP_TERMS.get(f"{type(u).__module__}.{name}")
+        if name not in _X_SOURCE and terms is None:
             raise TailguardError(
                 f"environment {env.spec.id if env.spec else name} is not supported by the "
                 f"substep simulator; supported: {list(SUPPORTED_ENVS)}"
@@ -154,11 +211,14 @@ class MujocoTask:
         self.action_low = np.asarray(env.action_space.low, np.float64)
         self.action_high = np.asarray(env.action_space.high, np.float64)
         self.obs_size = int(np.prod(env.observation_space.shape))
-        self._w_forward = float(u._forward_reward_weight)
-        self._has_health = hasattr(u, "_healthy_reward")
-        self._terminate = bool(getattr(u, "_terminate_when_unhealthy", False))
+        #: the env's per-step reward and healthy flag (envs without a forward term), or None
+        self._terms = terms
+        self._w_forward = float(getattr(u, "_forward_reward_weight", 0.0))
+        self._has_health = terms is None and hasattr(u, "_healthy_reward")
+        # The pendulums always end on their rule; Reacher and Pusher are always healthy.
+        self._terminate = terms is not None or bool(getattr(u, "_terminate_when_unhealthy", False))
         self._has_contact = hasattr(u, "_contact_cost_weight")
-        self._body_x = _X_SOURCE[name] == "body"
+        self._body_x = _X_SOURCE.get(name) == "body"
         self._main_body = getattr(u, "_main_body", 1)
         # gymnasium calls mj_rnePostConstraint after every env step. Ant reads its results
         # (cfrc_ext); for the others skipping it still changes the trajectory in the last
@@ -169,15 +229,15 @@ class MujocoTask:
         self._planar = False
         if name in _PLANAR_OBS and type(u)._get_obs is _PLANAR_OBS[name]:
             exclude = bool(getattr(u, "_exclude_current_positions_from_observation", True))
-            self._skip_q = 1 if exclude else 0
-            self._clip_qvel = name != "HalfCheetahEnv"
+            self._skip_q = (2 if name == "SwimmerEnv" else 1) if exclude else 0  # Swimmer: x, y
+            self._clip_qvel = name not in ("HalfCheetahEnv", "SwimmerEnv")
             size = self.model.nq - self._skip_q + self.model.nv
             self._obs_template = np.zeros(size, np.float64)
             self.observe = self._observe_planar  # type: ignore[method-assign]
             self._planar = True
             self.observe_state = self._observe_planar_state
         self.healthy = True
-        self._w_ctrl = float(u._ctrl_cost_weight)
+        self._w_ctrl = float(getattr(u, "_ctrl_cost_weight", 0.0))
         self._cost_ctrl: np.ndarray | None = None
         self._cost: Any = 0.0
         self._state_spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
@@ -189,7 +249,10 @@ class MujocoTask:
         """Reset through the env with ``seed``; return the first observation."""
         obs, _ = self.env.reset(seed=seed)
         self._ctrl_written = None  # mj_resetData zeroed data.ctrl
-        self.healthy = bool(self.u.is_healthy) if self._has_health else True
+        if self._terms is not None:
+            self.healthy = self._terms(self.u, np.zeros(self.nu, self.action_dtype))[1]
+        else:
+            self.healthy = bool(self.u.is_healthy) if self._has_health else True
         return np.asarray(obs)
 
     def x_position(self) -> np.float64:
@@ -275,6 +338,9 @@ class MujocoTask:
         """The env's reward terms for a segment that moved x from ``x_before``, ``frac`` of
         an env step long (ends with the env's ``mj_rnePostConstraint``)."""
         self._rne_post(self.model, self.data)
+        if self._terms is not None:  # no forward term: the env's per-step reward, weighted
+            reward, self.healthy = self._terms(self.u, ctrl)
+            return float(frac * reward)
         x_after = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
         forward = self._w_forward * ((x_after - x_before) / self.env_dt)
         u = self.u
@@ -341,8 +407,8 @@ class MujocoTask:
     def _observe_planar(
         self, qpos_all: np.ndarray | None = None, qvel: np.ndarray | None = None
     ) -> np.ndarray:
-        """HalfCheetah/Hopper/Walker2d ``_get_obs`` without its temporaries (same values), of
-        the env's state or of the given ``qpos``/``qvel``."""
+        """HalfCheetah/Hopper/Swimmer/Walker2d ``_get_obs`` without its temporaries (same
+        values), of the env's state or of the given ``qpos``/``qvel``."""
         obs = self._obs_template.copy()
         qpos = (self._qpos if qpos_all is None else qpos_all)[self._skip_q :]
         if qvel is None:

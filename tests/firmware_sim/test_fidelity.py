@@ -25,6 +25,14 @@ from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 MS = 1_000_000
 US = 1_000
 ENVS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"]
+#: the envs without a forward-progress reward, and Swimmer (see test_more_envs.py)
+MORE_ENVS = [
+    "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5",
+    "Swimmer-v5",
+    "Reacher-v5",
+    "Pusher-v5",
+]
 
 
 def _task(env_id: str) -> MujocoTask:
@@ -104,7 +112,7 @@ def _applied(trace) -> list[tuple[int, np.ndarray]]:
     return list(zip(trace.applied_ns[keep].tolist(), trace.actions[keep], strict=True))
 
 
-@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("env_id", ENVS + MORE_ENVS)
 def test_nominal_and_one_period_late_are_bit_identical(env_id: str) -> None:
     """Nominal timing gives exactly (==) plain gymnasium's return and length; one period of
     latency gives exactly the rollout with every action one env step late."""
@@ -303,10 +311,11 @@ def test_grid_timing_for_tasks_without_exact_stepping() -> None:
     assert np.all(r.trace.applied_ns[:-1] == r.trace.tick_ns[:-1] + 10 * MS)
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "Ant-v5"])
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Ant-v5", *MORE_ENVS])
 def test_observe_ahead_equals_integrating_the_env_and_leaves_it_untouched(env_id: str) -> None:
-    """Looking ahead 1.3 ms from a step boundary (planar observation and Ant's, which reads
-    contact forces) gives bitwise the observation of the env integrated to that instant, and
+    """Looking ahead 1.3 ms from a step boundary (planar observation, Ant's, which reads
+    contact forces, InvertedDoublePendulum's constraint force, Reacher's and Pusher's body
+    positions) gives bitwise the observation of the env integrated to that instant, and
     the env's own state is unchanged by the look."""
     task = _task(env_id)
     task.reset(0)
@@ -320,7 +329,7 @@ def test_observe_ahead_equals_integrating_the_env_and_leaves_it_untouched(env_id
     np.testing.assert_array_equal(ahead, task.observe())
 
 
-@pytest.mark.parametrize("name", ["Hopper-v5", "HalfCheetah-v5", "mjcf:ant"])
+@pytest.mark.parametrize("name", ["Hopper-v5", "HalfCheetah-v5", "Swimmer-v5", "mjcf:ant"])
 def test_observation_of_a_saved_state_equals_observe(name: str) -> None:
     """``observe_state(save_state())`` is bitwise the task's own observation (the loop
     builds delayed observations from saved states only when they are used)."""
