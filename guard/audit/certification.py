@@ -9,7 +9,9 @@ Checks (each named in the verdict, with its condition and numbers):
   guarded must keep
   the required rating (paired ratio against the unguarded nominal episodes) and cause guard
   interventions on fewer than 0.1 % of ticks. Nominal timing must cause none beyond that
-  (false alarms).
+  (false alarms). Episodes whose unguarded twin fails on its own (falls) are left out of
+  both intervention counts and listed: what the guard does there (e.g. ``obs_range`` as
+  the robot leaves the audited states before the fall) is no false alarm.
 - ``out_of_envelope``: profiles well outside (above each threshold, spikes, bursts) must be
   detected (episodes with a violation; detection delay in ticks from the first tick beyond a
   threshold to the first tick the guard leaves NOMINAL), and the guarded loop must do at
@@ -527,7 +529,8 @@ def certify(
             else ("in_envelope" if where == "inside" else "out_of_envelope")
         )
         if where == "inside":
-            checks.extend(_judge_inside(kind, c, g, threshold, req))
+            own = frozenset(e.episode for e in u.episodes if e.fell)  # as for nominal
+            checks.extend(_judge_inside(kind, c, g, threshold, req, own))
         else:
             checks.extend(_judge_outside(kind, c, u, g, env_obj, settings))
             for e in g.episodes:
@@ -569,7 +572,12 @@ def certify(
 
 
 def _judge_inside(
-    kind: str, c: Condition, g: ConditionResult, threshold: float, req: str
+    kind: str,
+    c: Condition,
+    g: ConditionResult,
+    threshold: float,
+    req: str,
+    own_failures: frozenset[int] = frozenset(),
 ) -> list[Check]:
     out = []
     r = g.rating
@@ -591,14 +599,16 @@ def _judge_inside(
                 },
             )
         )
-    totals = _guard_totals(g)
+    totals = _guard_totals(g, own_failures)
     frac = totals["intervention_fraction"]
+    left_out = f"; {len(own_failures)} episode(s) failed unguarded left out" if own_failures else ""
     out.append(
         Check(
             kind,
             "pass" if frac < MAX_INTERVENTION_FRACTION else "fail",
             c.name,
-            f"guard interventions on {frac:.4%} of ticks (limit {MAX_INTERVENTION_FRACTION:.1%})",
+            f"guard interventions on {frac:.4%} of ticks (limit "
+            f"{MAX_INTERVENTION_FRACTION:.1%}){left_out}",
             totals,
         )
     )
