@@ -254,6 +254,7 @@ def run_audit(
     vecnormalize: str | Path | None = None,
     derive: bool = True,
     frontier: bool = False,
+    fallback: str | Path | None = None,
     progress: ProgressFn | None = None,
     while_waiting: Callable[[], None] | None = None,
 ) -> AuditResult:
@@ -281,6 +282,9 @@ def run_audit(
         vecnormalize: SB3 VecNormalize statistics.
         derive: derive the envelope.
         frontier: add the constant latency x jitter grid (the tolerated (L, J) frontier).
+        fallback: the fallback the envelope is derived for: ``"hold"`` / ``"zero"`` / None,
+            or a fallback policy's file (then a deadline miss answers with the fallback;
+            see :func:`tailguard.audit.derive.derive_envelope`). Recorded in the derivation.
         progress: called with (episodes done, episodes total).
         while_waiting: work for this process while a process pool runs the units.
 
@@ -392,6 +396,7 @@ def run_audit(
             action_high=info.action_high,
             provenance=provenance,
             tool_version=__version__,
+            fallback=None if fallback is None else str(fallback),
         )
     result.run = {
         "duration_s": round(time.perf_counter() - started, 3),

@@ -31,7 +31,11 @@ recorded under ``derivation.detectors``).
 Responses are the guard's defaults (``action_bounds`` is logged instead of clipped when the
 policy's outputs routinely leave the bounds the env clamps to anyway): hold on a single late
 tick, fallback on window violations (the fallback controller is ``--fallback``, else
-"hold": repeat the last action), latch when the fallback fails.
+"hold": repeat the last action), latch when the fallback fails. With a fallback *policy*
+a deadline miss (deadline mode) is answered with the fallback instead of a hold: a hold
+discards the late result while the worker is still busy with it, so the misses of a long
+tail become a stale command held for several ticks (worse than no deadline at all, in the
+README's measurements), where the fallback acts on the current observation.
 """
 
 from __future__ import annotations
@@ -189,6 +193,7 @@ def derive_envelope(
     action_high: Sequence[float] | None,
     provenance: dict[str, Any],
     tool_version: str,
+    fallback: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The audited envelope and the derivation record.
 
@@ -197,6 +202,8 @@ def derive_envelope(
         period_ns, obs_size, action_size, action_low, action_high: the task and policy.
         provenance: recorded under ``provenance.results`` (policy hash, env, seeds, ...).
         tool_version: tailguard's version.
+        fallback: the guard's fallback: None / ``"hold"`` / ``"zero"``, or a fallback
+            policy's file (then ``deadline_miss`` is answered with the fallback).
 
     Returns:
         (Envelope, derivation dict written to the summary).
@@ -262,6 +269,16 @@ def derive_envelope(
     ticks = sum(e.length for r in keep for e in r.episodes)
     saturating = bool(ticks and oob / ticks > 0.001)
     responses: dict[str, str] = {}
+    if fallback is not None:
+        record["fallback"] = fallback
+    if fallback is not None and fallback not in ("hold", "zero"):
+        responses["deadline_miss"] = "fallback"
+        notes.append(
+            "a fallback policy is given: a deadline miss (deadline mode) is answered with the "
+            "fallback's action, not by holding the last one -- holding discards the late "
+            "result while the worker stays busy with it, so a tail of misses becomes a "
+            "stale command, where the fallback acts on the current observation"
+        )
     if saturating:
         responses["action_bounds"] = "log"
         notes.append(

@@ -256,11 +256,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             workdir=args.out,
             vecnormalize=args.vecnormalize,
             frontier=args.frontier,
+            fallback=args.fallback,
             progress=progress,
             while_waiting=None if args.no_html else _preload_plots,
         )
-    if args.fallback:
-        result.derivation["fallback"] = str(args.fallback)
     files = write_audit(result, args.out, html=not args.no_html)
     if not args.quiet:
         print(files["markdown"].read_text(encoding="utf-8"))

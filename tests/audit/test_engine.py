@@ -222,3 +222,36 @@ def test_overrun_limit_allows_the_tolerated_miss_pattern(plant_policy: Path) -> 
     streaks = [c.timing["max_overrun_streak"] for c in r.conditions if c.condition.name in kept]
     assert r.envelope.timing.max_consecutive_overruns == max(1, *streaks)
     assert "deadline_misses/1in100" in kept  # one miss in 100 ticks is harmless here
+
+
+def test_a_fallback_policy_answers_deadline_misses(plant_audit: Any) -> None:
+    """Derived for a fallback *policy*, a deadline miss is answered with the fallback (and
+    the derivation says why); without one, or with hold/zero, the guard's default (hold)
+    stays. Nothing else of the envelope depends on the fallback."""
+    from tailguard.audit.derive import derive_envelope
+    from tailguard.runtime.state import Response, Violation
+
+    base = plant_audit.envelope
+    assert base.responses[Violation.DEADLINE_MISS] is Response.HOLD
+    info = plant_audit.derivation
+    kwargs = dict(
+        period_ns=base.timing.period_ns,
+        obs_size=base.policy.obs_size,
+        action_size=base.policy.action_size,
+        action_low=base.policy.action_low,
+        action_high=base.policy.action_high,
+        provenance={},
+        tool_version="test",
+    )
+    for fallback, expected in (("robust.onnx", Response.FALLBACK), ("hold", Response.HOLD)):
+        env, record = derive_envelope(plant_audit.conditions, fallback=fallback, **kwargs)
+        assert env.responses[Violation.DEADLINE_MISS] is expected
+        assert record["fallback"] == fallback
+        assert env.timing == base.timing
+        others = {v: r for v, r in env.responses.items() if v is not Violation.DEADLINE_MISS}
+        assert others == {
+            v: r for v, r in base.responses.items() if v is not Violation.DEADLINE_MISS
+        }
+    assert any("deadline miss" in n for n in derive_envelope(
+        plant_audit.conditions, fallback="robust.onnx", **kwargs)[1]["notes"])  # fmt: skip
+    assert "fallback" not in info
