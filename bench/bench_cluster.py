@@ -3,12 +3,16 @@ and Ray (a local Ray with 2 CPUs, already running): the pool's speed-up and Ray'
 against the pool, side by side in one run. Ray's start-up (``ray.init`` until both workers
 have answered a task, then ``ray.shutdown``) is measured on its own.
 
+Ray is timed twice: on fresh workers (each worker process imports tailguard, MuJoCo and
+onnxruntime and builds the env on its first unit, which a forked pool inherits) and on the
+same, warm workers (what every later entry of a ``tailguard sweep`` gets).
+
 The sweep: the shipped Hopper policy (ONNX) on Hopper-v5, nominal plus three conditions,
 ``--episodes`` paired episodes each, blocks of 5 episodes (the audit's default), results
-byte-identical on all three (checked). With 20 episodes the 1-worker run is ~60-70 s on an
-idle 2-core machine.
+byte-identical on all of them (checked). With the default 35 episodes the 1-worker run is
+about a minute on this 2-core machine (25 episodes took 39-45 s, with other work running).
 
-    python bench/bench_cluster.py [--episodes 20] [--repeat 1]
+    python bench/bench_cluster.py [--episodes 35] [--repeat 3]
     python -m pytest bench/bench_cluster.py --benchmark-enable
 """
 
@@ -37,7 +41,7 @@ from tailguard.audit.outputs import dump_json
 
 POLICY = Path(__file__).resolve().parents[1] / "guard" / "policies" / "hopper_nominal.onnx"
 ENV = "Hopper-v5"
-EPISODES = 20
+EPISODES = 35
 SMOKE_EPISODES = 2  # and two conditions
 
 _RESULTS: dict[str, dict[str, Any]] = {}
@@ -108,7 +112,7 @@ def bench_ray_startup(benchmark: Any, request: pytest.FixtureRequest) -> None:
     benchmark.extra_info["startup_s"] = seconds
 
 
-@pytest.mark.parametrize("where", ["local-1", "pool-2", "ray-2"])
+@pytest.mark.parametrize("where", ["local-1", "pool-2", "ray-2", "ray-2-warm"])
 def bench_cluster_sweep(
     benchmark: Any, request: pytest.FixtureRequest, where: str, ray_two_cpus: Any
 ) -> None:
@@ -121,17 +125,19 @@ def bench_cluster_sweep(
         "local-1": LocalExecutor,
         "pool-2": lambda: ProcessExecutor(2),
         "ray-2": RayExecutor,  # joins the module's running Ray: start-up not counted
+        "ray-2-warm": RayExecutor,  # the same Ray's workers, warm from ray-2
     }[where]()
     t0 = time.perf_counter()
     result = benchmark.pedantic(lambda: _sweep(executor, episodes, smoke), rounds=1, iterations=1)
     _RESULTS[where] = {"wall_s": time.perf_counter() - t0, "summary": _summary(result)}
     benchmark.extra_info["episodes_per_condition"] = episodes
     benchmark.extra_info["wall_s"] = _RESULTS[where]["wall_s"]
-    if len(_RESULTS) == 3:
+    if len(_RESULTS) == 4:
         assert len({r["summary"] for r in _RESULTS.values()}) == 1, "executors disagree"
         w = {k: r["wall_s"] for k, r in _RESULTS.items()}
         benchmark.extra_info["pool_speedup_vs_local"] = w["local-1"] / w["pool-2"]
         benchmark.extra_info["ray_over_pool"] = w["ray-2"] / w["pool-2"]
+        benchmark.extra_info["ray_warm_over_pool"] = w["ray-2-warm"] / w["pool-2"]
 
 
 def main() -> None:
@@ -146,7 +152,7 @@ def main() -> None:
     from tailguard.audit.ray_executor import RayExecutor
 
     startups = [ray_startup() for _ in range(args.repeat)]
-    walls: dict[str, list[float]] = {"local-1": [], "pool-2": [], "ray-2": []}
+    walls: dict[str, list[float]] = {"local-1": [], "pool-2": [], "ray-2": [], "ray-2-warm": []}
     summaries = set()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -155,6 +161,7 @@ def main() -> None:
                 ("local-1", LocalExecutor),
                 ("pool-2", lambda: ProcessExecutor(2)),
                 ("ray-2", RayExecutor),
+                ("ray-2-warm", RayExecutor),
             ):
                 t0 = time.perf_counter()
                 result = _sweep(make(), args.episodes)
@@ -168,10 +175,11 @@ def main() -> None:
     for k, v in walls.items():
         print(f"  {k:8s} wall {', '.join(f'{x:.2f}' for x in v)} s (median {med[k]:.2f})")
     print(f"  pool-2 speed-up over local-1: {med['local-1'] / med['pool-2']:.2f}x")
-    print(f"  ray-2 / pool-2 wall: {med['ray-2'] / med['pool-2']:.3f}")
+    print(f"  ray-2 / pool-2 wall: {med['ray-2'] / med['pool-2']:.3f} (fresh workers)")
+    print(f"  ray-2-warm / pool-2 wall: {med['ray-2-warm'] / med['pool-2']:.3f} (warm workers)")
     ups = ", ".join(f"{s:.2f}" for s in startups)
     print(f"  Ray start-up (init until 2 workers answered): {ups} s")
-    print(f"  summaries identical on all three: {len(summaries) == 1}")
+    print(f"  summaries identical on all executors: {len(summaries) == 1}")
     print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
 
 

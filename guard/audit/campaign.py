@@ -212,6 +212,8 @@ def load_manifest(path: str | Path, *, check_envs: bool = True) -> Manifest:
     quick = data.get("quick", False)
     if not isinstance(quick, bool):
         problems.append(f"quick: expected true or false, got {quick!r}")
+    elif quick and mode == "certify":
+        problems.append("quick: certify takes its conditions from the envelope; drop quick")
     require = data.get("require")
     if require is not None and require not in ("PASS", "MILD"):
         problems.append(f"require: expected 'PASS' or 'MILD', got {require!r}")

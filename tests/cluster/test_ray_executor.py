@@ -157,13 +157,13 @@ def test_killed_worker_is_retried_and_results_identical(ray_local: Any, plant_po
     def kill_one(done: int, total: int) -> None:
         if killed:
             return
-        for _ in range(50):  # the next unit is starting on the freed worker
+        for _ in range(100):  # the next unit is starting on the freed worker
             pids = _running_unit_pids()
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
                 return
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     remote = run_audit(plant_policy, env, executor="ray", progress=kill_one, derive=False, **kw)
     assert killed, "no running unit was found to kill"
