@@ -4,28 +4,34 @@
 steps MuJoCo substeps itself, so a command can change between substeps. Rewards are computed
 the way each environment computes them, for the stretch of time actually simulated:
 
-- forward reward (Hopper, Walker2d, HalfCheetah, Ant, Swimmer): weight * (x_after -
-  x_before) / env.dt; over a control period the segment terms telescope to exactly the
-  env's (x_after - x_before) / env.dt;
-- per-step terms: healthy reward, control cost and (Ant) contact cost, and for the envs
-  without a forward term the env's whole per-step reward (InvertedPendulum's survival
-  reward, InvertedDoublePendulum's alive bonus minus distance and velocity penalties,
-  Reacher's and Pusher's distance and control terms, each through the env's own
-  ``_get_rew``) are evaluated at the end of each segment, weighted by segment length /
-  frame_skip. A segment covering a whole env step gives exactly the env's value; finer
-  segments give a time-weighted sum.
+- forward reward (Hopper, Walker2d, HalfCheetah, Ant, Swimmer, Humanoid): weight * (x_after -
+  x_before) / env.dt, x as the env measures it (qpos[0], the main body's x, Humanoid's
+  ``mass_center``); over a control period the segment terms telescope to exactly the env's
+  (x_after - x_before) / env.dt;
+- per-step terms: healthy reward, control cost and (Ant, Humanoid) contact cost, and for
+  the envs without a forward term the env's whole per-step reward (InvertedPendulum's
+  survival reward, InvertedDoublePendulum's alive bonus minus distance and velocity
+  penalties, Reacher's and Pusher's distance and control terms, HumanoidStandup's height /
+  timestep minus control and impact costs, each through the env's own ``_get_rew``) are
+  evaluated at the end of each segment, weighted by segment length / frame_skip. A segment
+  covering a whole env step gives exactly the env's value; finer segments give a
+  time-weighted sum.
 
 Termination is the env's own rule on the state at the end of the segment (``not is_healthy
 and terminate_when_unhealthy``; InvertedPendulum: a non-finite state or |pole angle| > 0.2;
 InvertedDoublePendulum: tip height <= 1); the loop judges it on the env's step grid.
-Supported: Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5, Swimmer-v5 (and v4 variants with
-the same attributes), InvertedPendulum-v5, InvertedDoublePendulum-v5, Reacher-v5, Pusher-v5
-(v5 only: their v4 rewards differ). Other envs (Humanoid, HumanoidStandup) raise
-``TailguardError`` naming the supported ones.
+Supported (:data:`SUPPORTED_ENVS`): Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5,
+Swimmer-v5, InvertedPendulum-v5, InvertedDoublePendulum-v5, Reacher-v5, Pusher-v5,
+Humanoid-v5, HumanoidStandup-v5. The v4 variants of the first five are accepted when they
+have the same attributes, but only HalfCheetah-v4 and Swimmer-v4 are reproduced exactly
+(Hopper-v4 and Walker2d-v4 also pay the healthy reward on the falling step); the other v4
+envs compute their reward differently and are refused. Other envs raise ``TailguardError``
+naming the supported ones.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -44,6 +50,9 @@ _X_SOURCE = {
     "AntEnv": "body",
     "SwimmerEnv": "qpos",
 }
+#: the same for envs whose other versions compute their reward differently (module.class);
+#: "mass": the x of the env's ``mass_center`` (Humanoid-v5)
+_X_SOURCE_V5 = {"gymnasium.envs.mujoco.humanoid_v5.HumanoidEnv": "mass"}
 
 
 def _inverted_pendulum_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
@@ -68,6 +77,12 @@ def _action_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
     return u._get_rew(ctrl)[0], True
 
 
+def _standup_terms(u: Any, ctrl: np.ndarray) -> tuple[Any, bool]:
+    """HumanoidStandup-v5 ``step``: the env's ``_get_rew(qpos[2], action)`` (height / physics
+    timestep, control and impact costs, + 1); never terminates."""
+    return u._get_rew(u.data.qpos[2], ctrl)[0], True
+
+
 #: unwrapped class (module.name) -> the env's whole per-step reward and healthy flag on the
 #: current state (envs without a forward term)
 _STEP_TERMS: dict[str, Callable[[Any, np.ndarray], tuple[Any, bool]]] = {
@@ -77,6 +92,7 @@ _STEP_TERMS: dict[str, Callable[[Any, np.ndarray], tuple[Any, bool]]] = {
     ),
     "gymnasium.envs.mujoco.reacher_v5.ReacherEnv": _action_terms,
     "gymnasium.envs.mujoco.pusher_v5.PusherEnv": _action_terms,
+    "gymnasium.envs.mujoco.humanoidstandup_v5.HumanoidStandupEnv": _standup_terms,
 }
 SUPPORTED_ENVS = (
     "Hopper-v5",
@@ -88,6 +104,8 @@ SUPPORTED_ENVS = (
     "InvertedDoublePendulum-v5",
     "Reacher-v5",
     "Pusher-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
 )
 
 
@@ -190,8 +208,11 @@ class MujocoTask:
         if _PLANAR_OBS is None:
             _PLANAR_OBS = _planar_obs_functions()
         name = type(u).__name__
-        terms = _STEP_TERMS.get(f"{type(u).__module__}.{name}")
-        if name not in _X_SOURCE and terms is None:
+        qualified = f"{type(u).__module__}.{name}"
+        terms = _STEP_TERMS.get(qualified)
+        x_source = _X_SOURCE.get(name) or _X_SOURCE_V5.get(qualified)
+        if terms is None and (x_source is None or not hasattr(u, "_forward_reward_weight")):
+            # (Ant-v4 has no forward weight: another reward)
             raise TailguardError(
                 f"environment {env.spec.id if env.spec else name} is not supported by the "
                 f"substep simulator; supported: {list(SUPPORTED_ENVS)}"
@@ -213,16 +234,21 @@ class MujocoTask:
         self.obs_size = int(np.prod(env.observation_space.shape))
         #: the env's per-step reward and healthy flag (envs without a forward term), or None
         self._terms = terms
-        self._w_forward = float(getattr(u, "_forward_reward_weight", 0.0))
+        self._w_forward = 0.0 if terms is not None else float(u._forward_reward_weight)
         self._has_health = terms is None and hasattr(u, "_healthy_reward")
         # The pendulums always end on their rule; Reacher and Pusher are always healthy.
         self._terminate = terms is not None or bool(getattr(u, "_terminate_when_unhealthy", False))
         self._has_contact = hasattr(u, "_contact_cost_weight")
-        self._body_x = _X_SOURCE.get(name) == "body"
+        self._body_x = x_source == "body"
+        self._plain_x = x_source in ("qpos", None)  # x is qpos[0] (or unused)
+        self._mass_center: Any = None
+        if x_source == "mass":  # the env module's own function, for the env's exact sum
+            self._mass_center = sys.modules[type(u).__module__].mass_center
         self._main_body = getattr(u, "_main_body", 1)
-        # gymnasium calls mj_rnePostConstraint after every env step. Ant reads its results
-        # (cfrc_ext); for the others skipping it still changes the trajectory in the last
-        # bits, so it is always called to reproduce the env exactly.
+        # gymnasium calls mj_rnePostConstraint after every env step. Ant and the Humanoids
+        # read its results (cfrc_ext); for the others skipping it still changes the
+        # trajectory in the last bits, so it is always called to reproduce the env exactly.
+        self._obs_reads_forces = self._has_contact or name == "HumanoidStandupEnv"
         # Views of the MjData buffers (the env keeps one MjData for its lifetime).
         self._qpos, self._qvel, self._xpos = self.data.qpos, self.data.qvel, self.data.xpos
         self._ctrl_written: np.ndarray | None = None
@@ -237,7 +263,6 @@ class MujocoTask:
             self._planar = True
             self.observe_state = self._observe_planar_state
         self.healthy = True
-        self._w_ctrl = float(getattr(u, "_ctrl_cost_weight", 0.0))
         self._cost_ctrl: np.ndarray | None = None
         self._cost: Any = 0.0
         self._state_spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
@@ -263,6 +288,8 @@ class MujocoTask:
         """
         if self._body_x:
             return self._xpos[self._main_body, 0]  # type: ignore[no-any-return]
+        if self._mass_center is not None:
+            return self._mass_center(self.model, self.data)[0]  # type: ignore[no-any-return]
         return self._qpos[0]  # type: ignore[no-any-return]
 
     def run(
@@ -280,8 +307,8 @@ class MujocoTask:
                 recording observations; the reward is still computed once per segment.
         """
         model, data = self.model, self.data
-        # x_position() inlined (hot path); numpy float64 either way.
-        x_before = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
+        # x_position() inlined for qpos[0] (hot path); numpy float64 either way.
+        x_before = self._qpos[0] if self._plain_x else self.x_position()
         if ctrl is not self._ctrl_written:  # the same command object: already in data.ctrl
             data.ctrl[:] = ctrl
             self._ctrl_written = ctrl
@@ -290,8 +317,8 @@ class MujocoTask:
         else:
             for i in range(n_substeps):
                 self._mj_step(model, data)
-                if self._has_contact:
-                    self._rne_post(model, data)  # Ant observes cfrc_ext
+                if self._obs_reads_forces:
+                    self._rne_post(model, data)  # Ant, the Humanoids observe cfrc_ext
                 after_substep(i)
         return self._segment_reward(ctrl, x_before, n_substeps / self.frame_skip)
 
@@ -315,7 +342,7 @@ class MujocoTask:
             after_step: called with (step start, step end) ns after each integration step.
         """
         data = self.data
-        x_before = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
+        x_before = self._qpos[0] if self._plain_x else self.x_position()
         if ctrl is not self._ctrl_written:
             data.ctrl[:] = ctrl
             self._ctrl_written = ctrl
@@ -326,8 +353,8 @@ class MujocoTask:
         self, after_step: Callable[[int, int], None] | None, start_ns: int, stop_ns: int
     ) -> int:
         if after_step is not None:
-            if self._has_contact:
-                self._rne_post(self.model, self.data)  # Ant observes cfrc_ext
+            if self._obs_reads_forces:
+                self._rne_post(self.model, self.data)  # Ant, the Humanoids observe cfrc_ext
             after_step(start_ns, stop_ns)
         return stop_ns
 
@@ -341,14 +368,14 @@ class MujocoTask:
         if self._terms is not None:  # no forward term: the env's per-step reward, weighted
             reward, self.healthy = self._terms(self.u, ctrl)
             return float(frac * reward)
-        x_after = self._xpos[self._main_body, 0] if self._body_x else self._qpos[0]
+        x_after = self._qpos[0] if self._plain_x else self.x_position()
         forward = self._w_forward * ((x_after - x_before) / self.env_dt)
         u = self.u
         if ctrl is not self._cost_ctrl:
-            # Same arithmetic as the env's control_cost (np.sum is np.add.reduce), computed
-            # once per command instead of once per segment.
+            # The env's control_cost, computed once per command instead of once per segment
+            # (Humanoid's reads data.ctrl, which holds this command now).
             self._cost_ctrl = ctrl
-            self._cost = self._w_ctrl * np.add.reduce(np.square(ctrl))
+            self._cost = u.control_cost(ctrl)
         ctrl_cost = self._cost
         if self._has_health:
             self.healthy = bool(u.is_healthy)

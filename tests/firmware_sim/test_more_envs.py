@@ -1,5 +1,5 @@
-"""The gymnasium MuJoCo envs beyond the locomotion four (InvertedPendulum,
-InvertedDoublePendulum, Swimmer, Reacher, Pusher) at exact timing: nominal replay is
+"""The gymnasium MuJoCo envs beyond the first four (InvertedPendulum, InvertedDoublePendulum,
+Swimmer, Reacher, Pusher, Humanoid, HumanoidStandup) at exact timing: nominal replay is
 gymnasium's rollout bit for bit (observations too), one period of latency is the one-step-late
 rollout, and a latency inside a physics substep changes the run continuously instead of in
 whole env steps."""
@@ -25,10 +25,14 @@ ENVS = [
     "Swimmer-v5",
     "Reacher-v5",
     "Pusher-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
 ]
 #: env steps for the latency sweeps: short enough that the random linear policy does not
-#: drop either pendulum (InvertedPendulum falls at step 10, InvertedDoublePendulum at 5)
-SHORT = {"InvertedPendulum-v5": 6, "InvertedDoublePendulum-v5": 4}
+#: drop the pendulums or Humanoid (they fall at steps 10, 5 and 14)
+SHORT = {"InvertedPendulum-v5": 6, "InvertedDoublePendulum-v5": 4, "Humanoid-v5": 8}
+#: horizon of the bit-identity rollouts (the never-ending envs need no 1000 steps for it)
+HORIZON = 200
 
 
 class Recording:
@@ -46,18 +50,25 @@ class Recording:
         self.seen = []
 
 
-def gym_rollout(env_id: str, ctl: Recording, seed: int, action_lag: int = 0) -> tuple:
-    """Plain gymnasium: return, length, terminated and every observation the policy saw."""
-    env = gym.make(env_id)
+def gym_rollout(
+    env_id: str, ctl: Recording, seed: int, action_lag: int = 0, obs_lag: int = 0
+) -> tuple:
+    """Plain gymnasium (``HORIZON`` steps at most): return, length, terminated and every
+    observation the policy saw, actions ``action_lag`` steps late, observations ``obs_lag``
+    steps old."""
+    env = gym.make(env_id, max_episode_steps=HORIZON)
     ctl.reset()
     obs, _ = env.reset(seed=seed)
     zero = np.zeros(env.action_space.shape, env.action_space.dtype)
     actions: list[np.ndarray] = []
+    observations = [obs]
     ret, n = 0.0, 0
     while True:
-        actions.append(np.asarray(ctl(obs, 0), env.action_space.dtype))
+        seen = observations[max(len(observations) - 1 - obs_lag, 0)]
+        actions.append(np.asarray(ctl(seen, 0), env.action_space.dtype))
         k = len(actions) - 1 - action_lag
         obs, r, term, trunc, _ = env.step(actions[k] if k >= 0 else zero)
+        observations.append(obs)
         ret += float(r)
         n += 1
         if term or trunc:
@@ -77,6 +88,7 @@ def test_replay_observations_equal_gymnasium_bit_for_bit(env_id: str) -> None:
     env step late. The env is supported at substep resolution (no whole-step fallback)."""
     assert env_id in SUPPORTED_ENVS
     task = MujocoTask(gym.make(env_id))
+    task.max_episode_steps = HORIZON
     ctl = Recording(task.obs_size, task.nu)
     for lag in (0, 1):
         want = gym_rollout(env_id, ctl, 1, action_lag=lag)
@@ -88,20 +100,41 @@ def test_replay_observations_equal_gymnasium_bit_for_bit(env_id: str) -> None:
 
 
 @pytest.mark.parametrize("env_id", ENVS)
+def test_one_period_observation_delay_equals_the_stale_observation_rollout(env_id: str) -> None:
+    """An observation delay of one period is exactly the rollout where the policy sees the
+    previous step's observation (delayed observations are kept at step boundaries; the
+    Humanoids' include contact forces, computed there as the env does)."""
+    task = MujocoTask(gym.make(env_id))
+    task.max_episode_steps = HORIZON
+    ctl = Recording(task.obs_size, task.nu)
+    want = gym_rollout(env_id, ctl, 2, obs_lag=1)
+    r = SimLoop(task, ctl, obs_delay=FixedProfile(task.period_ns)).run_episode(2)
+    assert (r.ret, r.length, r.terminated) == want[:3]
+    np.testing.assert_array_equal(np.array(ctl.seen), np.array(want[3]))
+
+
+@pytest.mark.parametrize("env_id", ENVS)
 def test_latency_inside_a_substep_changes_the_run_continuously(env_id: str) -> None:
-    """Latencies of 1, 10 and 100 us move the observed trajectory away from nominal in
+    """Latencies of 0.1, 1 and 10 us move the observed trajectory away from nominal in
     proportion (each decade ~10x the deviation: no step at the substep grid), and latencies of
     1/4, 1/2, 3/4 and 1 substep give four different runs, where the whole-step task that
-    these envs used to fall back to gives one (every latency rounded up to a period)."""
+    these envs used to fall back to gives one (every latency rounded up to a period).
+
+    Continuity holds between contact events: on HumanoidStandup (lying on the floor) a
+    contact ends between 80 and 90 us of latency and the run jumps there, as any
+    perturbation that ends a contact makes it jump; hence the short latencies."""
     task = MujocoTask(gym.make(env_id))
     task.max_episode_steps = SHORT.get(env_id, 20)
     ctl = Recording(task.obs_size, task.nu)
-    nominal = np.array(_replay(task, ctl, 1)[3])
+    # The Humanoids' observations end in contact forces, which jump when a contact starts:
+    # the deviation is measured on their joint positions and velocities.
+    state = task.model.nq - 2 + task.model.nv if "Humanoid" in env_id else task.obs_size
+    nominal = np.array(_replay(task, ctl, 1)[3])[:, :state]
     dev = []
-    for lat_ns in (1 * US, 10 * US, 100 * US):
+    for lat_ns in (100, 1 * US, 10 * US):
         _, n, term, seen = _replay(task, ctl, 1, lat_ns)
         assert (n, term) == (task.max_episode_steps, False)
-        dev.append(float(np.abs(np.array(seen) - nominal).max()))
+        dev.append(float(np.abs(np.array(seen)[:, :state] - nominal).max()))
     assert dev[0] > 0.0
     assert 8.0 < dev[1] / dev[0] < 12.0 and 8.0 < dev[2] / dev[1] < 12.0
     sub_ns = task.substep_ns
@@ -116,11 +149,13 @@ def test_latency_inside_a_substep_changes_the_run_continuously(env_id: str) -> N
     np.testing.assert_array_equal(np.array(coarse[0]), np.array(coarse[1]))
 
 
-@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "InvertedDoublePendulum-v5"])
-def test_pendulum_falls_end_on_the_env_step_grid(env_id: str) -> None:
-    """Ticks every 1.5 periods and a latency of 1/3 substep: a pendulum's fall still ends
-    the episode on the env's step grid, at the first boundary where its rule holds (one
-    step shorter a horizon and the episode does not terminate)."""
+@pytest.mark.parametrize(
+    "env_id", ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "Humanoid-v5"]
+)
+def test_falls_end_on_the_env_step_grid(env_id: str) -> None:
+    """Ticks every 1.5 periods and a latency of 1/3 substep: a fall still ends the episode
+    on the env's step grid, at the first boundary where its rule holds (with a horizon one
+    step shorter the episode does not terminate)."""
     task = MujocoTask(gym.make(env_id))
     ctl = Recording(task.obs_size, task.nu)
 
