@@ -14,8 +14,10 @@ in the JSON), ``--fallback hold|zero|PATH.onnx`` (a second, timing-robust policy
 ``--deadline-ms D`` (deadline mode in simulated time: a late inference is abandoned and the
 hold/fallback action released at the deadline).
 
-Environments: a gymnasium MuJoCo id (Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5) or
-``mjcf:ant`` / ``mjcf:PATH.xml`` (raw MJCF robot, PD firmware at 1 kHz, policy at 50 Hz).
+Environments: a gymnasium MuJoCo v5 id (``tailguard.firmware_sim.tasks.SUPPORTED_ENVS``:
+Hopper, Walker2d, HalfCheetah, Ant, Swimmer, InvertedPendulum, InvertedDoublePendulum,
+Reacher, Pusher, Humanoid, HumanoidStandup) or ``mjcf:ant`` / ``mjcf:PATH.xml`` (raw MJCF
+robot, PD firmware at 1 kHz, policy at 50 Hz).
 
 Exit codes (the table of :mod:`tailguard.cli_args`): 0 done; 1 input refused (unknown env,
 bad profile spec, unloadable policy or envelope, envelope not made for this policy or the
