@@ -109,6 +109,9 @@ def test_goal_statements_follow_from_the_numbers(runs: list[tuple[str, dict, Pat
         assert ("MET" if goal["met"] else "MISSED") in goal["text"]
         assert ("MISSED" in goal["text"]) != goal["met"]
     assert f"{sum(expected)} of {len(expected)} goals met." in text
+    # The process-wide profile's misses are explained (and only then).
+    gc_missed = not all(goals[i]["met"] for i in (3, 4))
+    assert ("Why GC bursts miss" in text) == gc_missed
 
 
 @needs_hopper
@@ -127,6 +130,44 @@ def test_shipped_envelope_is_audited_for_the_shipped_nominal_policy() -> None:
     seed, episodes = results["seed"], results["episodes_per_condition"]
     assert f"--seed {seed} " in AUDIT_COMMAND and f"--episodes {episodes} " in AUDIT_COMMAND
     assert env.timing.dt.max_ns >= env.timing.period_ns
+    # Audited with the robust fallback: a deadline miss is answered by it.
+    from tailguard.runtime.state import Response, Violation
+
+    assert "--fallback guard/policies/hopper_robust.onnx" in AUDIT_COMMAND
+    assert env.responses[Violation.DEADLINE_MISS] is Response.FALLBACK
+
+
+@needs_hopper
+def test_guarded_columns_run_at_the_envelope_deadline_with_the_measured_fallback() -> None:
+    """The guarded columns run the guard in deadline mode at the envelope's latency cap, the
+    fallback's inference taking the latency `tailguard bench` measured for it (the shipped
+    empirical profile the printed command writes); GC bursts pause the whole process."""
+    from tailguard.envelope.model import load_envelope
+    from tailguard.firmware_sim.profile_spec import parse_profile
+    from tailguard.tools.demo_hopper import (
+        BENCH_COMMAND,
+        ENVELOPE_FILE,
+        FALLBACK_LATENCY_FILE,
+        POLICY_DIR,
+        PROFILES,
+    )
+
+    env = load_envelope(POLICY_DIR / ENVELOPE_FILE)
+    assert env.timing.latency.max_ns is not None
+    doc = json.loads((POLICY_DIR / FALLBACK_LATENCY_FILE).read_text())
+    assert (doc["source"], doc["metric"], doc["policy"]) == (
+        "tailguard bench",
+        "latency_ns",
+        "hopper_robust.onnx",
+    )
+    assert f"cp bench-robust/empirical_profile.json guard/policies/{FALLBACK_LATENCY_FILE}" in (
+        BENCH_COMMAND
+    )
+    profile = parse_profile(f"empirical:{POLICY_DIR / FALLBACK_LATENCY_FILE}")
+    draws = [profile.next_ns() for _ in range(200)]
+    assert min(draws) > 0 and max(draws) <= doc["summary_ns"]["max"] * 1.01
+    assert max(draws) < env.timing.latency.max_ns  # the fallback answers well within a period
+    assert [k for k, v in PROFILES.items() if v[2]] == ["gc_bursts"]
 
 
 def test_pendulum_fallback_says_why(
