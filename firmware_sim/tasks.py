@@ -22,11 +22,11 @@ and terminate_when_unhealthy``; InvertedPendulum: a non-finite state or |pole an
 InvertedDoublePendulum: tip height <= 1); the loop judges it on the env's step grid.
 Supported (:data:`SUPPORTED_ENVS`): Hopper-v5, Walker2d-v5, HalfCheetah-v5, Ant-v5,
 Swimmer-v5, InvertedPendulum-v5, InvertedDoublePendulum-v5, Reacher-v5, Pusher-v5,
-Humanoid-v5, HumanoidStandup-v5. The v4 variants of the first five are accepted when they
-have the same attributes, but only HalfCheetah-v4 and Swimmer-v4 are reproduced exactly
-(Hopper-v4 and Walker2d-v4 also pay the healthy reward on the falling step); the other v4
-envs compute their reward differently and are refused. Other envs raise ``TailguardError``
-naming the supported ones.
+Humanoid-v5, HumanoidStandup-v5, and the v4 variants that compute the same reward
+(HalfCheetah-v4, Swimmer-v4). Hopper-v4 and Walker2d-v4 pay the healthy reward on the
+falling step too, and the other v4 envs compute their reward differently: they are refused
+(the audit then runs them at whole-step resolution, which gives the env's own reward), as
+are other envs; the ``TailguardError`` names the supported ones.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ _X_SOURCE = {
     "HalfCheetahEnv": "qpos",
     "AntEnv": "body",
     "SwimmerEnv": "qpos",
+}
+#: versions whose reward differs from what the segment rewards reproduce (module.class):
+#: Hopper-v4 and Walker2d-v4 also pay the healthy reward on the falling step
+_REWARD_DIFFERS = {
+    "gymnasium.envs.mujoco.hopper_v4.HopperEnv",
+    "gymnasium.envs.mujoco.walker2d_v4.Walker2dEnv",
 }
 #: the same for envs whose other versions compute their reward differently (module.class);
 #: "mass": the x of the env's ``mass_center`` (Humanoid-v5)
@@ -211,7 +217,9 @@ class MujocoTask:
         qualified = f"{type(u).__module__}.{name}"
         terms = _STEP_TERMS.get(qualified)
         x_source = _X_SOURCE.get(name) or _X_SOURCE_V5.get(qualified)
-        if terms is None and (x_source is None or not hasattr(u, "_forward_reward_weight")):
+        if qualified in _REWARD_DIFFERS or (
+            terms is None and (x_source is None or not hasattr(u, "_forward_reward_weight"))
+        ):
             # (Ant-v4 has no forward weight: another reward)
             raise TailguardError(
                 f"environment {env.spec.id if env.spec else name} is not supported by the "

@@ -193,3 +193,17 @@ def test_v4_pendulum_is_not_taken_for_v5() -> None:
 
     with pytest.raises(TailguardError, match="InvertedPendulum-v5"):
         MujocoTask(gym.make("InvertedPendulum-v4"))
+
+
+@pytest.mark.filterwarnings("ignore:.*out of date:DeprecationWarning")
+@pytest.mark.parametrize("env_id", ["Hopper-v4", "Walker2d-v4"])
+def test_v4_locomotion_with_another_reward_goes_to_whole_step(env_id: str) -> None:
+    """Hopper-v4 and Walker2d-v4 pay the healthy reward on the falling step too, which the
+    segment rewards do not reproduce: refused here, so the audit runs them at whole-step
+    resolution with the env's own reward."""
+    from tailguard.audit.tasks import make_audit_task
+    from tailguard.errors import TailguardError
+
+    with pytest.raises(TailguardError, match="not supported by the substep simulator"):
+        MujocoTask(gym.make(env_id))
+    assert task_resolution(make_audit_task(env_id)) == "whole-step"
