@@ -25,7 +25,6 @@ that the chunk being executed stays intact while the next one is computed).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,15 +33,14 @@ from typing import Any
 import numpy as np
 
 from tailguard.errors import ConfigError, PolicyLoadError
-from tailguard.runtime import _onnx_proto as proto
 from tailguard.runtime.policy import (
     MAX_ACTION_SIZE,
     MAX_OBS_SIZE,
     RECURRENT_PAIRS,
     _call_with_none,
-    _check_external_data,
     _infos,
     _is_batch,
+    read_model_file,
     session_options,
 )
 
@@ -267,21 +265,7 @@ class OnnxChunkPolicy(ChunkPolicy):
 
         self.path = Path(path)
         self.name = self.path.name
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise PolicyLoadError(
-                f"cannot read the policy file ({exc.strerror}); check the path", path
-            ) from None
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            proto.model_header(data)
-        except PolicyLoadError as exc:
-            raise PolicyLoadError(
-                f"not an ONNX model ({exc}); expected a .onnx file written by an ONNX exporter",
-                path,
-            ) from None
-        _check_external_data(data, self.path)
+        self.sha256 = read_model_file(self.path).sha256
         so = session_options(intra_op_threads)
         try:
             sess = ort.InferenceSession(

@@ -38,7 +38,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -400,6 +400,49 @@ def _is_batch(dim: int | str | None) -> bool:
     return dim is None or isinstance(dim, str) or dim == 1
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """An ONNX file read and checked before onnxruntime sees it (see :func:`read_model_file`).
+
+    Attributes:
+        data: the file's bytes.
+        sha256: hex digest of ``data`` (what envelopes bind to).
+        header: the ModelProto header fields (IR version, opsets, producer, external data).
+        external: the model keeps tensors in external files (checked to stay beside it).
+    """
+
+    data: bytes = field(repr=False)
+    sha256: str
+    header: Any
+    external: bool
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Read an ONNX file's bytes, hash them, parse the header and check any external-data
+    locations (bounded, never outside the model's folder): the one entrance for every
+    policy kind.
+
+    Raises:
+        PolicyLoadError: unreadable, not an ONNX model, or external data that escapes.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyLoadError(
+            f"cannot read the policy file ({exc.strerror}); check the path", path
+        ) from None
+    try:
+        header = proto.model_header(data)
+    except PolicyLoadError as exc:
+        raise PolicyLoadError(
+            f"not an ONNX model ({exc}); expected a .onnx file written by an ONNX exporter",
+            path,
+        ) from None
+    listed = bool(_check_external_data(data, path))  # always run: it also validates
+    external = bool(header.uses_external_data) or listed
+    return ModelFile(data, hashlib.sha256(data).hexdigest(), header, external)
+
+
 class OnnxPolicy(_CheckedPolicy):
     """An ONNX policy validated at load and run with preallocated, bound buffers.
 
@@ -440,26 +483,12 @@ class OnnxPolicy(_CheckedPolicy):
 
         self.path = Path(path)
         self.name = self.path.name
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise PolicyLoadError(
-                f"cannot read the policy file ({exc.strerror}); check the path", path
-            ) from None
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            header = proto.model_header(data)
-        except PolicyLoadError as exc:
-            raise PolicyLoadError(
-                f"not an ONNX model ({exc}); expected a .onnx file written by an ONNX exporter",
-                path,
-            ) from None
+        model = read_model_file(self.path)
+        data, external = model.data, model.external
+        self.sha256, header = model.sha256, model.header
         self.ir_version, self.opsets = header.ir_version, dict(header.opsets)
-        external = header.uses_external_data
         #: "name version" of the exporter (ModelProto producer_name/producer_version).
         self.producer = f"{header.producer_name} {header.producer_version}".strip()
-        if _check_external_data(data, self.path):
-            external = True
         self._external = external
         self._providers = list(providers or ["CPUExecutionProvider"])
         self._intra = intra_op_threads

@@ -46,13 +46,19 @@ def write_linear_onnx(path: Path, obs_dim: int, act_dim: int, seed: int = 0) -> 
 
 
 def plain_rollout(
-    env_id: str, policy: Callable, seed: int, action_lag: int = 0, obs_lag: int = 0
+    env_id: str,
+    policy: Callable,
+    seed: int,
+    action_lag: int = 0,
+    obs_lag: int = 0,
+    max_episode_steps: int | None = None,
 ) -> tuple[float, int, bool]:
     """Reference: plain gymnasium with actions applied ``action_lag`` steps late (zero before
-    the first) and the policy seeing the observation ``obs_lag`` steps old."""
+    the first) and the policy seeing the observation ``obs_lag`` steps old (at most
+    ``max_episode_steps`` steps when given, else the env's own limit)."""
     import gymnasium as gym
 
-    env = gym.make(env_id)
+    env = gym.make(env_id, max_episode_steps=max_episode_steps)
     obs, _ = env.reset(seed=seed)
     zero = np.zeros(env.action_space.shape, env.action_space.dtype)
     actions: list[np.ndarray] = []

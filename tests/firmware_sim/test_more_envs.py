@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fsim_helpers import linear_controller
+from fsim_helpers import linear_controller, plain_rollout
 
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
@@ -56,23 +56,9 @@ def gym_rollout(
     """Plain gymnasium (``HORIZON`` steps at most): return, length, terminated and every
     observation the policy saw, actions ``action_lag`` steps late, observations ``obs_lag``
     steps old."""
-    env = gym.make(env_id, max_episode_steps=HORIZON)
     ctl.reset()
-    obs, _ = env.reset(seed=seed)
-    zero = np.zeros(env.action_space.shape, env.action_space.dtype)
-    actions: list[np.ndarray] = []
-    observations = [obs]
-    ret, n = 0.0, 0
-    while True:
-        seen = observations[max(len(observations) - 1 - obs_lag, 0)]
-        actions.append(np.asarray(ctl(seen, 0), env.action_space.dtype))
-        k = len(actions) - 1 - action_lag
-        obs, r, term, trunc, _ = env.step(actions[k] if k >= 0 else zero)
-        observations.append(obs)
-        ret += float(r)
-        n += 1
-        if term or trunc:
-            return ret, n, bool(term), ctl.seen
+    out = plain_rollout(env_id, ctl, seed, action_lag, obs_lag, max_episode_steps=HORIZON)
+    return (*out, ctl.seen)
 
 
 def _replay(task, ctl: Recording, seed: int, latency_ns: int = 0) -> tuple:
