@@ -135,24 +135,10 @@ def _int(data: dict[str, Any], key: str, lo: int, hi: int, problems: list[str]) 
 
 
 def _read(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the manifest: {exc.strerror or exc}", path) from None
-    if len(raw) > _MAX_MANIFEST_BYTES:
-        raise ConfigError(f"manifest larger than {_MAX_MANIFEST_BYTES} bytes; refused", path)
-    try:
-        text = raw.decode("utf-8")
-        if path.suffix.lower() == ".toml":
-            import tomllib
+    from tailguard.audit.config_file import read_config
 
-            return tomllib.loads(text), hashlib.sha256(raw).hexdigest()
-        return json.loads(text), hashlib.sha256(raw).hexdigest()
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(
-            f"not a valid {path.suffix or 'JSON'} manifest: {exc}; expected TOML (.toml) or JSON",
-            path,
-        ) from None
+    data, raw = read_config(path, "manifest", _MAX_MANIFEST_BYTES)
+    return data, hashlib.sha256(raw).hexdigest()
 
 
 def load_manifest(path: str | Path, *, check_envs: bool = True) -> Manifest:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -316,23 +315,10 @@ def load_sweep_file(path: str | Path, period_ns: int) -> dict[str, Any]:
     Raises:
         ConfigError: the file cannot be read or parsed, or has problems (all listed).
     """
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the sweep file: {exc.strerror or exc}", p) from None
-    if len(raw) > _MAX_SWEEP_BYTES:
-        raise ConfigError(f"sweep file larger than {_MAX_SWEEP_BYTES} bytes; refused", p)
-    try:
-        text = raw.decode("utf-8")
-        if p.suffix.lower() == ".toml":
-            import tomllib
+    from tailguard.audit.config_file import read_config
 
-            data: Any = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"not a valid {p.suffix or 'JSON'} sweep file: {exc}", p) from None
+    p = Path(path)
+    data, _ = read_config(p, "sweep file", _MAX_SWEEP_BYTES)
     problems: list[str] = []
     result = _validate(data, period_ns, problems)
     if problems:
