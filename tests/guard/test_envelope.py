@@ -346,7 +346,7 @@ def test_saved_file_is_stable_pretty_json(tmp_path: Path) -> None:
     assert text == second.read_text()
     # valid_dict() is a version-1 file: it is written back migrated to the current version
     assert text.endswith("}\n") and text.startswith(
-        '{\n  "schema_version": %d,\n  "policy"' % SCHEMA_VERSION
+        f'{{\n  "schema_version": {SCHEMA_VERSION},\n  "policy"'
     )
     assert list(json.loads(text)) == [
         "schema_version",

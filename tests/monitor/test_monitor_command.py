@@ -319,7 +319,8 @@ def test_trip_rule_action_latches_the_guard(rig: Rig, keys: Path, tmp_path: Path
     """A rule with the 'trip' action (allowed once the channel is on) latches the guard."""
     rules = tmp_path / "rules.toml"
     rules.write_text(
-        '[[rule]]\nname = "t"\nmetric = "violations_total"\nop = ">"\nthreshold = 0\nactions = ["trip"]\n'
+        '[[rule]]\nname = "t"\nmetric = "violations_total"\nop = ">"\nthreshold = 0\n'
+        'actions = ["trip"]\n'
     )
     with pytest.raises(TailguardError, match="command channel"):
         load_rules(rules)
