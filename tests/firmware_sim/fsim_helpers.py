@@ -9,6 +9,17 @@ import numpy as np
 
 from tailguard.firmware_sim.controllers import LinearController
 
+#: the gymnasium MuJoCo v5 envs beyond the first four locomotion tasks (test_more_envs.py)
+MORE_ENVS = [
+    "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5",
+    "Swimmer-v5",
+    "Reacher-v5",
+    "Pusher-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
+]
+
 
 def linear_weights(obs_dim: int, act_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random linear policy (float32)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fsim_helpers import linear_controller, plain_rollout
+from fsim_helpers import MORE_ENVS, linear_controller, plain_rollout
 
 gym = pytest.importorskip("gymnasium")
 mujoco = pytest.importorskip("mujoco")
@@ -25,16 +25,6 @@ from tailguard.firmware_sim.tasks import MujocoTask  # noqa: E402
 MS = 1_000_000
 US = 1_000
 ENVS = ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5"]
-#: the other gymnasium MuJoCo envs (see test_more_envs.py)
-MORE_ENVS = [
-    "InvertedPendulum-v5",
-    "InvertedDoublePendulum-v5",
-    "Swimmer-v5",
-    "Reacher-v5",
-    "Pusher-v5",
-    "Humanoid-v5",
-    "HumanoidStandup-v5",
-]
 _ENDLESS = ("Swimmer-v5", "HumanoidStandup-v5")
 
 

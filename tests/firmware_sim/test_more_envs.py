@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fsim_helpers import linear_controller, plain_rollout
+from fsim_helpers import MORE_ENVS, linear_controller, plain_rollout
 
 gym = pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
@@ -19,15 +19,7 @@ from tailguard.firmware_sim.profiles import FixedProfile  # noqa: E402
 from tailguard.firmware_sim.tasks import SUPPORTED_ENVS, MujocoTask  # noqa: E402
 
 US = 1_000
-ENVS = [
-    "InvertedPendulum-v5",
-    "InvertedDoublePendulum-v5",
-    "Swimmer-v5",
-    "Reacher-v5",
-    "Pusher-v5",
-    "Humanoid-v5",
-    "HumanoidStandup-v5",
-]
+ENVS = MORE_ENVS
 #: env steps for the latency sweeps: short enough that the random linear policy does not
 #: drop the pendulums or Humanoid (they fall at steps 10, 5 and 14)
 SHORT = {"InvertedPendulum-v5": 6, "InvertedDoublePendulum-v5": 4, "Humanoid-v5": 8}
