@@ -54,6 +54,7 @@ from tailguard.audit.executor import Executor, select_executor
 from tailguard.audit.ratings import Rating, required_threshold
 from tailguard.audit.results import ConditionResult
 from tailguard.audit.statistics import BootstrapSettings, paired_difference
+from tailguard.audit.statistics import preload_difference as preload_statistics
 from tailguard.audit.units import GuardSettings, Target, run_unit
 from tailguard.errors import EnvelopeError, HashMismatchError
 
@@ -458,7 +459,9 @@ def certify(
     gs = GuardSettings(envelope=env_obj.to_dict(), fallback=fallback or "hold", keep_ticks=True)
     units = make_units(target, conds, episodes, block, tag="unguarded")
     units += make_units(target, conds, episodes, block, guard=gs, tag="guarded")
-    runner, close = select_executor(executor, workers=workers, address=address)
+    runner, close = select_executor(
+        executor, workers=workers, address=address, while_waiting=preload_statistics
+    )
     total = 2 * len(conds) * episodes
     done = [0]
 

@@ -1,4 +1,4 @@
-"""The self-contained HTML reports (no network: every plot is an embedded PNG).
+"""The self-contained HTML reports (no network: every plot is an embedded SVG image).
 
 Audit: ratio-with-interval bars with the rating thresholds, per-condition return ECDFs,
 latency CDFs against the envelope's thresholds, the derivation, provenance.
@@ -8,15 +8,14 @@ out-of-envelope episode, provenance.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from typing import Any
 
 import numpy as np
 
 from tailguard.audit.ratings import RATING_THRESHOLDS, required_threshold
+from tailguard.audit.svg_plot import PALETTE, Axes, ecdf_points, figure, img
 
 __all__ = ["audit_html", "certify_html"]
 
@@ -29,35 +28,19 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
 """
 
 
-def preload() -> None:
-    """Import the plotting library now (e.g. while worker processes run the episodes)."""
-    _plt()
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+_RATING_COLORS = {
+    "PASS": "#2a2",
+    "MILD": "#9b2",
+    "DEGRADED": "#e90",
+    "FAIL": "#d22",
+    "INCONCLUSIVE": "#88c",
+}
 
 
 def _ratio_plot(summary: dict[str, Any], require: str) -> str:
-    plt = _plt()
     conds = [c for c in summary["conditions"] if c.get("ratio")]
     if not conds:
         return "<p>(no perturbed conditions)</p>"
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(conds) + 1)))
-    y = np.arange(len(conds))
     est = [c["ratio"]["estimate"] or 0.0 for c in conds]
     lo = [
         c["rating"]["lower_bound"] if c["rating"]["lower_bound"] is not None else e
@@ -67,111 +50,81 @@ def _ratio_plot(summary: dict[str, Any], require: str) -> str:
         c["rating"]["upper_bound"] if c["rating"]["upper_bound"] is not None else e
         for c, e in zip(conds, est, strict=True)
     ]
-    colors = {
-        "PASS": "#2a2",
-        "MILD": "#9b2",
-        "DEGRADED": "#e90",
-        "FAIL": "#d22",
-        "INCONCLUSIVE": "#88c",
-    }
-    ax.barh(y, est, color=[colors[c["rating"]["rating"]] for c in conds], alpha=0.8)
-    ax.errorbar(
-        est, y, xerr=[np.subtract(est, lo), np.subtract(hi, est)], fmt="none", ecolor="k", capsize=2
+    ax = Axes(
+        categories=[c["condition"]["name"] for c in conds],
+        xlabel="return ratio (perturbed / nominal), Holm-adjusted one-sided bounds",
     )
+    ax.hbar(est, colors=[_RATING_COLORS[c["rating"]["rating"]] for c in conds], lo=lo, hi=hi)
     for rating, thr in RATING_THRESHOLDS.items():
-        ax.axvline(thr, ls="--", lw=0.8, color="gray")
-        ax.text(thr, len(conds) - 0.4, rating.value, fontsize=7, ha="center")
-    ax.axvline(required_threshold(require), color="k", lw=1.2)
-    ax.set_yticks(y, [c["condition"]["name"] for c in conds], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("return ratio (perturbed / nominal), Holm-adjusted one-sided bounds")
-    return _png(fig)
+        ax.vline(thr, text=rating.value)
+    ax.vline(required_threshold(require), color="#000", dash=None, width=1.4, label="required")
+    return img(figure([ax], panel_width=1000))
 
 
 def _ecdf_plots(summary: dict[str, Any]) -> str:
-    plt = _plt()
     nominal = summary["conditions"][0]["returns"]
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in summary["conditions"][1:]:
         groups.setdefault(c["condition"]["dimension"], []).append(c)
     if not groups:
         return ""
-    cols = 3
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(11, 2.8 * rows), squeeze=False)
-    for ax, (dim, conds) in zip(axes.flat, groups.items(), strict=False):
-        for vals, label, style in [(nominal, "nominal", "k-")] + [
-            (c["returns"], c["condition"]["name"].split("/")[-1], "-") for c in conds
-        ]:
-            x = np.sort(vals)
-            ax.step(x, np.arange(1, x.size + 1) / x.size, style, where="post", label=label, lw=1)
-        ax.set_title(dim, fontsize=9)
-        ax.legend(fontsize=6)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(groups) :]:
-        ax.axis("off")
-    fig.suptitle("episode return ECDFs (paired episodes)", fontsize=10)
-    return _png(fig)
+    panels = []
+    for dim, conds in groups.items():
+        ax = Axes(title=dim, xlabel="episode return", ylim=(0.0, 1.0))
+        ax.line(*ecdf_points(nominal), step=True, color="#000", label="nominal")
+        for c in conds:
+            label = c["condition"]["name"].split("/")[-1]
+            ax.line(*ecdf_points(c["returns"]), step=True, label=label)
+        panels.append(ax)
+    return img(
+        figure(panels, cols=3, panel_width=360, title="episode return ECDFs (paired episodes)")
+    )
 
 
 def _latency_cdf(result: Any, summary: dict[str, Any]) -> str:
-    plt = _plt()
     env = summary.get("envelope") or {}
-    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax = Axes(xlabel="latency, ms (symmetric log scale)", ylabel="CDF", symlog_x=0.01)
+    ax.ylim = (0.0, 1.0)
+    ax.xlim = (0.0, None)
     drawn = 0
     for r in result.conditions:
         if r.condition.latency.strip() == "nominal":
             continue
         s = np.concatenate([e.latency_ns for e in r.episodes]) / 1e6
-        x = np.sort(s)
-        ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", lw=1, label=r.condition.name)
+        ax.line(*ecdf_points(s), step=True, label=r.condition.name)
         drawn += 1
-    lat = env.get("latency") or {}
-    for key, style in (("p50_ns", ":"), ("p95_ns", "-."), ("p99_ns", "--"), ("max_ns", "-")):
-        if lat.get(key):
-            ax.axvline(lat[key] / 1e6, color="k", ls=style, lw=0.9, label=f"envelope {key}")
     if not drawn:
-        _plt().close(fig)
         return "<p>(no latency conditions)</p>"
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlim(left=0.0)
-    ax.set_xlabel("latency, ms")
-    ax.set_ylabel("CDF")
-    ax.legend(fontsize=6, ncol=3)
-    return _png(fig)
+    lat = env.get("latency") or {}
+    styles = (("p50_ns", "1,3"), ("p95_ns", "6,2,1,2"), ("p99_ns", "5,3"), ("max_ns", None))
+    for key, dash in styles:
+        if lat.get(key):
+            ax.vline(lat[key] / 1e6, color="#000", dash=dash, label=f"envelope {key}")
+    return img(figure([ax], panel_width=1000))
 
 
 def _frontier_plot(summary: dict[str, Any]) -> str:
     front = (summary.get("derivation") or {}).get("frontier")
     if not front:
         return ""
-    plt = _plt()
-    colors = {
-        "PASS": "#2a2",
-        "MILD": "#9b2",
-        "DEGRADED": "#e90",
-        "FAIL": "#d22",
-        "INCONCLUSIVE": "#88c",
-    }
-    fig, ax = plt.subplots(figsize=(6, 4))
+    ax = Axes(
+        title="jitter margin: o tolerated, x not",
+        xlabel="constant latency L, fraction of P",
+        ylabel="extra jitter J, fraction of P",
+    )
     for row in front["rows"]:
         for cell in row["cells"]:
-            ax.scatter(
-                row["L"],
-                cell["J"],
-                s=120,
-                color=colors.get(cell["rating"], "#999"),
+            ax.points(
+                [row["L"]],
+                [cell["J"]],
+                color=_RATING_COLORS.get(cell["rating"], "#999"),
                 marker="o" if cell["tolerated"] else "x",
             )
     xs = [r["L"] for r in front["rows"] if r["max_J"] is not None]
     ys = [r["max_J"] for r in front["rows"] if r["max_J"] is not None]
     if xs:
-        ax.step(xs, ys, where="mid", color="k", lw=1.2, label="tolerated frontier")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("constant latency L, fraction of P")
-    ax.set_ylabel("extra jitter J, fraction of P")
-    ax.set_title("jitter margin: o tolerated, x not", fontsize=9)
-    return "<h2>Latency x jitter frontier</h2>" + _png(fig)
+        ax.line(xs, ys, step=True, color="#000", label="tolerated frontier")
+    return "<h2>Latency x jitter frontier</h2>" + img(figure([ax], panel_width=600))
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -267,38 +220,29 @@ _STATE_Y = {"nominal": 0, "hold": 1, "fallback": 2, "latched": 3}
 def _timeline(worst: dict[str, Any] | None, period_ns: int) -> str:
     if not worst or not worst.get("states"):
         return "<p>(no out-of-envelope episode was run)</p>"
-    plt = _plt()
     states = worst["states"]
     t = np.arange(len(states)) * period_ns / 1e9
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 3.8), sharex=True)
-    ax1.step(t, [_STATE_Y.get(s, 4) for s in states], where="post", lw=1)
-    ax1.set_yticks(list(_STATE_Y.values()), list(_STATE_Y))
-    ax1.set_title(
-        f"guard state, worst episode: {worst['condition']} #{worst['episode']} "
+    top = Axes(
+        title=f"guard state, worst episode: {worst['condition']} #{worst['episode']} "
         f"({worst['interventions']} interventions)",
-        fontsize=9,
+        yticks=[(float(v), k) for k, v in _STATE_Y.items()],
+        ylim=(-0.3, 3.3),
     )
+    top.line(t, [_STATE_Y.get(s, 4) for s in states], step=True, color=PALETTE[0])
     lat = np.asarray(worst.get("latency_ns", []), np.float64)[: len(states)] / 1e6
-    ax2.plot(t[: lat.size], lat, lw=0.8)
-    ax2.set_ylabel("latency, ms")
-    ax2.set_xlabel("time, s (nominal ticks)")
-    return _png(fig)
+    bottom = Axes(xlabel="time, s (nominal ticks)", ylabel="latency, ms")
+    bottom.line(t[: lat.size], lat, color=PALETTE[0], width=0.8)
+    return img(figure([top, bottom], panel_width=1000, panel_height=190))
 
 
 def _certify_returns(result: Any) -> str:
-    plt = _plt()
     names = [u.condition.name for u in result.unguarded]
-    ung = [float(u.returns.mean()) for u in result.unguarded]
-    gua = [float(g.returns.mean()) for g in result.guarded]
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.3 * len(names) + 1)))
-    y = np.arange(len(names))
-    ax.barh(y - 0.2, ung, 0.4, label="unguarded")
-    ax.barh(y + 0.2, gua, 0.4, label="guarded")
-    ax.set_yticks(y, names, fontsize=7)
-    ax.invert_yaxis()
-    ax.legend(fontsize=7)
-    ax.set_xlabel("mean return")
-    return _png(fig)
+    ax = Axes(categories=names, xlabel="mean return")
+    ax.hbar([float(u.returns.mean()) for u in result.unguarded], colors=PALETTE[0],
+            offset=-0.2, thickness=0.4, label="unguarded")  # fmt: skip
+    ax.hbar([float(g.returns.mean()) for g in result.guarded], colors=PALETTE[1],
+            offset=0.2, thickness=0.4, label="guarded")  # fmt: skip
+    return img(figure([ax], panel_width=1000))
 
 
 def certify_html(result: Any, summary: dict[str, Any]) -> str:

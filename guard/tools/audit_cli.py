@@ -223,12 +223,6 @@ def _workers(text: str) -> int:
         raise ca.UsageError(str(exc)) from None
 
 
-def _preload_plots() -> None:
-    from tailguard.audit.report import preload
-
-    preload()
-
-
 def _cmd_audit(args: argparse.Namespace) -> int:
     from tailguard.audit.audit import run_audit
     from tailguard.audit.outputs import write_audit
@@ -258,7 +252,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             frontier=args.frontier,
             fallback=args.fallback,
             progress=progress,
-            while_waiting=None if args.no_html else _preload_plots,
         )
     files = write_audit(result, args.out, html=not args.no_html)
     if not args.quiet:

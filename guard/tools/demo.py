@@ -270,11 +270,10 @@ def run_demo(seconds: float = 30.0, seed: int = 1000, episodes: int = 40, worker
         workers: local worker processes for the Hopper episodes.
     """
     if hopper_missing() is None:
+        from tailguard.audit.statistics import preload
         from tailguard.tools.demo_hopper import run_hopper_demo
 
-        return run_hopper_demo(
-            episodes=episodes, seed=seed, workers=workers, while_waiting=_preload_plots
-        )
+        return run_hopper_demo(episodes=episodes, seed=seed, workers=workers, while_waiting=preload)
     return run_pendulum_demo(seconds, seed)
 
 
@@ -288,14 +287,6 @@ def run_pendulum_demo(seconds: float = 30.0, seed: int = 0) -> list[DemoResult]:
             _run(path, seconds, seed, guarded=False, bursts=True, label="spikes, unguarded"),
             _run(path, seconds, seed, guarded=True, bursts=True, label="spikes, guarded"),
         ]
-
-
-def _preload_plots() -> None:
-    """Import the plotting library while the workers run the episodes (when installed)."""
-    if importlib.util.find_spec("matplotlib") is not None:
-        from tailguard.audit.report import preload
-
-        preload()
 
 
 def hopper_missing() -> str | None:

@@ -612,55 +612,46 @@ def _ms(ns: int | None) -> str:
 
 
 def _plots(demo: HopperDemo) -> tuple[str, str]:
-    """The ratio bars and the return ECDFs, as embedded PNG ``<img>`` tags.
+    """The ratio bars and the return ECDFs, as embedded SVG ``<img>`` tags."""
+    from tailguard.audit.svg_plot import Axes, ecdf_points, figure, img
 
-    Raises:
-        ImportError: matplotlib is not installed.
-    """
-    from tailguard.audit.report import _plt, _png
-
-    plt = _plt()
     cols = demo.columns
-    fig, ax = plt.subplots(figsize=(10, 3.8))
-    y = np.arange(len(cols))
     est = [1.0 if c.ratio is None else c.ratio for c in cols]
     lo = [e if c.ratio_low is None else c.ratio_low for c, e in zip(cols, est, strict=True)]
     hi = [e if c.ratio_high is None else c.ratio_high for c, e in zip(cols, est, strict=True)]
     color = {"nominal": "#888", "robust": "#59c", "guarded": "#2a2"}
-    ax.barh(y, est, color=[color[c.column.mode] for c in cols], alpha=0.85)
-    ax.errorbar(
-        est, y, xerr=[np.subtract(est, lo), np.subtract(hi, est)], fmt="none", ecolor="k", capsize=2
+    ax = Axes(
+        categories=[c.label for c in cols],
+        xlabel="mean return / nominal-timing nominal-only mean (paired 90 % interval)",
     )
-    ax.set_yticks(y, [c.label for c in cols], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("mean return / nominal-timing nominal-only mean (paired 90 % interval)")
-    ratio_plot = _png(fig)
-    fig, axes = plt.subplots(1, len(PROFILES), figsize=(11, 3.0), squeeze=False)
-    for ax, p in zip(axes.flat, PROFILES, strict=True):
+    ax.hbar(est, colors=[color[c.column.mode] for c in cols], lo=lo, hi=hi)
+    ratio_plot = img(figure([ax], panel_width=1000))
+    panels = []
+    for p in PROFILES:
+        ax = Axes(title=PROFILES[p][0], xlabel="episode return", ylim=(0.0, 1.0))
         for c in cols:
-            if c.column.profile != p:
-                continue
-            x = np.sort(c.returns)
-            ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=c.column.mode)
-        ax.set_title(PROFILES[p][0], fontsize=9)
-        ax.legend(fontsize=7)
-        ax.tick_params(labelsize=7)
-    fig.suptitle("episode return ECDFs (paired episodes)", fontsize=10)
-    ecdf_plot = _png(fig)
+            if c.column.profile == p:
+                ax.line(*ecdf_points(c.returns), step=True, label=c.column.mode)
+        panels.append(ax)
+    ecdf_plot = img(
+        figure(
+            panels,
+            cols=len(panels),
+            panel_width=1000 / max(len(panels), 1),
+            title="episode return ECDFs (paired episodes)",
+        )
+    )
     return ratio_plot, ecdf_plot
 
 
 def hopper_html(demo: HopperDemo, text: str) -> str:
-    """The self-contained HTML report of the Hopper demo (plots embedded as PNG)."""
+    """The self-contained HTML report of the Hopper demo (plots embedded as SVG images)."""
     import html
 
     from tailguard.audit.report import _page, _table
 
     cols = demo.columns
-    try:
-        ratio_plot, ecdf_plot = _plots(demo)
-    except ImportError:
-        ratio_plot = ecdf_plot = "<p>(plots need matplotlib: pip install 'tailguard[report]')</p>"
+    ratio_plot, ecdf_plot = _plots(demo)
     rows = [
         [
             html.escape(c.label),

@@ -5,11 +5,11 @@ Skipped when Debian's chromium is not installed (CI installs it: see .ci/run).""
 from __future__ import annotations
 
 import base64
-import io
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -21,6 +21,7 @@ from tailguard.audit.outputs import write_audit, write_certify
 from tailguard.audit.sweep import build_sweep
 
 ENV = "py:audit_plants:integrator"
+_MARKS = {"polyline", "circle", "path", "rect"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 _CHECK = (
     "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
@@ -55,17 +56,21 @@ def reports(
 
 
 def test_reports_are_self_contained(reports: list[Path]) -> None:
-    """No network reference; every image is an embedded PNG that decodes."""
-    import matplotlib.image as mpimg
-
+    """No network reference; every image is an embedded SVG document that parses, has a
+    size and draws marks (bars, lines, markers), and references nothing outside itself."""
     for path in reports:
         text = path.read_text()
         assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)
-        srcs = re.findall(r'<img alt="plot" src="data:image/png;base64,([^"]+)"', text)
+        srcs = re.findall(r'<img alt="plot" src="data:image/svg\+xml;base64,([^"]+)"', text)
         assert len(srcs) >= 2 and text.count("<img") == len(srcs)
         for s in srcs:
-            img = mpimg.imread(io.BytesIO(base64.b64decode(s)), format="png")
-            assert img.shape[0] > 50 and img.shape[1] > 50
+            svg = base64.b64decode(s).decode("utf-8")
+            root = ElementTree.fromstring(svg)
+            assert root.tag == "{http://www.w3.org/2000/svg}svg"
+            assert float(root.get("width", 0)) > 50 and float(root.get("height", 0)) > 50
+            marks = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] in _MARKS]
+            assert len(marks) >= 3
+            assert "href" not in svg
 
 
 @pytest.mark.skipif(
