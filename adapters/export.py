@@ -41,7 +41,9 @@ __all__ = [
     "check_parity",
     "export_module",
     "exporter_candidates",
+    "parity_batches",
     "resolve_exporter",
+    "write_atomic",
 ]
 
 DEFAULT_TOLERANCE = 1e-5
@@ -99,6 +101,9 @@ class ParityReport:
         sequence_steps: steps per sequence for recurrent policies (0 if feed-forward).
         recorded_observations: how many of them came from a recording.
         passed: ``max_abs_diff <= tolerance``.
+        reference: what the ONNX model was compared against: ``"torch"`` (the source
+            module) or ``"numpy-float64"`` (an independent float64 forward pass of the same
+            weights, for models exported without torch).
     """
 
     max_abs_diff: float
@@ -107,13 +112,14 @@ class ParityReport:
     sequence_steps: int
     recorded_observations: int
     passed: bool
+    reference: str = "torch"
 
     def summary(self) -> str:
         """One line for humans, e.g. ``parity ok: max |torch - onnx| = 2.4e-07 …``."""
         verdict = "ok" if self.passed else "FAILED"
         seq = f", sequences of {self.sequence_steps} steps" if self.sequence_steps else ""
         return (
-            f"parity {verdict}: max |torch - onnxruntime| = {self.max_abs_diff:.3g} "
+            f"parity {verdict}: max |{self.reference} - onnxruntime| = {self.max_abs_diff:.3g} "
             f"(tolerance {self.tolerance:g}) over {self.num_observations} observations "
             f"({self.recorded_observations} recorded{seq})"
         )
@@ -125,6 +131,7 @@ class ParityReport:
             f"{METADATA_PREFIX}parity_tolerance": repr(self.tolerance),
             f"{METADATA_PREFIX}parity_observations": str(self.num_observations),
             f"{METADATA_PREFIX}parity_passed": "true" if self.passed else "false",
+            f"{METADATA_PREFIX}parity_reference": self.reference,
         }
 
 
@@ -324,6 +331,30 @@ def _validated_observations(observations: Any, obs_dim: int) -> np.ndarray | Non
     return recorded
 
 
+def parity_batches(
+    obs_dim: int,
+    *,
+    observations: np.ndarray | None = None,
+    seed: int = 0,
+    obs_center: Any = None,
+    obs_scale: Any = None,
+) -> list[np.ndarray]:
+    """The feed-forward parity inputs: 64 random observations, a batch of 1, the recorded ones.
+
+    :func:`check_parity` and the torch-free SB3 exporter evaluate exactly these batches.
+
+    Raises:
+        ExportError: recorded observations of the wrong shape or non-finite.
+    """
+    rng = np.random.default_rng(seed)
+    recorded = _validated_observations(observations, obs_dim)
+    batches = [_random_observations(obs_dim, 64, rng, obs_center, obs_scale)]
+    batches.append(batches[0][:1].copy())
+    if recorded is not None:
+        batches.append(recorded)
+    return [np.ascontiguousarray(b) for b in batches]
+
+
 def check_parity(
     module: Any,
     session: Any,
@@ -386,12 +417,11 @@ def check_parity(
         return torch_np[1:]
 
     if recurrent is None:
-        batches = [_random_observations(obs_dim, 64, rng, obs_center, obs_scale)]
-        batches.append(batches[0][:1].copy())
-        if recorded is not None:
-            batches.append(recorded)
+        batches = parity_batches(
+            obs_dim, observations=recorded, seed=seed, obs_center=obs_center, obs_scale=obs_scale
+        )
         for batch in batches:
-            run_step(np.ascontiguousarray(batch), [])
+            run_step(batch, [])
             count += batch.shape[0]
         steps = 0
     else:
@@ -512,6 +542,17 @@ def export_module(
                 raise type(exc)(f"{exc.message} (after {earlier})", exc.path) from None
             failures.append(f"{name} exporter: {exc}")
     data = model.SerializeToString()
+    write_atomic(data, out_path)
+    all_meta = {p.key: p.value for p in model.metadata_props}
+    return ExportResult(path=out_path, parity=report, metadata=all_meta, size_bytes=len(data))
+
+
+def write_atomic(data: bytes, out_path: Path) -> None:
+    """Write ``data`` to ``out_path`` atomically (a temporary file beside it, then a rename).
+
+    Raises:
+        ExportError: the file cannot be written.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=".tailguard-", suffix=".onnx", dir=out_path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -522,8 +563,6 @@ def export_module(
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise ExportError(f"cannot write the model ({exc.strerror})", out_path) from None
-    all_meta = {p.key: p.value for p in model.metadata_props}
-    return ExportResult(path=out_path, parity=report, metadata=all_meta, size_bytes=len(data))
 
 
 def _export_checked(

@@ -4,7 +4,11 @@
 - ``.pt``: an RSL-RL checkpoint (every supported format), exported with
   ``tailguard.adapters`` and its parity check;
 - ``.zip``: a Stable-Baselines3 model (PPO, A2C, SAC, TD3), optionally with its
-  ``VecNormalize`` statistics folded in, exported with the parity check.
+  ``VecNormalize`` statistics folded in, exported without torch
+  (``tailguard.adapters.sb3_native``, parity against a float64 numpy reference); only a model
+  that exporter cannot represent (an activation with no one-op ONNX form: gelu, swish, mish)
+  goes through torch's exporter, and the source block says so (``exporter``,
+  ``exporter_fallback``).
 
 Anything else is refused (never silently loads nothing). ``replay``, ``audit`` and ``certify``
 all take their ``--policy`` through this function.
@@ -82,32 +86,43 @@ def resolve_policy(
         )
     out = Path(workdir) / "policy.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
+    exporter, fallback = "torch", ""
     if suffix == ".pt":
         from tailguard.adapters.rsl_rl_export import export_rsl_rl
 
         result = export_rsl_rl(src, out, activation=activation or "elu")
         fmt = "rsl-rl"
     else:
-        from tailguard.adapters.sb3 import export_sb3
+        from tailguard.adapters.sb3_native import NativeExportUnsupported, export_sb3_native
 
-        result = export_sb3(src, out, vecnormalize=vecnormalize, activation=activation)
         fmt = "sb3"
+        try:
+            result = export_sb3_native(src, out, vecnormalize=vecnormalize, activation=activation)
+            exporter = "native"
+        except NativeExportUnsupported as exc:
+            from tailguard.adapters.sb3 import export_sb3
+
+            result = export_sb3(src, out, vecnormalize=vecnormalize, activation=activation)
+            exporter = "torch"
+            fallback = f"the torch-free exporter cannot represent this model: {exc.message}"
     parity = result.parity
     sha = _sha256(result.path)
-    return ResolvedPolicy(
-        result.path,
-        sha,
-        {
-            "format": fmt,
-            "path": str(src),
-            "sha256": _sha256(src),
-            "vecnormalize": None if vecnormalize is None else str(vecnormalize),
-            "exported_onnx": str(result.path),
-            "parity": {
-                "passed": parity.passed,
-                "max_abs_diff": parity.max_abs_diff,
-                "tolerance": parity.tolerance,
-                "observations": parity.num_observations,
-            },
+    source: dict[str, Any] = {
+        "format": fmt,
+        "path": str(src),
+        "sha256": _sha256(src),
+        "vecnormalize": None if vecnormalize is None else str(vecnormalize),
+        "exported_onnx": str(result.path),
+        "parity": {
+            "passed": parity.passed,
+            "max_abs_diff": parity.max_abs_diff,
+            "tolerance": parity.tolerance,
+            "observations": parity.num_observations,
+            "reference": parity.reference,
         },
-    )
+    }
+    if fmt == "sb3":
+        source["exporter"] = exporter
+        if exporter == "torch":
+            source["exporter_fallback"] = fallback
+    return ResolvedPolicy(result.path, sha, source)

@@ -24,7 +24,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,20 @@ from tailguard.adapters.export import (
 )
 from tailguard.errors import CheckpointError
 
-__all__ = ["Sb3Policy", "export_sb3", "load_sb3", "read_vecnormalize"]
+__all__ = [
+    "ACTIVATION_NAMES",
+    "POLICY_PTH_MAX_BYTES",
+    "Sb3Policy",
+    "Sb3Spec",
+    "VecNormalizeStats",
+    "export_sb3",
+    "load_sb3",
+    "parse_sb3",
+    "read_vecnormalize",
+    "read_vecnormalize_stats",
+    "sb3_metadata",
+    "torch_state_reader",
+]
 
 _SB3_ACTIVATIONS = {
     "Tanh": "tanh",
@@ -81,6 +94,84 @@ class Sb3Policy:
     module: Any
 
 
+@dataclass(frozen=True)
+class VecNormalizeStats:
+    """Frozen ``VecNormalize`` observation statistics (float64, as SB3 keeps them).
+
+    The normalization is ``clip((x - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)``.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    epsilon: float
+    clip_obs: float
+
+    @property
+    def scale32(self) -> np.ndarray:
+        """``sqrt(var + epsilon)`` computed in float64, stored float32 (what both graphs use)."""
+        return np.sqrt(self.var + self.epsilon).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Sb3Spec:
+    """The deterministic action path of an SB3 model, as plain numpy: THE one parse.
+
+    Both exporters build from it: the torch modules (:func:`load_sb3`) and the torch-free
+    ONNX graph (``tailguard.adapters.sb3_native``).
+
+    Attributes:
+        algorithm: ``"ppo"``, ``"a2c"``, ``"sac"`` or ``"td3"``.
+        obs_dim: flat observation size.
+        action_low: action lower bounds ``[action_dim]`` float32.
+        action_high: action upper bounds ``[action_dim]`` float32.
+        activation: the actor activation (names of ``_SB3_ACTIVATIONS`` or ``identity``).
+        hidden_sizes: actor hidden sizes.
+        layers: ``(weight [out, in], bias [out])`` per linear layer, as stored (float32/64).
+        squash: ``True``: ``tanh`` then rescale from [-1, 1] to the bounds (SAC, TD3);
+            ``False``: clip to the bounds (PPO, A2C).
+        normalizer: VecNormalize statistics folded in front, or ``None``.
+        obs_normalizer: ``"vecnormalize"`` when a statistics file was given, else ``"none"``.
+        sha256: sha256 of the zip file.
+        source_file: the zip's file name.
+    """
+
+    algorithm: str
+    obs_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+    activation: str
+    hidden_sizes: tuple[int, ...]
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    squash: bool
+    normalizer: VecNormalizeStats | None
+    obs_normalizer: str
+    sha256: str
+    source_file: str
+
+    @property
+    def action_dim(self) -> int:
+        """Number of actions."""
+        return int(self.action_low.shape[0])
+
+
+def sb3_metadata(spec: Sb3Spec) -> dict[str, str]:
+    """The ``tailguard.*`` metadata every SB3 export writes (torch or native)."""
+    p = METADATA_PREFIX
+    return {
+        f"{p}source_format": "sb3",
+        f"{p}source_version": spec.algorithm,
+        f"{p}source_file": spec.source_file,
+        f"{p}source_sha256": spec.sha256,
+        f"{p}obs_dim": str(spec.obs_dim),
+        f"{p}action_dim": str(spec.action_dim),
+        f"{p}activation": spec.activation,
+        f"{p}hidden_sizes": ",".join(str(h) for h in spec.hidden_sizes),
+        f"{p}obs_normalizer": spec.obs_normalizer,
+        f"{p}action_low": ",".join(repr(float(v)) for v in spec.action_low),
+        f"{p}action_high": ",".join(repr(float(v)) for v in spec.action_high),
+    }
+
+
 def _parse_array(text: Any, what: str, path: Path) -> np.ndarray:
     if not isinstance(text, str):
         raise CheckpointError(f"the action space '{what}' is not stored readably", path)
@@ -98,12 +189,14 @@ def _space_type(space: Any) -> str:
 
 
 # What an MLP policy's members can reasonably unpack to; anything larger is refused unread.
-_MEMBER_LIMITS = {"data": 16 << 20, "policy.pth": 512 << 20}
+# The torch-free reader applies POLICY_PTH_MAX_BYTES to the members inside policy.pth too.
+POLICY_PTH_MAX_BYTES = 512 << 20
+_MEMBER_LIMITS = {"data": 16 << 20, "policy.pth": POLICY_PTH_MAX_BYTES}
 _VECNORMALIZE_MAX_BYTES = 64 << 20
 
 
-def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    require_torch("Reading Stable-Baselines3 models")
+def _read_members(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The ``data`` JSON and the raw ``policy.pth`` bytes of an SB3 zip (bounded; no torch)."""
     if not path.is_file():
         raise CheckpointError("SB3 model file not found; check the path", path)
     try:
@@ -129,10 +222,37 @@ def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(
             f"cannot read the SB3 zip (truncated or corrupt?): {exc}", path
         ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("unexpected SB3 zip content: 'data' is not a JSON object", path)
+    return data, policy_bytes
+
+
+def _read_zip(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``data`` and the state dict as torch tensors (``torch.load(weights_only=True)``)."""
+    require_torch("Reading Stable-Baselines3 models")
+    data, policy_bytes = _read_members(path)
     state = load_weights_only(io.BytesIO(policy_bytes), path, "policy.pth")
-    if not isinstance(data, dict) or not isinstance(state, Mapping):
+    if not isinstance(state, Mapping):
         raise CheckpointError("unexpected SB3 zip content", path)
     return data, dict(state)
+
+
+StateReader = Callable[[bytes, Path], Mapping[str, np.ndarray]]
+"""Reads ``policy.pth`` bytes into ``{key: float array}``: torch's or the torch-free one."""
+
+
+def torch_state_reader(policy_bytes: bytes, path: Path) -> dict[str, np.ndarray]:
+    """The state dict through ``torch.load(weights_only=True)``, as numpy arrays."""
+    torch = require_torch("Reading Stable-Baselines3 models")
+    state = load_weights_only(io.BytesIO(policy_bytes), path, "policy.pth")
+    if not isinstance(state, Mapping):
+        raise CheckpointError("unexpected SB3 zip content: policy.pth is not a state dict", path)
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"policy.pth entry '{key}' is not a tensor", path)
+        out[str(key)] = value.detach().cpu().numpy()
+    return out
 
 
 def _layers(state: Mapping[str, Any], prefix: str) -> list[tuple[Any, Any]]:
@@ -146,9 +266,18 @@ def _layers(state: Mapping[str, Any], prefix: str) -> list[tuple[Any, Any]]:
     return [(state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]) for i in indices]
 
 
+ACTIVATION_NAMES = frozenset(_SB3_ACTIVATIONS.values()) | {"identity"}
+"""Every actor activation an SB3 export accepts (as ``activation=`` or from the zip)."""
+
+
 def _activation(data: Mapping[str, Any], default: str, override: str | None) -> str:
     if override:
-        return override.lower()
+        name = override.lower()
+        if name not in ACTIVATION_NAMES:
+            raise CheckpointError(
+                f"unknown activation '{override}'; valid choices are {sorted(ACTIVATION_NAMES)}"
+            )
+        return name
     kwargs = data.get("policy_kwargs")
     text = kwargs.get("activation_fn") if isinstance(kwargs, Mapping) else None
     if text is None:
@@ -163,17 +292,40 @@ def _activation(data: Mapping[str, Any], default: str, override: str | None) -> 
     return _SB3_ACTIVATIONS[name]
 
 
-def load_sb3(
+def _check_chain(layers: Sequence[tuple[Any, Any]], path: Path) -> None:
+    """Every layer is weight [out, in] + bias [out], each taking the previous one's output."""
+    previous: int | None = None
+    for index, (weight, bias) in enumerate(layers):
+        w_shape, b_shape = tuple(weight.shape), tuple(bias.shape)
+        if len(w_shape) != 2 or b_shape != (w_shape[0],):
+            raise CheckpointError(
+                f"actor layer {index} has weight {list(w_shape)} and bias {list(b_shape)}; "
+                "expected [out, in] and [out]",
+                path,
+            )
+        if previous is not None and w_shape[1] != previous:
+            raise CheckpointError(
+                f"actor layer {index} takes {w_shape[1]} inputs but the layer before it "
+                f"outputs {previous}",
+                path,
+            )
+        previous = w_shape[0]
+
+
+def parse_sb3(
     path: str | os.PathLike[str],
+    read_state: StateReader,
     *,
     activation: str | None = None,
     vecnormalize: str | os.PathLike[str] | None = None,
     hidden_sizes: Sequence[int] | None = None,
-) -> Sb3Policy:
-    """Read an SB3 model zip (and optional VecNormalize file) into a deterministic module.
+) -> Sb3Spec:
+    """Read an SB3 model zip (and optional VecNormalize file) into an :class:`Sb3Spec`.
 
     Args:
         path: the ``.zip`` written by ``model.save``.
+        read_state: turns the ``policy.pth`` bytes into arrays (:func:`torch_state_reader`
+            or ``tailguard.adapters.sb3_native.read_state_dict``).
         activation: override the actor activation (default: from ``policy_kwargs``, else
             SB3's default: tanh for PPO/A2C, relu for SAC/TD3).
         vecnormalize: a ``VecNormalize.save`` file whose observation statistics are folded in.
@@ -183,11 +335,9 @@ def load_sb3(
         CheckpointError: unreadable file, unsupported algorithm, space or architecture, or a
             ``hidden_sizes`` mismatch.
     """
-    torch = require_torch("Reading Stable-Baselines3 models")
-    from tailguard.adapters import torch_modules as tm
-
     path = Path(path)
-    data, state = _read_zip(path)
+    data, policy_bytes = _read_members(path)
+    state = read_state(policy_bytes, path)
     obs_space: dict[str, Any] = data.get("observation_space") or {}
     act_space: dict[str, Any] = data.get("action_space") or {}
     if _space_type(act_space) != "Box":
@@ -215,7 +365,6 @@ def load_sb3(
             f"feature extractors with parameters are not supported: {unknown_extractor[:4]}",
             path,
         )
-    low_t, high_t = torch.from_numpy(low), torch.from_numpy(high)
     raw_kwargs = data.get("policy_kwargs")
     kwargs: Mapping[str, Any] = raw_kwargs if isinstance(raw_kwargs, Mapping) else {}
     if "action_net.weight" in state and any(k.startswith("mlp_extractor.") for k in state):
@@ -227,18 +376,18 @@ def load_sb3(
         act = _activation(data, "tanh", activation)
         layers = _layers(state, "mlp_extractor.policy_net.")
         layers.append((state["action_net.weight"], state["action_net.bias"]))
-        post: Any = tm.BoundsClip(low_t, high_t)
+        squash = False
     elif "actor.mu.weight" in state and any(k.startswith("actor.latent_pi.") for k in state):
         algorithm = "sac"
         act = _activation(data, "relu", activation)
         layers = _layers(state, "actor.latent_pi.")
         layers.append((state["actor.mu.weight"], state["actor.mu.bias"]))
-        post = tm.SquashRescale(low_t, high_t, apply_tanh=True)
+        squash = True
     elif any(k.startswith("actor.mu.") for k in state) and "td3" in module_name:
         algorithm = "td3"
         act = _activation(data, "relu", activation)
         layers = _layers(state, "actor.mu.")
-        post = tm.SquashRescale(low_t, high_t, apply_tanh=True)
+        squash = True
     else:
         raise CheckpointError(
             "unrecognised SB3 policy: expected PPO/A2C (mlp_extractor.policy_net.*, "
@@ -246,9 +395,10 @@ def load_sb3(
             f"keys {sorted(state)[:12]}",
             path,
         )
+    _check_chain(layers, path)
     if not layers or int(layers[0][0].shape[1]) != obs_dim:
         raise CheckpointError(f"the actor does not take {obs_dim} observations", path)
-    if int(layers[-1][0].shape[0]) != low.shape[0]:
+    if int(layers[-1][0].shape[0]) != low.shape[0] or high.shape != low.shape:
         raise CheckpointError(
             f"the actor outputs {int(layers[-1][0].shape[0])} actions but the action space "
             f"has {low.shape[0]}",
@@ -261,20 +411,80 @@ def load_sb3(
             f"{list(found_sizes)}",
             path,
         )
-    pre = None
+    normalizer = None
     if vecnormalize is not None:
-        pre = read_vecnormalize(vecnormalize, obs_dim)
-    mlp = tm.build_mlp(layers, act)
-    module = tm.MlpActor(mlp, pre=pre, post=post).eval()
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Sb3Policy(
+        normalizer = read_vecnormalize_stats(vecnormalize, obs_dim)
+    return Sb3Spec(
         algorithm=algorithm,
         obs_dim=obs_dim,
         action_low=low,
         action_high=high,
         activation=act,
         hidden_sizes=found_sizes,
-        sha256=digest,
+        layers=tuple((np.asarray(w), np.asarray(b)) for w, b in layers),
+        squash=squash,
+        normalizer=normalizer,
+        obs_normalizer="vecnormalize" if vecnormalize is not None else "none",
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        source_file=path.name,
+    )
+
+
+def load_sb3(
+    path: str | os.PathLike[str],
+    *,
+    activation: str | None = None,
+    vecnormalize: str | os.PathLike[str] | None = None,
+    hidden_sizes: Sequence[int] | None = None,
+) -> Sb3Policy:
+    """Read an SB3 model zip (and optional VecNormalize file) into a deterministic module.
+
+    The parse is :func:`parse_sb3` with torch's reader; this builds the torch modules from it.
+
+    Args:
+        path: the ``.zip`` written by ``model.save``.
+        activation: override the actor activation (default: from ``policy_kwargs``, else
+            SB3's default: tanh for PPO/A2C, relu for SAC/TD3).
+        vecnormalize: a ``VecNormalize.save`` file whose observation statistics are folded in.
+        hidden_sizes: if given, the actor hidden sizes the model must have.
+
+    Raises:
+        CheckpointError: unreadable file, unsupported algorithm, space or architecture, or a
+            ``hidden_sizes`` mismatch.
+    """
+    spec = parse_sb3(
+        path,
+        torch_state_reader,
+        activation=activation,
+        vecnormalize=vecnormalize,
+        hidden_sizes=hidden_sizes,
+    )
+    return _torch_policy(spec)
+
+
+def _torch_policy(spec: Sb3Spec) -> Sb3Policy:
+    """The torch modules of ``spec``'s deterministic action path."""
+    torch = require_torch("Reading Stable-Baselines3 models")
+    from tailguard.adapters import torch_modules as tm
+
+    low_t, high_t = torch.from_numpy(spec.action_low), torch.from_numpy(spec.action_high)
+    post: Any = (
+        tm.SquashRescale(low_t, high_t, apply_tanh=True)
+        if spec.squash
+        else tm.BoundsClip(low_t, high_t)
+    )
+    mlp = tm.build_mlp(
+        [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in spec.layers], spec.activation
+    )
+    module = tm.MlpActor(mlp, pre=_vecnormalize_module(spec.normalizer), post=post).eval()
+    return Sb3Policy(
+        algorithm=spec.algorithm,
+        obs_dim=spec.obs_dim,
+        action_low=spec.action_low,
+        action_high=spec.action_high,
+        activation=spec.activation,
+        hidden_sizes=spec.hidden_sizes,
+        sha256=spec.sha256,
         module=module,
     )
 
@@ -374,9 +584,34 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
     Raises:
         CheckpointError: unreadable file, disallowed pickled objects, or wrong sizes.
     """
+    require_torch("Reading VecNormalize statistics")
+    return _vecnormalize_module(read_vecnormalize_stats(path, obs_dim))
+
+
+def _vecnormalize_module(stats: VecNormalizeStats | None) -> Any:
+    if stats is None:
+        return None
     torch = require_torch("Reading VecNormalize statistics")
     from tailguard.adapters import torch_modules as tm
 
+    return tm.VecNormalizeObs(
+        torch.from_numpy(stats.mean), torch.from_numpy(stats.var), stats.epsilon, stats.clip_obs
+    )
+
+
+def read_vecnormalize_stats(path: str | os.PathLike[str], obs_dim: int) -> VecNormalizeStats | None:
+    """Read a ``VecNormalize.save`` file's observation statistics, safely (no torch).
+
+    Args:
+        path: the pickle written by ``VecNormalize.save``.
+        obs_dim: the policy's observation size (checked).
+
+    Returns:
+        The statistics, or ``None`` if the file has ``norm_obs=False``.
+
+    Raises:
+        CheckpointError: unreadable file, disallowed pickled objects, or wrong sizes.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -427,11 +662,11 @@ def read_vecnormalize(path: str | os.PathLike[str], obs_dim: int) -> Any:
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
         raise CheckpointError("VecNormalize mean/var hold non-finite or negative values", path)
-    return tm.VecNormalizeObs(
-        torch.from_numpy(mean.astype(np.float64)),
-        torch.from_numpy(var.astype(np.float64)),
-        float(epsilon),
-        float(clip_obs),
+    return VecNormalizeStats(
+        mean=mean.astype(np.float64),
+        var=var.astype(np.float64),
+        epsilon=float(epsilon),
+        clip_obs=float(clip_obs),
     )
 
 
@@ -473,28 +708,19 @@ def export_sb3(
         ExportError: the export failed.
         ParityError: parity above ``tolerance``.
     """
-    policy = load_sb3(
-        model_zip, activation=activation, vecnormalize=vecnormalize, hidden_sizes=hidden_sizes
+    spec = parse_sb3(
+        model_zip,
+        torch_state_reader,
+        activation=activation,
+        vecnormalize=vecnormalize,
+        hidden_sizes=hidden_sizes,
     )
-    p = METADATA_PREFIX
-    metadata = {
-        f"{p}source_format": "sb3",
-        f"{p}source_version": policy.algorithm,
-        f"{p}source_file": Path(model_zip).name,
-        f"{p}source_sha256": policy.sha256,
-        f"{p}obs_dim": str(policy.obs_dim),
-        f"{p}action_dim": str(policy.action_low.shape[0]),
-        f"{p}activation": policy.activation,
-        f"{p}hidden_sizes": ",".join(str(h) for h in policy.hidden_sizes),
-        f"{p}obs_normalizer": "vecnormalize" if vecnormalize is not None else "none",
-        f"{p}action_low": ",".join(repr(float(v)) for v in policy.action_low),
-        f"{p}action_high": ",".join(repr(float(v)) for v in policy.action_high),
-    }
+    policy = _torch_policy(spec)
     return export_module(
         policy.module,
         policy.obs_dim,
         output,
-        metadata=metadata,
+        metadata=sb3_metadata(spec),
         observations=observations,
         tolerance=tolerance,
         exporter=exporter,
