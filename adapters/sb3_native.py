@@ -77,14 +77,42 @@ class NativeExportUnsupported(ExportError):
 _PKL_MAX_BYTES = 16 << 20  # data.pkl of a state dict is a few KiB
 
 
+def _refuse_build(name: str) -> None:
+    raise pickle.UnpicklingError(f"setting the state of {name} is not allowed")
+
+
 class _StorageType:
-    """Stand-in for a ``torch.<Kind>Storage`` class named in a persistent id (never called)."""
+    """Stand-in for a ``torch.<Kind>Storage`` class named in a persistent id (never called).
+
+    No instance attributes can be set from the pickle (a BUILD on it is refused), so one file
+    cannot change how the next one is read.
+    """
+
+    __slots__ = ("dtype", "label", "name")
 
     def __init__(self, name: str, dtype: np.dtype | None, label: str) -> None:
         self.name, self.dtype, self.label = name, dtype, label
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
+
+    def __setstate__(self, state: Any) -> None:
+        _refuse_build(f"torch.{self.name}")
+
+
+class _Global:
+    """A resolved global as the pickle sees it: callable, nothing else (BUILD refused)."""
+
+    __slots__ = ("_build", "_name")
+
+    def __init__(self, name: str, build: Callable[..., Any]) -> None:
+        self._name, self._build = name, build
+
+    def __call__(self, *args: Any) -> Any:
+        return self._build(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        _refuse_build(self._name)
 
 
 # The storage classes torch writes for tensors (``_pickle_storage_type``), by dtype.
@@ -131,6 +159,8 @@ class _Unsupported:
 
 class _StateDict(dict):  # type: ignore[type-arg]
     """``collections.OrderedDict`` of a state dict; its ``_metadata`` (BUILD state) is dropped."""
+
+    __slots__ = ()
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
@@ -193,9 +223,12 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: An
 
 # Exactly what a plain state dict names; each maps to our own builder, never to torch.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _StateDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    (module, name): _Global(f"{module}.{name}", build)
+    for module, name, build in (
+        ("collections", "OrderedDict", _StateDict),
+        ("torch._utils", "_rebuild_tensor_v2", _rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_parameter", _rebuild_parameter),
+    )
 } | {("torch", name): kind for name, kind in _STORAGE_TYPES.items()}
 
 
@@ -324,7 +357,17 @@ def read_state_dict(policy_bytes: bytes, path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"cannot read policy.pth: {text}", path) from None
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise CheckpointError(
             f"cannot read policy.pth (truncated, corrupt or not a torch file): {exc}", path
         ) from None

@@ -200,6 +200,25 @@ def test_gadget_pickles_are_refused(tmp_path: Path, gadget: str) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"ctorch._utils\n_rebuild_tensor_v2\n",
+        b"ccollections\nOrderedDict\n",
+        b"ctorch\nFloatStorage\n",
+    ],
+)
+def test_build_on_an_allowed_global_is_refused(tmp_path: Path, target: bytes) -> None:
+    """BUILD (slot state: setattr) on an allowed global is refused, so no file can change how
+    the next one is read; a real file still reads afterwards."""
+    name = b"__defaults__"
+    body = b"\x80\x02" + target + b"N}X" + len(name).to_bytes(4, "little") + name + b")s\x86b."
+    with pytest.raises(CheckpointError, match=r"setting the state of \S+ is not allowed"):
+        read_state_dict(_with_pickle(tmp_path, body), tmp_path)
+    pth = _policy_pth(_strided_state())
+    _assert_same(read_state_dict(pth, tmp_path), torch_state_reader(pth, tmp_path))
+
+
 def test_evil_zip_through_resolve_policy_is_refused(tmp_path: Path) -> None:
     """The audit's entrance refuses it the same way, and writes no ONNX."""
     marker = tmp_path / "marker"
