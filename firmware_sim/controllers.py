@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -117,12 +117,42 @@ class OnnxController:
         names_out = [o.name for o in outputs]
         self.input_name = "obs" if "obs" in names_in else names_in[0]
         self.output_name = "actions" if "actions" in names_out else names_out[0]
-        ty = next(i.type for i in inputs if i.name == self.input_name)
-        self.input_dtype = np.float64 if ty == "tensor(double)" else np.float32
+        inp = next(i for i in inputs if i.name == self.input_name)
+        out = next(o for o in outputs if o.name == self.output_name)
+        self.input_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
         self._outputs = [self.output_name]
         self._feed: dict[str, np.ndarray] = {}
+        self._binding, self._x, self._y = self._bind(inp, out)
+
+    def _bind(self, inp: Any, out: Any) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+        """IO binding to preallocated [1, O] / [1, A] buffers (about 8 us a call instead of
+        about 20 for ``session.run``, the same kernels and results), when both shapes are
+        ``[batch, N]`` with a known N and the model has no other input (a recurrent policy's
+        state is fed by the caller)."""
+        types = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+        shape_in, shape_out = list(inp.shape), list(out.shape)
+        if (
+            len(self.session.get_inputs()) != 1
+            or len(shape_in) != 2
+            or len(shape_out) != 2
+            or not isinstance(shape_in[1], int)
+            or not isinstance(shape_out[1], int)
+            or out.type not in types
+        ):
+            return None, None, None
+        x = np.zeros((1, shape_in[1]), self.input_dtype)
+        y = np.zeros((1, shape_out[1]), types[out.type])
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cpu", 0, y.dtype, list(y.shape), y.ctypes.data)
+        return binding, x, y
 
     def __call__(self, obs: np.ndarray, obs_time_ns: int) -> np.ndarray:
+        x = self._x
+        if x is not None and obs.shape == x.shape[1:]:
+            x[0] = obs  # cast as astype would
+            self.session.run_with_iobinding(self._binding)
+            return self._y[0].copy()  # the loop keeps the previous command while this runs
         self._feed[self.input_name] = obs.astype(self.input_dtype, copy=False)[None, :]
         return self.session.run(self._outputs, self._feed)[0][0]
 

@@ -186,6 +186,25 @@ def test_onnx_controller_replay_equals_plain_rollout(tmp_path: Path) -> None:
     assert r.max_abs_daction > 0.0
 
 
+def test_onnx_controller_binding_equals_session_run(tmp_path: Path) -> None:
+    """The IO-bound call gives exactly what ``session.run`` gives, in a new array each call
+    (the loop keeps the previous command while the next inference runs)."""
+    from tailguard.runtime.onnx_build import mlp_bytes
+
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(mlp_bytes((11, 16, 3), activation="Tanh", seed=3))
+    ctl = OnnxController(path)
+    assert ctl._binding is not None
+    rng = np.random.default_rng(0)
+    first = ctl(rng.standard_normal(11), 0)
+    for _ in range(20):
+        obs = rng.standard_normal(11) * 3.0
+        want = ctl.session.run(None, {ctl.input_name: obs.astype(np.float32)[None, :]})[0][0]
+        got = ctl(obs, 0)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert not np.shares_memory(first, ctl(obs, 0))
+
+
 def test_unsupported_env_is_rejected() -> None:
     """A non-MuJoCo env raises TailguardError listing the supported envs."""
     with pytest.raises(TailguardError, match="Hopper-v5"):
