@@ -2,18 +2,20 @@
 the same SB3 model, end to end, side by side with the peer when it is installed.
 
 The peer (deltatau-audit 0.6.2, ``audit-sb3 --episodes 20``) audits an SB3 ``.zip`` on raw
-observations (it has no VecNormalize option): nominal plus six conditions of 20 episodes.
-The same model for us is ``guard/policies/hopper_nominal.zip`` without ``--vecnormalize``:
-exported on the fly with its parity check, then the same short-lived policy (on raw
-observations it falls within ~100 steps). Our six: nominal plus one level of each of the
-peer's axes, in time rather than action repeats: a sustained rate change (x2, the peer's
-"speed"), period jitter (+-0.4 P), one period of latency (the peer's "delay"), latency spike
-bursts (4 P) and observation age (1 P). Both wall times include the process start, imports
-(torch for both), the sweep, the statistics and every output file (our report.html with its
-plots), like a CLI run. ``--policy exported`` first exports the same zip once with
-``tailguard export sb3`` (timed apart: a one-time step per checkpoint) and audits that ONNX
-file, the product's path (no torch at audit time). ``--policy onnx`` audits the shipped ONNX
-(normalization folded in, so 1000-step episodes: several times the simulated work).
+observations (it has no VecNormalize option): nominal plus six conditions of 20 episodes. The
+same model for us is ``guard/policies/hopper_nominal.zip`` without ``--vecnormalize``: exported
+on the fly without torch (``tailguard.adapters.sb3_native``: a restricted reader of
+``policy.pth``, a numpy-built ONNX graph, parity against a float64 numpy reference), then the
+same short-lived policy (on raw observations it falls within ~100 steps). Our six: nominal plus
+one level of each of the peer's axes, in time rather than action repeats: a sustained rate
+change (x2, the peer's "speed"), period jitter (+-0.4 P), one period of latency (the peer's
+"delay"), latency spike bursts (4 P) and observation age (1 P). Both wall times include the
+process start, imports (torch for the peer only: our zip path never imports it), the sweep, the
+statistics and every output file (our report.html with its plots), like a CLI run. ``--policy
+exported`` first exports the same zip once with ``tailguard export sb3`` (torch's exporter;
+timed apart: a one-time step per checkpoint) and audits that ONNX file. ``--policy onnx`` audits
+the shipped ONNX (normalization folded in, so 1000-step episodes: several times the simulated
+work).
 
     python bench/bench_audit.py [--workers 2] [--repeat 3] [--peer PATH/deltatau-audit]
     python -m pytest bench/bench_audit.py --benchmark-enable
