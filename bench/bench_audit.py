@@ -144,6 +144,17 @@ def wall_time_peer(peer: str, workers: str) -> tuple[float, float]:
         return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _byte_compile() -> None:
+    """Byte-compile our sources first, as ``pip install`` does for an installed package (the
+    peer's): an editable checkout run with ``PYTHONDONTWRITEBYTECODE=1`` would otherwise
+    compile every module again in every process (~0.2 s on this machine)."""
+    import compileall
+
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("guard", "adapters", "firmware_sim"):
+        compileall.compile_dir(root / folder, quiet=1)
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     n = len(xs)
@@ -161,6 +172,7 @@ def main() -> None:
         "--peer", help="the peer's deltatau-audit executable: runs interleaved with ours"
     )
     args = parser.parse_args()
+    _byte_compile()
     policy = POLICY_ZIP if args.policy == "zip" else POLICY
     tmp = tempfile.TemporaryDirectory()
     if args.policy == "exported":
