@@ -200,7 +200,9 @@ def main() -> None:
         print(
             f"deltatau-audit audit-sb3, same model, 20 episodes, workers {args.workers}: wall "
             f"{fmt(f'{w:.2f}' for w, _ in peer)} s (median {pm:.2f}); CPU "
-            f"{fmt(f'{c:.2f}' for _, c in peer)} s -> ours is {pm / m:.2f}x faster (medians)"
+            f"{fmt(f'{c:.2f}' for _, c in peer)} s -> ours is {pm / m:.2f}x faster (medians); "
+            f"median of the per-pair ratios "
+            f"{_median([p / o for (p, _), (o, _) in zip(peer, ours, strict=True)]):.2f}x"
         )
     else:
         print(f"peer not run (--peer); its figure from the issue: {PEER_WALL_S} s")
