@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from tailguard.audit.conditions import Condition
-from tailguard.audit.executor import Executor, chain, select_executor
+from tailguard.audit.executor import Executor, select_executor
 from tailguard.audit.ratings import RATING_THRESHOLDS, Rating, required_threshold
 from tailguard.audit.results import ConditionResult, timing_summary
 from tailguard.audit.statistics import (
     BootstrapSettings,
     paired_ratio,
-    preload,
     rate_conditions,
 )
 from tailguard.audit.units import Target, UnitResult, WorkUnit
@@ -344,7 +343,7 @@ def run_audit(
     target = Target(env=env, policy=str(resolved.onnx_path), seed=seed)
     units = make_units(target, conds, episodes, block)
     runner, close = select_executor(
-        executor, workers=workers, address=address, while_waiting=chain(preload, while_waiting)
+        executor, workers=workers, address=address, while_waiting=while_waiting
     )
     total = len(conds) * episodes
     done = [0]

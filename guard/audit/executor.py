@@ -20,7 +20,6 @@ from tailguard.errors import ConfigError
 __all__ = [
     "EXECUTORS",
     "Executor",
-    "chain",
     "LocalExecutor",
     "ProcessExecutor",
     "make_executor",
@@ -86,19 +85,6 @@ class ProcessExecutor:
                 if on_result is not None:
                     on_result(result)
         return [results[i] for i in range(len(units))]
-
-
-def chain(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
-    """One ``while_waiting`` hook that calls each given hook in turn (None when none is)."""
-    present = [h for h in hooks if h is not None]
-    if not present:
-        return None
-
-    def run_all() -> None:
-        for hook in present:
-            hook()
-
-    return run_all
 
 
 def parse_workers(value: str | int) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tailguard.audit.ratings import Rating, rating_for
+from tailguard.audit.special import betaincinv, ndtr, ndtri
 from tailguard.errors import ConfigError
 
 __all__ = [
@@ -133,8 +134,6 @@ class RatioResult:
         return float(np.quantile(self.distribution, self._bca_level(1.0 - alpha)))
 
     def _bca_level(self, alpha: float) -> float:
-        from scipy.special import ndtr, ndtri
-
         z0, a = self.z0, self.acceleration
         num = z0 + float(ndtri(alpha))
         return float(ndtr(z0 + num / (1.0 - a * num)))
@@ -142,8 +141,6 @@ class RatioResult:
     def p_value(self, threshold: float) -> float:
         """One-sided p-value of H0 "ratio < threshold": the smallest ``alpha`` at which
         the lower bound reaches ``threshold`` (inverted from the same interval)."""
-        from scipy.special import ndtr, ndtri
-
         if not self.defined:
             return 1.0
         s = self.distribution
@@ -162,12 +159,6 @@ class RatioResult:
             return 1.0 if y > 0 else 0.0
         u = y / denom
         return float(min(max(ndtr(u - self.z0), 0.0), 1.0))
-
-
-def preload() -> None:
-    """Import what the intervals need (``scipy.special``, ~0.2 s) now, e.g. in the idle main
-    process while worker processes run the episodes, instead of after them."""
-    import scipy.special  # noqa: F401
 
 
 def preload_difference() -> None:
@@ -209,8 +200,6 @@ def paired_ratio(
     Raises:
         ConfigError: the two samples differ in length or have fewer than 2 episodes.
     """
-    from scipy.special import ndtri
-
     nom = np.asarray(nominal, np.float64) - settings.return_offset
     per = np.asarray(perturbed, np.float64) - settings.return_offset
     if nom.shape != per.shape or nom.ndim != 1:
@@ -238,7 +227,7 @@ def paired_ratio(
     dist = np.sort(_paired_resamples(nom, per, settings.n_resamples, rng))
     method, z0, acc = settings.method, 0.0, 0.0
     if settings.method == "BCa":
-        z0, acc, why = _bca_parameters(nom, per, ratio, dist, ndtri)
+        z0, acc, why = _bca_parameters(nom, per, ratio, dist)
         if why:
             method, z0, acc = f"percentile (BCa degenerate: {why})", 0.0, 0.0
     result = RatioResult(ratio, 0.0, 0.0, method, z0, acc, dist, n)
@@ -248,12 +237,12 @@ def paired_ratio(
 
 
 def _bca_parameters(
-    nom: np.ndarray, per: np.ndarray, ratio: float, dist: np.ndarray, ndtri: object
+    nom: np.ndarray, per: np.ndarray, ratio: float, dist: np.ndarray
 ) -> tuple[float, float, str]:
     """(z0, acceleration, reason-if-degenerate), computed as scipy's BCa does."""
     b = dist.size
     frac = (np.count_nonzero(dist < ratio) + np.count_nonzero(dist <= ratio)) / (2 * b)
-    z0 = float(ndtri(frac))  # type: ignore[operator]
+    z0 = ndtri(frac)
     if not math.isfinite(z0):
         return 0.0, 0.0, "the estimate lies outside every resample"
     if dist[0] == dist[-1]:
@@ -295,9 +284,8 @@ def holm(p_values: Sequence[float], alpha: float) -> tuple[list[bool], list[floa
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided Clopper-Pearson interval of a binomial proportion ``k / n``."""
-    from scipy.special import betaincinv
-
+    """Exact two-sided Clopper-Pearson interval of a binomial proportion ``k / n``: the
+    beta quantiles ``B(a/2; k, n-k+1)`` and ``B(1-a/2; k+1, n-k)`` (:func:`betaincinv`)."""
     if n <= 0 or not 0 <= k <= n:
         raise ConfigError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
     a = 1.0 - confidence
