@@ -270,10 +270,9 @@ def run_demo(seconds: float = 30.0, seed: int = 1000, episodes: int = 40, worker
         workers: local worker processes for the Hopper episodes.
     """
     if hopper_missing() is None:
-        from tailguard.audit.statistics import preload
         from tailguard.tools.demo_hopper import run_hopper_demo
 
-        return run_hopper_demo(episodes=episodes, seed=seed, workers=workers, while_waiting=preload)
+        return run_hopper_demo(episodes=episodes, seed=seed, workers=workers)
     return run_pendulum_demo(seconds, seed)
 
 
