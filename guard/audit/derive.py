@@ -301,7 +301,12 @@ def derive_envelope(
 
     every = max(1, window // 10)
     detectors, record["detectors"] = derive_detectors(
-        results, window=window, every=every, action_low=action_low, action_high=action_high
+        results,
+        window=window,
+        every=every,
+        action_low=action_low,
+        action_high=action_high,
+        in_envelope=keep,
     )
     notes.extend(record["detectors"]["notes"])
     record["notes"] = notes

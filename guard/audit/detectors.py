@@ -1,13 +1,17 @@
-"""The failure detectors' thresholds, derived from nominal episodes, and how often they fire.
+"""The failure detectors' thresholds, derived from the audit's episodes, and how often they fire.
 
 From the observations and actions the policy saw and returned in the audit's bare episodes
 (``EpisodeOutcome.observations`` / ``actions``):
 
 - ``observations``: per element, the ``OBS_QUANTILE`` and ``1 - OBS_QUANTILE`` quantiles of
-  the pooled nominal observations, widened on each side by ``OBS_MARGIN`` times their
-  distance (at least ``OBS_MIN_MARGIN`` times the element's magnitude, for an element that
-  never moved); the envelope's ``tolerance`` is added by the guard. Quantile and margin are
-  recorded in the derivation (``provenance.results.derivation.detectors``).
+  the pooled observations of the envelope's conditions (nominal and every tolerated
+  condition: what the policy sees while the guard is meant to stay out of the way; a range
+  from nominal episodes alone fired at tolerated latencies, since a late command moves the
+  robot through states nominal timing never visits), widened on each side by
+  ``OBS_MARGIN`` times their distance (at least ``OBS_MIN_MARGIN`` times the element's
+  magnitude, for an element that never moved); the envelope's ``tolerance`` is added by
+  the guard. Quantile and margin are recorded in the derivation
+  (``provenance.results.derivation.detectors``).
 - ``saturation`` / ``chatter``: the largest per-element fraction of a full window's samples
   at a bound / with a sign flip in any nominal episode, plus ``RULE_MARGIN``; left off when
   that reaches ``MAX_FRACTION`` (a policy that saturates or flips nominally; the note says
@@ -132,10 +136,13 @@ def _derive(
     low: Any,
     high: Any,
     widen: float,
+    range_episodes: list[EpisodeOutcome] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Thresholds (plain data, the envelope's sections) from ``episodes``."""
+    """Thresholds (plain data, the envelope's sections): the action rules from ``episodes``
+    (nominal), the observation range from ``range_episodes`` (default the same)."""
     notes: list[str] = []
-    obs = np.concatenate([np.asarray(e.observations, np.float64) for e in episodes])
+    pool = range_episodes if range_episodes else episodes
+    obs = np.concatenate([np.asarray(e.observations, np.float64) for e in pool])
     q_lo, q_hi = np.quantile(obs, [1.0 - OBS_QUANTILE, OBS_QUANTILE], axis=0)
     margin = np.maximum(
         OBS_MARGIN * widen * (q_hi - q_lo),
@@ -289,11 +296,15 @@ def derive_detectors(
     every: int,
     action_low: Any,
     action_high: Any,
+    in_envelope: Sequence[ConditionResult] = (),
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The envelope's ``observations`` and ``action_rules`` (plain data) and the record.
 
     Args:
-        results: every condition result; the nominal one's traced episodes are used.
+        results: every condition result; the nominal one's traced episodes give the action
+            rules and the false-alarm rate.
+        in_envelope: the tolerated conditions (nominal among them): their traced episodes,
+            with the nominal ones, give the observation range.
         window, every: the envelope's ``window.ticks`` and ``check_every_ticks``.
         action_low, action_high: the action bounds (or None).
 
@@ -314,18 +325,24 @@ def derive_detectors(
         record["notes"].append("no traced nominal episodes: no observation range, no rules")
         return None, record
     kw = {"window": window, "every": every, "low": action_low, "high": action_high}
+    names = {r.condition.name for r in in_envelope if not r.condition.is_nominal}
+    tolerated = [_traced(r.episodes) for r in in_envelope if r.condition.name in names]
+    record["observation_range_from"] = ["nominal", *sorted(names)]
     train, held = nominal[::2], nominal[1::2]
+    # the range's training pool: the even episodes of every in-envelope condition
+    train_pool = train + [e for eps in tolerated for e in eps[::2]]
     widen = 1.0
     held_rates = None
     for _ in range(MAX_WIDENINGS + 1):
         if not held:
             break
-        trial, _notes = _derive(train, widen=widen, **kw)
+        trial, _notes = _derive(train, widen=widen, range_episodes=train_pool, **kw)
         held_rates = detector_rates(held, trial, **kw)
         if held_rates is None or held_rates["any"]["rate"] < MAX_FALSE_ALARM:
             break
         widen *= 2.0
-    derived, notes = _derive(nominal, widen=widen, **kw)
+    pool = nominal + [e for eps in tolerated for e in eps]
+    derived, notes = _derive(nominal, widen=widen, range_episodes=pool, **kw)
     record["notes"] += notes
     record["widening"] = widen
     record["basis"] = derived.pop("basis")

@@ -106,6 +106,36 @@ def test_derived_ranges_and_rules_hold_nominal_and_catch_shifts() -> None:
     assert env.observations is not None and env.action_rules.frozen is not None
 
 
+def test_the_range_covers_the_tolerated_conditions_not_the_others() -> None:
+    """A tolerated condition that moves the robot a little further than nominal timing
+    does (here: observations offset by 0.3) is inside the range; a condition outside the
+    envelope (offset 2) still fires, and the action rules stay those of nominal episodes."""
+    nominal = [nominal_episode(i) for i in range(8)]
+    wider = condition("tolerated", [nominal_episode(i, shift=0.3) for i in range(8, 14)])
+    outside = condition("outside", [nominal_episode(i, shift=2.0) for i in range(14, 16)])
+    results = [condition("nominal", nominal), wider, outside]
+    alone, _ = derive(results)
+    derived, record = derive_detectors(
+        results,
+        window=WINDOW,
+        every=EVERY,
+        action_low=[-1, -1],
+        action_high=[1, 1],
+        in_envelope=[results[0], wider],
+    )
+    assert alone is not None and derived is not None
+    assert record["observation_range_from"] == ["nominal", "tolerated"]
+    per = record["per_condition"]
+    assert per["tolerated"]["obs_range"]["rate"] == 0.0
+    assert per["outside"]["obs_range"]["rate"] > 0.9
+    assert np.all(np.asarray(derived["observations"]["high"]) > alone["observations"]["high"])
+    rules, base = derived["action_rules"], alone["action_rules"]
+    assert (rules["saturation"], rules["chatter"]) == (base["saturation"], base["chatter"])
+    # the frozen rule's obs_delta is a share of the range's width, so it widens with it
+    assert rules["frozen"]["ticks"] == base["frozen"]["ticks"]
+    assert rules["frozen"]["epsilon"] == base["frozen"]["epsilon"]
+
+
 def test_a_policy_that_saturates_nominally_gets_no_saturation_rule() -> None:
     eps = []
     for i in range(4):
