@@ -25,7 +25,7 @@ __all__ = ["main", "register"]
 _HIDDEN_SIZE = ca.Integer(1, 1 << 16, "units")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, native: bool = False) -> None:
     parser.add_argument(
         "-o", "--output", type=ca.output_file, required=True, help="the .onnx to write"
     )
@@ -43,10 +43,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--exporter",
-        choices=["auto", "dynamo", "legacy"],
+        choices=["auto", "dynamo", "legacy", *(["native"] if native else [])],
         default="auto",
         help="torch exporter (default auto: dynamo if onnxscript is installed, else legacy); "
-        "both give one self-contained file",
+        "both give one self-contained file"
+        + (
+            "; native: no torch, the graph written directly, parity against a float64 numpy "
+            "forward pass (what audit/certify/replay use for a .zip)"
+            if native
+            else ""
+        ),
     )
 
 
@@ -84,7 +90,7 @@ def register(subparsers: Any) -> None:
         description="Export the deterministic policy of a Stable-Baselines3 model.",
     )
     sb3.add_argument("model", type=Path, help="the .zip written by model.save")
-    _common(sb3)
+    _common(sb3, native=True)
     sb3.add_argument("--vecnormalize", type=Path, default=None, help="VecNormalize .pkl to fold in")
     sb3.add_argument(
         "--activation", default=None, help="override the actor activation (default: from the zip)"
@@ -146,11 +152,17 @@ def _run_rsl_rl(args: argparse.Namespace) -> int:
 
 
 def _run_sb3(args: argparse.Namespace) -> int:
+    kwargs = _shared_kwargs(args)
+    if kwargs["exporter"] == "native":
+        from tailguard.adapters.sb3_native import export_sb3_native
+
+        del kwargs["exporter"]
+        return _report(
+            export_sb3_native(args.model, args.output, vecnormalize=args.vecnormalize, **kwargs)
+        )
     from tailguard.adapters.sb3 import export_sb3
 
-    return _report(
-        export_sb3(args.model, args.output, vecnormalize=args.vecnormalize, **_shared_kwargs(args))
-    )
+    return _report(export_sb3(args.model, args.output, vecnormalize=args.vecnormalize, **kwargs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -322,3 +322,27 @@ def test_resolving_and_auditing_a_zip_never_imports_torch(tmp_path: Path) -> Non
     assert source["exporter"] == "native" and "exporter_fallback" not in source
     assert source["parity"] == {**source["parity"], "passed": True, "reference": "numpy-float64"}
     assert (tmp_path / "audit" / "summary.json").is_file()
+
+
+def test_export_command_takes_the_native_exporter(tmp_path: Path) -> None:
+    """`tailguard export sb3 --exporter native` writes the torch-free graph (a real
+    subprocess) with the numpy parity, and it equals the torch-exported one."""
+    model = _model("PPO", None)
+    model.save(tmp_path / "model.zip")
+    out = tmp_path / "native.onnx"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "tailguard.adapters.cli", "export", "sb3"),
+            *(str(tmp_path / "model.zip"), "-o", str(out), "--exporter", "native"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "exported sb3 ppo" in proc.stdout and "parity ok" in proc.stdout
+    via_torch = export_sb3(tmp_path / "model.zip", tmp_path / "t.onnx", exporter="legacy")
+    obs = _observations(50)
+    np.testing.assert_allclose(
+        _onnx_actions(out, obs), _onnx_actions(via_torch.path, obs), atol=1e-5, rtol=0
+    )
