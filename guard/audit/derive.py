@@ -17,6 +17,9 @@ nearest-rank percentile (``tailguard.stats.percentile``):
   fills a window. ``max_ns``: the largest single tick. (A quantity whose dimension was not
   swept is left unchecked and the note says so.)
 - ``obs_age_max_ns``: the largest observation age seen in the tolerated set.
+- each of these timing values raised by ``SAMPLING_HEADROOM`` (5 %): fresh episodes of the
+  audited boundary level exceed the audit's own maxima by a little, often (see the
+  constant); the measured values are kept in the derivation record (``measured``).
 - ``max_consecutive_overruns``: the longest run of overrun ticks (latency above the period)
   in the tolerated set: that many are allowed, one more trips the guard (at least 1, the
   smallest value an envelope holds, even when no overrun was tolerated).
@@ -40,6 +43,7 @@ README's measurements), where the fallback acts on the current observation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -50,9 +54,21 @@ from tailguard.audit.results import ConditionResult
 from tailguard.audit.sweep import DIMENSIONS
 from tailguard.stats.percentile import nearest_rank, percentiles
 
-__all__ = ["ACTION_MARGIN", "derive_envelope", "tolerated_boundaries", "window_ticks_for"]
+__all__ = [
+    "ACTION_MARGIN",
+    "SAMPLING_HEADROOM",
+    "derive_envelope",
+    "tolerated_boundaries",
+    "window_ticks_for",
+]
 
 ACTION_MARGIN = 1.5
+#: Timing thresholds sit this fraction above the largest value the tolerated episodes showed.
+#: A maximum over the audit's n episodes is exceeded by the maximum over m fresh episodes of
+#: the same condition with probability m / (n + m) (exchangeability, any distribution): with
+#: the thresholds exactly at the audit's maxima, certify's own run of the audited boundary
+#: level would trip the guard one time in three per threshold.
+SAMPLING_HEADROOM = 0.05
 _KEYS = ("p50_ns", "p95_ns", "p99_ns")
 _PS = (50.0, 95.0, 99.0)
 
@@ -179,8 +195,21 @@ def _thresholds(series: list[np.ndarray], window: int) -> tuple[dict[str, int], 
     for k in (*_KEYS, "max_ns"):
         chosen[k] = max(last, int(chosen[k]))
         last = chosen[k]
+    measured = dict(chosen)
+    for k in (*_KEYS, "max_ns"):
+        chosen[k] = _with_headroom(chosen[k])
     basis = "max over full guard windows" if win is not None else "pooled (no full window)"
-    return chosen, {"pooled": pooled_q, "basis": basis}
+    return chosen, {
+        "pooled": pooled_q,
+        "basis": basis,
+        "measured": measured,
+        "headroom": SAMPLING_HEADROOM,
+    }
+
+
+def _with_headroom(value: int) -> int:
+    """``value`` raised by :data:`SAMPLING_HEADROOM` (rounded up, ns)."""
+    return math.ceil(value * (1.0 + SAMPLING_HEADROOM))
 
 
 def derive_envelope(
@@ -258,8 +287,10 @@ def derive_envelope(
     obs_age_max = None
     if "obs_age" in swept:
         ages = series("obs_age_ns")
-        obs_age_max = max(1, max((int(a.max()) for a in ages if a.size), default=0))
+        seen_age = max(1, max((int(a.max()) for a in ages if a.size), default=0))
+        obs_age_max = _with_headroom(seen_age)
         record["obs_age_max_ns"] = obs_age_max
+        record["obs_age_measured_ns"] = seen_age
     else:
         notes.append("obs_age not swept: observation-age check left disabled")
     streak = max((e.max_overrun_streak for r in keep for e in r.episodes), default=0)

@@ -4,6 +4,7 @@ executors, envelope derivation, faults, outputs and their schema."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from audit_plants import GAIN_KH, PERIOD_NS, write_nan_onnx
 
 from tailguard.audit.audit import run_audit
 from tailguard.audit.conditions import NOMINAL, Condition
+from tailguard.audit.derive import SAMPLING_HEADROOM
 from tailguard.audit.executor import LocalExecutor, ProcessExecutor, parse_workers
 from tailguard.audit.outputs import dump_json, write_audit
 from tailguard.audit.ratings import Rating
@@ -45,15 +47,19 @@ def _without_run(doc: dict[str, Any]) -> dict[str, Any]:
 def test_derived_latency_threshold_lands_below_the_known_margin(plant_audit: Any) -> None:
     """The integrator tolerates a constant latency below h / 1.5 = 13.3 ms: the ladder's
     0.625 h (12.5 ms) is the last tolerated level, 0.75 h fails, and the envelope's latency
-    thresholds are exactly the tolerated samples' 12.5 ms (nearest rank, guard windows)."""
+    thresholds are the tolerated samples' 12.5 ms (nearest rank, guard windows) plus the
+    sampling headroom, still below the plant's margin."""
     rated = {c.condition.name: c.rating for c in plant_audit.conditions[1:]}
     for v in LEVELS:
         rating = rated[f"latency_fixed/{v:g}"]
         assert rating.tolerated == (v * PERIOD_NS < MARGIN_NS), v
     assert rated["latency_fixed/0.75"].rating is Rating.FAIL
     lat = plant_audit.envelope.timing.latency
-    assert lat.p50_ns == lat.p95_ns == lat.p99_ns == lat.max_ns == 12_500_000
+    with_headroom = math.ceil(12_500_000 * (1 + SAMPLING_HEADROOM))
+    assert lat.p50_ns == lat.p95_ns == lat.p99_ns == lat.max_ns == with_headroom
     assert lat.max_ns < MARGIN_NS < 0.75 * PERIOD_NS
+    measured = plant_audit.derivation["latency"]["measured"]
+    assert set(measured.values()) == {12_500_000}
     dims = plant_audit.derivation["dimensions"]["latency_fixed"]
     assert dims["tolerated_level"] == "latency_fixed/0.625" and dims["non_monotone"] == []
     prov = plant_audit.envelope.provenance
@@ -122,7 +128,9 @@ def test_outputs_validate_and_envelope_check_accepts(plant_audit: Any, tmp_path:
     assert doc["task"]["resolution"] == "substep"
     assert list(doc)[-1] == "run"
     assert cli_main(["envelope", "check", str(files["envelope"])]) == 0
-    assert load_envelope(files["envelope"]).timing.latency.max_ns == 12_500_000
+    assert load_envelope(files["envelope"]).timing.latency.max_ns == math.ceil(
+        12_500_000 * (1 + SAMPLING_HEADROOM)
+    )
     md = files["markdown"].read_text()
     assert "latency_fixed/0.75" in md and "FAIL" in md
 
@@ -144,7 +152,9 @@ def test_nonmonotone_ladder_resolved_conservatively(plant_policy: Path) -> None:
     info = r.derivation["dimensions"]["latency_fixed"]
     assert info["tolerated_level"] == "latency_fixed/0.25"
     assert info["non_monotone"] == ["latency_fixed/0.5"]
-    assert r.envelope.timing.latency.max_ns == round(0.25 * PERIOD_NS)
+    assert r.envelope.timing.latency.max_ns == math.ceil(
+        round(0.25 * PERIOD_NS) * (1 + SAMPLING_HEADROOM)
+    )
     assert any("non-monotone" in n for n in r.derivation["notes"])
 
 
