@@ -439,18 +439,8 @@ def load_sb3(
 ) -> Sb3Policy:
     """Read an SB3 model zip (and optional VecNormalize file) into a deterministic module.
 
-    The parse is :func:`parse_sb3` with torch's reader; this builds the torch modules from it.
-
-    Args:
-        path: the ``.zip`` written by ``model.save``.
-        activation: override the actor activation (default: from ``policy_kwargs``, else
-            SB3's default: tanh for PPO/A2C, relu for SAC/TD3).
-        vecnormalize: a ``VecNormalize.save`` file whose observation statistics are folded in.
-        hidden_sizes: if given, the actor hidden sizes the model must have.
-
-    Raises:
-        CheckpointError: unreadable file, unsupported algorithm, space or architecture, or a
-            ``hidden_sizes`` mismatch.
+    The parse is :func:`parse_sb3` with torch's reader (the arguments and errors are its
+    own); this builds the torch modules from it.
     """
     spec = parse_sb3(
         path,
