@@ -38,8 +38,11 @@ def _common(parser: argparse.ArgumentParser, native: bool = False) -> None:
     parser.add_argument(
         "--tolerance",
         type=ca.Number("", minimum=0.0, maximum=1.0, min_open=True),
-        default=1e-5,
-        help="max |torch - onnxruntime| accepted by the parity check, (0, 1] (default 1e-5)",
+        default=None,
+        help=(
+            "largest |torch - onnxruntime| / max(1, |torch|) accepted by the parity check "
+            "(absolute up to magnitude 1, relative above), (0, 1] (default 1e-5)"
+        ),
     )
     parser.add_argument(
         "--exporter",
@@ -136,13 +139,15 @@ def _report(result: Any) -> int:
 
 def _shared_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments every exporter takes, from the shared flags."""
-    return {
+    kwargs = {
         "activation": args.activation,
         "hidden_sizes": args.hidden_sizes,
         "observations": _load_observations(args.observations),
-        "tolerance": args.tolerance,
         "exporter": args.exporter,
     }
+    if args.tolerance is not None:  # else each exporter's DEFAULT_TOLERANCE
+        kwargs["tolerance"] = args.tolerance
+    return kwargs
 
 
 def _run_rsl_rl(args: argparse.Namespace) -> int:

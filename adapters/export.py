@@ -8,7 +8,9 @@ that no tensor refers to external data.
 
 After export, a parity check runs the torch module and the ONNX model (through onnxruntime) on
 random observations and on recorded ones when given (recurrent policies: sequences of at least
-10 steps with the state carried) and fails above ``tolerance`` max absolute difference. Its
+10 steps with the state carried) and fails when some element differs by more than
+``tolerance`` times ``max(1, |reference|)``: an absolute bound for outputs of magnitude up to 1
+and a relative one above, since float32 rounding grows with the magnitude of the output. Its
 result is stored in the metadata (``tailguard.parity_*``). The file is written atomically and
 only when parity passes.
 """
@@ -42,12 +44,20 @@ __all__ = [
     "export_module",
     "exporter_candidates",
     "parity_batches",
+    "parity_difference",
     "resolve_exporter",
     "write_atomic",
 ]
 
 DEFAULT_TOLERANCE = 1e-5
-"""Largest accepted max absolute difference between torch and onnxruntime actions."""
+"""Largest accepted difference between reference and onnxruntime outputs, scaled per element.
+
+An element's difference is divided by ``max(1, |reference|)``: absolute for outputs of magnitude
+up to 1, relative above. float32 keeps about 7 significant digits, so a correct export of a
+policy whose outputs reach 30 (an unsquashed linear controller with large gains) already differs
+by ~1e-5 in absolute terms; a wrong export (a missing normalizer, a transposed weight) differs by
+orders of magnitude more on either scale.
+"""
 
 MAX_IR_VERSION = 10
 """IR version written (older onnxruntime builds reject newer IR versions)."""
@@ -96,17 +106,20 @@ class ParityReport:
 
     Attributes:
         max_abs_diff: largest absolute difference over every action (and state) element.
-        tolerance: the threshold it was compared against.
+        max_scaled_diff: largest difference divided by ``max(1, |reference element|)``, the
+            figure parity is judged on (see :data:`DEFAULT_TOLERANCE`).
+        tolerance: the threshold ``max_scaled_diff`` was compared against.
         num_observations: observations evaluated (sum over batches and steps).
         sequence_steps: steps per sequence for recurrent policies (0 if feed-forward).
         recorded_observations: how many of them came from a recording.
-        passed: ``max_abs_diff <= tolerance``.
+        passed: ``max_scaled_diff <= tolerance``.
         reference: what the ONNX model was compared against: ``"torch"`` (the source
             module) or ``"numpy-float64"`` (an independent float64 forward pass of the same
             weights, for models exported without torch).
     """
 
     max_abs_diff: float
+    max_scaled_diff: float
     tolerance: float
     num_observations: int
     sequence_steps: int
@@ -119,15 +132,28 @@ class ParityReport:
         verdict = "ok" if self.passed else "FAILED"
         seq = f", sequences of {self.sequence_steps} steps" if self.sequence_steps else ""
         return (
-            f"parity {verdict}: max |{self.reference} - onnxruntime| = {self.max_abs_diff:.3g} "
+            f"parity {verdict}: max |{self.reference} - onnxruntime| = {self.max_abs_diff:.3g}, "
+            f"scaled by max(1, |{self.reference}|) {self.max_scaled_diff:.3g} "
             f"(tolerance {self.tolerance:g}) over {self.num_observations} observations "
             f"({self.recorded_observations} recorded{seq})"
         )
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record provenance files keep (a resolved checkpoint, a hardened export)."""
+        return {
+            "passed": self.passed,
+            "max_abs_diff": self.max_abs_diff,
+            "max_scaled_diff": self.max_scaled_diff,
+            "tolerance": self.tolerance,
+            "observations": self.num_observations,
+            "reference": self.reference,
+        }
 
     def metadata(self) -> dict[str, str]:
         """The ``tailguard.parity_*`` metadata entries."""
         return {
             f"{METADATA_PREFIX}parity_max_abs_diff": repr(self.max_abs_diff),
+            f"{METADATA_PREFIX}parity_max_scaled_diff": repr(self.max_scaled_diff),
             f"{METADATA_PREFIX}parity_tolerance": repr(self.tolerance),
             f"{METADATA_PREFIX}parity_observations": str(self.num_observations),
             f"{METADATA_PREFIX}parity_passed": "true" if self.passed else "false",
@@ -331,6 +357,22 @@ def _validated_observations(observations: Any, obs_dim: int) -> np.ndarray | Non
     return recorded
 
 
+def parity_difference(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """Largest absolute and largest scaled difference between two outputs of one shape.
+
+    The scaled difference divides each element's by ``max(1, |reference|)`` (see
+    :data:`DEFAULT_TOLERANCE`). A non-finite element anywhere makes both ``inf``.
+    """
+    ref = np.asarray(reference, np.float64)
+    diff = np.abs(np.asarray(got, np.float64) - ref)
+    if diff.size == 0:
+        return 0.0, 0.0
+    if not np.all(np.isfinite(diff)):
+        return float("inf"), float("inf")
+    scaled = diff / np.maximum(1.0, np.abs(ref))
+    return float(np.max(diff)), float(np.max(scaled))
+
+
 def parity_batches(
     obs_dim: int,
     *,
@@ -379,7 +421,7 @@ def check_parity(
         obs_dim: observation size.
         recurrent: the recurrent state, or ``None``.
         observations: recorded observations ``[n, obs_dim]`` (any float dtype) or ``None``.
-        tolerance: max absolute difference accepted.
+        tolerance: largest scaled difference accepted (see :data:`DEFAULT_TOLERANCE`).
         seed: seed of the random observations.
         obs_center: mean of the random observations (e.g. the normalizer mean) or ``None``.
         obs_scale: scale of the random observations (e.g. the normalizer std) or ``None``.
@@ -394,10 +436,11 @@ def check_parity(
     rng = np.random.default_rng(seed)
     recorded = _validated_observations(observations, obs_dim)
     max_diff = 0.0
+    max_scaled = 0.0
     count = 0
 
     def run_step(obs: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
-        nonlocal max_diff
+        nonlocal max_diff, max_scaled
         with torch.no_grad():
             args = [torch.from_numpy(obs)] + [torch.from_numpy(s) for s in states]
             out = module(*args)
@@ -411,8 +454,8 @@ def check_parity(
         for a, b in zip(torch_np, onnx_out, strict=True):
             if a.shape != b.shape:
                 raise ExportError(f"output shapes differ: torch {a.shape}, onnx {b.shape}")
-            diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-            max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
+            diff, scaled = parity_difference(a, b)
+            max_diff, max_scaled = max(max_diff, diff), max(max_scaled, scaled)
         # carry the torch state so errors cannot hide by compounding differently
         return torch_np[1:]
 
@@ -443,9 +486,10 @@ def check_parity(
                 states = run_step(np.ascontiguousarray(seq[t]), states)
                 count += batch
     recorded_count = 0 if recorded is None else int(recorded.shape[0])
-    passed = bool(np.isfinite(max_diff) and max_diff <= tolerance)
+    passed = bool(np.isfinite(max_scaled) and max_scaled <= tolerance)
     return ParityReport(
         max_abs_diff=max_diff,
+        max_scaled_diff=max_scaled,
         tolerance=float(tolerance),
         num_observations=count,
         sequence_steps=steps,
@@ -481,7 +525,7 @@ def export_module(
         recurrent: the recurrent state description, or ``None`` for feed-forward.
         metadata: extra metadata properties (keys should start with ``tailguard.``).
         observations: recorded observations ``[n, obs_dim]`` for the parity check.
-        tolerance: max absolute difference accepted by the parity check.
+        tolerance: largest scaled difference accepted by the parity check.
         seed: seed of the random parity observations.
         obs_center: mean of the random parity observations (e.g. normalizer mean).
         obs_scale: scale of the random parity observations (e.g. normalizer std).

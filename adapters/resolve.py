@@ -113,13 +113,7 @@ def resolve_policy(
         "sha256": _sha256(src),
         "vecnormalize": None if vecnormalize is None else str(vecnormalize),
         "exported_onnx": str(result.path),
-        "parity": {
-            "passed": parity.passed,
-            "max_abs_diff": parity.max_abs_diff,
-            "tolerance": parity.tolerance,
-            "observations": parity.num_observations,
-            "reference": parity.reference,
-        },
+        "parity": parity.record(),
     }
     if fmt == "sb3":
         source["exporter"] = exporter

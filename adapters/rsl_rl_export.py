@@ -38,7 +38,7 @@ def export_rsl_rl(
         activation: MLP activation (not stored in checkpoints; rsl-rl's default is ELU).
         hidden_sizes: hidden sizes the checkpoint must have (checked, not needed).
         observations: recorded observations ``[n, obs_dim]`` for the parity check.
-        tolerance: parity tolerance (max absolute difference).
+        tolerance: parity tolerance (largest scaled difference, see ``DEFAULT_TOLERANCE``).
         exporter: ``"auto"``, ``"dynamo"`` or ``"legacy"`` (see ``export_module``).
 
     Returns:

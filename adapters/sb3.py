@@ -690,7 +690,7 @@ def export_sb3(
         activation: override the actor activation.
         hidden_sizes: expected actor hidden sizes (checked if given).
         observations: recorded (raw, unnormalized) observations for the parity check.
-        tolerance: parity tolerance (max absolute difference).
+        tolerance: parity tolerance (largest scaled difference, see ``DEFAULT_TOLERANCE``).
         exporter: ``"auto"``, ``"dynamo"`` or ``"legacy"`` (see ``export_module``).
 
     Raises:

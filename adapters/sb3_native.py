@@ -43,6 +43,7 @@ from tailguard.adapters.export import (
     ParityReport,
     _ort_session,
     parity_batches,
+    parity_difference,
     write_atomic,
 )
 from tailguard.adapters.sb3 import (
@@ -531,21 +532,23 @@ def _parity(
         obs_scale=None if norm is None else np.sqrt(norm.var + norm.epsilon),
     )
     max_diff = 0.0
+    max_scaled = 0.0
     for batch in batches:
         got = session.run(None, {"obs": batch})[0]
         want = reference_actions(spec, batch)
         if got.shape != want.shape:
             raise ExportError(f"output shapes differ: reference {want.shape}, onnx {got.shape}")
-        diff = float(np.max(np.abs(got.astype(np.float64) - want)))
-        max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
+        diff, scaled = parity_difference(want, got)
+        max_diff, max_scaled = max(max_diff, diff), max(max_scaled, scaled)
     recorded = 0 if observations is None else int(np.asarray(observations).shape[0])
     return ParityReport(
         max_abs_diff=max_diff,
+        max_scaled_diff=max_scaled,
         tolerance=float(tolerance),
         num_observations=sum(int(b.shape[0]) for b in batches),
         sequence_steps=0,
         recorded_observations=recorded,
-        passed=bool(np.isfinite(max_diff) and max_diff <= tolerance),
+        passed=bool(np.isfinite(max_scaled) and max_scaled <= tolerance),
         reference=REFERENCE,
     )
 

@@ -761,12 +761,7 @@ def _harden(
     record["export"] = {
         "onnx": onnx_path.name,
         "onnx_sha256": _sha256(onnx_path),
-        "parity": {
-            "passed": exported.parity.passed,
-            "max_abs_diff": exported.parity.max_abs_diff,
-            "tolerance": exported.parity.tolerance,
-            "observations": exported.parity.num_observations,
-        },
+        "parity": exported.parity.record(),
     }
     files["training"] = folder / "training.json"
     files["training"].write_text(dump_json(record), encoding="utf-8")

@@ -178,7 +178,7 @@ def _summary(result: Any) -> str:
         par = result.training["export"]["parity"]
         lines.append(
             f"exported {result.hardened_onnx} (parity max |diff| {par['max_abs_diff']:.3g}, "
-            f"tolerance {par['tolerance']:g})"
+            f"scaled {par['max_scaled_diff']:.3g}, tolerance {par['tolerance']:g})"
         )
     if result.diff is not None:
         from tailguard.audit.diff import diff_markdown

@@ -15,7 +15,11 @@ ort = pytest.importorskip("onnxruntime")
 from ckpt_factory import ACTION_DIM, OBS_DIM, RNN_HIDDEN, Case, build, reference_rollout  # noqa: E402
 from onnx.external_data_helper import uses_external_data  # noqa: E402
 
-from tailguard.adapters.export import RecurrentSpec, export_module  # noqa: E402
+from tailguard.adapters.export import (  # noqa: E402
+    RecurrentSpec,
+    export_module,
+    parity_difference,
+)
 from tailguard.adapters.rsl_rl_export import export_rsl_rl  # noqa: E402
 from tailguard.errors import ExportError, ParityError  # noqa: E402
 
@@ -128,6 +132,50 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ParityError, match=r"parity FAILED.*1e-05"):
         export_module(_DiffersWhenExported(), OBS_DIM, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_difference_is_absolute_below_one_and_relative_above() -> None:
+    """|diff| / max(1, |reference|): float32 rounding of a large output is not an error."""
+    small = np.array([0.5, -0.25])
+    assert parity_difference(small, small + 2e-6) == pytest.approx((2e-6, 2e-6))
+    large = np.array([30.0, -0.1])
+    got = np.array([30.0 + 3e-5, -0.1])
+    assert parity_difference(large, got) == pytest.approx((3e-5, 1e-6))
+    assert parity_difference(large, np.array([np.nan, -0.1])) == (float("inf"), float("inf"))
+    assert parity_difference(np.zeros((0, 2)), np.zeros((0, 2))) == (0.0, 0.0)
+
+
+class _LargeGains(torch.nn.Module):
+    """An unsquashed linear controller with gains up to 30 (outputs in the hundreds)."""
+
+    def __init__(self, wrong_by: float = 0.0) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(OBS_DIM, ACTION_DIM)
+        self.wrong_by = wrong_by
+        with torch.no_grad():
+            gains = torch.linspace(-30.0, 30.0, OBS_DIM * ACTION_DIM).reshape(ACTION_DIM, OBS_DIM)
+            self.linear.weight.copy_(gains)
+
+    def forward(self, obs: Any) -> Any:
+        out = self.linear(obs * 4.0)
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return out
+        return out * (1.0 + self.wrong_by)
+
+
+def test_large_outputs_pass_on_the_scaled_figure_and_real_errors_still_fail(
+    tmp_path: Path,
+) -> None:
+    """A correct export of large outputs passes; a 0.1 % relative error on them does not."""
+    result = export_module(_LargeGains(), OBS_DIM, tmp_path / "ok.onnx")
+    assert result.parity.passed
+    assert result.parity.max_scaled_diff <= min(1e-5, result.parity.max_abs_diff)
+    assert result.metadata["tailguard.parity_max_scaled_diff"] == repr(
+        result.parity.max_scaled_diff
+    )
+    with pytest.raises(ParityError, match=r"parity FAILED.*scaled"):
+        export_module(_LargeGains(wrong_by=1e-3), OBS_DIM, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_generic_module_export_with_lstm_state(tmp_path: Path) -> None:
