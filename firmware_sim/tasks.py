@@ -26,7 +26,7 @@ Humanoid-v5, HumanoidStandup-v5, and the v4 variants that compute the same rewar
 (HalfCheetah-v4, Swimmer-v4). Hopper-v4 and Walker2d-v4 pay the healthy reward on the
 falling step too, and the other v4 envs compute their reward differently: they are refused
 (the audit then runs them at whole-step resolution, which gives the env's own reward), as
-are other envs; the ``TailguardError`` names the supported ones.
+are other envs; the ``UnsupportedEnvError`` names the supported ones.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tailguard.errors import MissingExtraError, TailguardError
+from tailguard.errors import MissingExtraError, UnsupportedEnvError
 
 __all__ = ["SUPPORTED_ENVS", "MujocoTask", "Task", "import_mujoco"]
 
@@ -221,7 +221,7 @@ class MujocoTask:
             terms is None and (x_source is None or not hasattr(u, "_forward_reward_weight"))
         ):
             # (Ant-v4 has no forward weight: another reward)
-            raise TailguardError(
+            raise UnsupportedEnvError(
                 f"environment {env.spec.id if env.spec else name} is not supported by the "
                 f"substep simulator; supported: {list(SUPPORTED_ENVS)}"
             )

@@ -41,6 +41,7 @@ from tailguard.firmware_sim.profiles import Profile
 __all__ = [
     "ActionLatencyWrapper",
     "ControlPeriodJitterWrapper",
+    "ExactLatencyWrapper",
     "ProfileLike",
     "SubstepLatencyWrapper",
     "steps_late",
@@ -357,6 +358,10 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset the inner env, draw the episode's profile, clear the delay line."""
+        self._new_episode(seed)
+        return self.env.reset(seed=seed, options=options)
+
+    def _new_episode(self, seed: int | None) -> None:
         if seed is not None:
             self._rng = np.random.default_rng(seed + self._offset)
         pick = int(self._rng.choice(len(self._specs), p=self._weights))
@@ -368,7 +373,6 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._applied = np.zeros_like(self._applied)
         self._applied_issue = -1
         self._t = 0
-        return self.env.reset(seed=seed, options=options)
 
     def _command_at(self, time_ns: int) -> np.ndarray:
         for release, issued, command in self._pending:
@@ -407,3 +411,61 @@ class SubstepLatencyWrapper(gym.Wrapper[Any, Any, Any, Any]):
         self._t += 1
         info = {**info, "action_latency_ns": latency}
         return obs, reward, bool(terminated), self._t >= self._limit, info
+
+
+class ExactLatencyWrapper(SubstepLatencyWrapper):
+    """Release each command at its exact release time, as the simulated-time loop does.
+
+    The same delay line, profiles, seeding and episode limit as :class:`SubstepLatencyWrapper`,
+    but a command released inside a physics substep takes effect at that instant: the
+    period is integrated in spans between release instants by the substep simulator
+    (:class:`~tailguard.firmware_sim.tasks.MujocoTask`, shortened integration steps at a
+    span's ends), whose rewards are the env's own terms for the time each command was held.
+    Termination is the env's rule on the state at the end of the step (the env's step grid).
+    So a policy trained through it sees the timing that ``tailguard replay`` and the audit
+    judge it under (checked against ``tailguard replay``). Zero latency gives the unwrapped
+    env's trajectory, and its rewards to float rounding (the segment terms are summed in
+    another order). ``reset`` returns an empty ``info``.
+
+    Raises:
+        UnsupportedEnvError: an env the substep simulator does not support.
+        ProfileError: a bad spec or bad weights.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], *args: Any, **kwargs: Any) -> None:
+        """The arguments of :class:`SubstepLatencyWrapper`."""
+        from tailguard.firmware_sim.tasks import MujocoTask
+
+        task = MujocoTask(env)  # an unsupported env is refused before the specs are read
+        super().__init__(env, *args, **kwargs)
+        self._task = task
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the env through the substep simulator, draw the episode's profile."""
+        self._new_episode(seed)
+        return self._task.reset(seed), {}  # type: ignore[arg-type]
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One control period with each command applied from its release instant."""
+        if self._profile is None:
+            raise ProfileError("ExactLatencyWrapper.step called before reset")
+        task = self._task
+        start = self._t * self.period_ns
+        stop = start + self.period_ns
+        latency = int(self._profile.next_ns())
+        self.last_latency_ns = latency
+        self._pending.append((start + latency, self._t, np.array(action, dtype=np.float64)))
+        command = self._command_at(start)
+        releases = sorted({r for r, i, _ in self._pending if start < r < stop})
+        reward, now = 0.0, start
+        for release in releases:
+            newer = self._command_at(release)
+            if newer is not command:
+                reward += task.run_ns(command, now, release)
+                command, now = newer, release
+        reward += task.run_ns(command, now, stop)
+        self._t += 1
+        info = {"action_latency_ns": latency}
+        return task.observe(), reward, task.terminated(), self._t >= self._limit, info

@@ -26,6 +26,7 @@ __all__ = [
     "ParityError",
     "ProfileError",
     "MonitorConfigError",
+    "UnsupportedEnvError",
 ]
 
 
@@ -148,3 +149,8 @@ class ProfileError(TailguardError):
 
 class MonitorConfigError(TailguardError):
     """The telemetry/monitor command channel is misconfigured (keys, endpoints, options)."""
+
+
+class UnsupportedEnvError(TailguardError):
+    """An environment the substep simulator cannot step (its reward or rules differ); the
+    audit runs such an env at whole-step resolution instead."""

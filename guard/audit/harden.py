@@ -19,10 +19,11 @@ export it with the parity check, re-audit it, compare, and certify the pair.
    optimizer starts fresh (its state is not read). An RSL-RL ``.pt`` is rebuilt as rsl-rl-lib
    5.x actor and critic holding the checkpoint's weights, normalizers and (5.x) optimizer
    state and trained with its ``OnPolicyRunner`` (:mod:`tailguard.audit.harden_rsl_rl`),
-   on the same timing wrappers. Training latency: MuJoCo envs through
-   :class:`~tailguard.firmware_sim.wrappers.SubstepLatencyWrapper` (the audit's substep
-   resolution), other envs through ``ActionLatencyWrapper(round_up=True)`` (the audit's
-   whole-step resolution).
+   on the same timing wrappers. Training latency at the resolution the audit judges: the
+   MuJoCo envs the substep simulator supports through
+   :class:`~tailguard.firmware_sim.wrappers.ExactLatencyWrapper` (each command from its
+   exact release instant), other envs through ``ActionLatencyWrapper(round_up=True)`` (the
+   audit's whole-step resolution).
 4. The result is exported to ONNX with the parity check, 5. re-audited on the same episodes
    and conditions, compared (``report diff``), and 6. the pair (original in charge, hardened
    as the guard's fallback) is certified against the original's audited envelope, whose
@@ -50,7 +51,7 @@ import numpy as np
 from tailguard.audit.audit import DEFAULT_EPISODES, AuditResult, run_audit
 from tailguard.audit.conditions import Condition
 from tailguard.audit.ratings import required_threshold
-from tailguard.errors import ConfigError, MissingExtraError
+from tailguard.errors import ConfigError, MissingExtraError, UnsupportedEnvError
 
 __all__ = [
     "DEFAULT_NOMINAL_SHARE",
@@ -355,18 +356,19 @@ def _read_vecnormalize_state(path: Path) -> dict[str, Any]:
 
 
 def _make_env(env_id: str, mix: TrainingMix, period_ns: int, seed: int) -> Any:
+    """The training env at the audit's resolution of ``env_id``: exact release times where
+    the substep simulator supports the env, whole steps (rounded up) elsewhere."""
     import gymnasium as gym
 
-    from tailguard.firmware_sim.wrappers import ActionLatencyWrapper, SubstepLatencyWrapper
+    from tailguard.firmware_sim.wrappers import ActionLatencyWrapper, ExactLatencyWrapper
 
     inner = gym.make(env_id)
     specs = [spec for _, spec, _, _ in mix.profiles]
     weights = [w for w, _, _, _ in mix.profiles]
-    base = inner.unwrapped
-    if hasattr(base, "frame_skip") and hasattr(base, "model"):
-        return SubstepLatencyWrapper(
-            inner, specs, weights=weights, seed=seed, reset_seed_offset=7919
-        )
+    try:
+        return ExactLatencyWrapper(inner, specs, weights=weights, seed=seed, reset_seed_offset=7919)
+    except UnsupportedEnvError:
+        pass
     return ActionLatencyWrapper(
         inner, specs, period_ns=period_ns, seed=seed, weights=weights, round_up=True
     )

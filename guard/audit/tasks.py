@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from tailguard.errors import ConfigError, TailguardError
+from tailguard.errors import ConfigError, TailguardError, UnsupportedEnvError
 
 __all__ = ["GymStepTask", "make_audit_task", "task_resolution"]
-
-_NOT_SUBSTEP = "not supported by the substep simulator"
 
 
 def make_audit_task(env_id: str) -> Any:
@@ -44,13 +42,14 @@ def make_audit_task(env_id: str) -> Any:
 
     try:
         return make_task(env_id)
+    except UnsupportedEnvError:
+        pass
     except TailguardError as exc:
-        if _NOT_SUBSTEP not in str(exc):
-            raise TailguardError(
-                f"{exc}. Valid ids are gymnasium's registered envs (list them with: python -c "
-                '"import gymnasium; print(sorted(gymnasium.registry))") or mjcf:NAME_OR_PATH; '
-                "MuJoCo tasks need: pip install 'tailguard[sim]'"
-            ) from None
+        raise TailguardError(
+            f"{exc}. Valid ids are gymnasium's registered envs (list them with: python -c "
+            '"import gymnasium; print(sorted(gymnasium.registry))") or mjcf:NAME_OR_PATH; '
+            "MuJoCo tasks need: pip install 'tailguard[sim]'"
+        ) from None
     import gymnasium as gym
 
     return GymStepTask(gym.make(env_id))

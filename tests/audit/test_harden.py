@@ -264,3 +264,30 @@ def test_rebuilt_model_acts_like_the_file_before_training(algo: str, tmp_path: P
     )
     assert not np.allclose(fresh.predict(obs, deterministic=True)[0], ours, atol=1e-3)
     venv.close()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "wrapper"),
+    [
+        ("Hopper-v5", "ExactLatencyWrapper"),  # the audit simulates exact release times
+        ("Hopper-v4", "ActionLatencyWrapper"),  # refused by the substep simulator: whole steps
+        ("Pendulum-v1", "ActionLatencyWrapper"),
+    ],
+)
+def test_training_env_matches_the_audits_resolution(env_id: str, wrapper: str) -> None:
+    from tailguard.audit.harden import _make_env
+    from tailguard.audit.tasks import make_audit_task, task_resolution
+
+    mix = TrainingMix(
+        profiles=((0.5, "nominal", "nominal", "test"), (0.5, "fixed:ms=3", "x", "test")),
+        skipped=(),
+        nominal_share=0.5,
+        failing=("x",),
+    )
+    env = _make_env(env_id, mix, 8_000_000, 0)
+    assert type(env).__name__ == wrapper
+    resolution = task_resolution(make_audit_task(env_id))
+    assert resolution == ("substep" if wrapper == "ExactLatencyWrapper" else "whole-step")
+    if wrapper == "ActionLatencyWrapper":
+        assert env._round_up  # a late command waits for the next step, as the audit has it
+    env.close()
