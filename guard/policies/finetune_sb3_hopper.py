@@ -10,9 +10,11 @@ long tail, a uniform latency of up to 1.5 periods, a fixed one-period delay) and
 control step's command is released after its sampled latency, held (zero-order hold) until
 then.
 
-Training steps gymnasium's Hopper at its physics substep (2 ms), so a latency is resolved to
-the next substep boundary here; the evaluation that counts is the simulated-time replay
-(``tailguard replay``), which applies each command at its exact release time.
+By default (``--release exact``) a late command takes effect at its exact release instant
+(``ExactLatencyWrapper``: the substep simulator integrates the period in spans between
+release instants), the timing the simulated-time replay and the audit judge the policy
+under. ``--release substep`` resolves it to the next 2 ms physics substep instead
+(``SubstepLatencyWrapper``), as the first robust policy was trained.
 
     nice -n 19 python -m tailguard.policies.finetune_sb3_hopper \\
         --nominal guard/policies/hopper_nominal --timesteps 800000 --seed 3 \\
@@ -34,31 +36,51 @@ import numpy as np
 
 from tailguard.policies.train_sb3_hopper import HERE, PPO_SETTINGS, artifact, evaluate_onnx
 
+#: The demo's long-tail profile: what the robust policy is judged under.
+LONG_TAIL = "lognormal:median_ms=2.5,sigma=0.9,cap_ms=40"
+#: A heavier tail: a median above half the 8 ms period.
+HEAVY_TAIL = "lognormal:median_ms=4.8,sigma=1.0,cap_ms=40"
 #: (weight, latency profile spec) drawn once per training episode.
 TRAINING_LATENCIES: tuple[tuple[float, str], ...] = (
     (0.20, "nominal"),
-    (0.35, "lognormal:median_ms=2.5,sigma=0.9,cap_ms=40"),
-    (0.15, "lognormal:median_ms=4.8,sigma=1.0,cap_ms=40"),
+    (0.35, LONG_TAIL),
+    (0.15, HEAVY_TAIL),
     (0.20, "uniform:lo_ms=0,hi_ms=12"),
     (0.10, "fixed:ms=8"),
 )
 #: The control run (``--timing nominal``): the same continuation without timing randomization.
 NOMINAL_ONLY: tuple[tuple[float, str], ...] = ((1.0, "nominal"),)
-#: The demo's long-tail profile: what the robust policy is judged under.
-LONG_TAIL = "lognormal:median_ms=2.5,sigma=0.9,cap_ms=40"
+#: ``--timing long-tail``: only the lognormal tails (and nominal timing), no fixed or uniform
+#: delays of a whole period: the conditions the demo judges, at a larger share.
+LONG_TAILS: tuple[tuple[float, str], ...] = (
+    (0.30, "nominal"),
+    (0.50, LONG_TAIL),
+    (0.20, HEAVY_TAIL),
+)
+#: ``--timing`` choice -> training mix
+MIXES = {"randomized": TRAINING_LATENCIES, "long-tail": LONG_TAILS, "nominal": NOMINAL_ONLY}
 FINETUNE_LEARNING_RATE = 1e-4
 
 
+#: How a late command is released in training: ``exact`` at its release instant
+#: (``ExactLatencyWrapper``, what the replay and the audit simulate), ``substep`` at the next
+#: physics substep boundary (``SubstepLatencyWrapper``, how the first robust policy trained).
+RELEASES = ("exact", "substep")
+
+
 def make_latency_env(
-    seed: int, latencies: tuple[tuple[float, str], ...] = TRAINING_LATENCIES
+    seed: int,
+    latencies: tuple[tuple[float, str], ...] = TRAINING_LATENCIES,
+    release: str = "exact",
 ) -> Any:
-    """Hopper-v5 whose commands arrive after a latency drawn from ``latencies`` (released at
-    the next physics substep boundary, ``SubstepLatencyWrapper``)."""
+    """Hopper-v5 whose commands arrive after a latency drawn from ``latencies``, released
+    as ``release`` says (:data:`RELEASES`)."""
     import gymnasium as gym
 
-    from tailguard.firmware_sim.wrappers import SubstepLatencyWrapper
+    from tailguard.firmware_sim.wrappers import ExactLatencyWrapper, SubstepLatencyWrapper
 
-    return SubstepLatencyWrapper(
+    wrapper = ExactLatencyWrapper if release == "exact" else SubstepLatencyWrapper
+    return wrapper(
         gym.make("Hopper-v5"),
         [s for _, s in latencies],
         weights=[w for w, _ in latencies],
@@ -105,10 +127,17 @@ def finetune(
     init: Path | None = None,
     latencies: tuple[tuple[float, str], ...] = TRAINING_LATENCIES,
     episodes: int = 20,
+    release: str = "exact",
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Fine-tune (from ``init``, default ``nominal``) under ``latencies``, export, evaluate
     against ``nominal`` on reset seeds ``0..episodes-1``; returns the record written to
-    ``PREFIX.training.json``."""
+    ``PREFIX.training.json``.
+
+    ``checkpoint_every`` > 0 also saves the model and its normalizer every that many steps
+    (``PREFIX.checkpoints/``, SB3's ``CheckpointCallback`` names, counted from the parent's
+    steps), for choosing a policy on more episodes than the 20 evaluated here.
+    """
     start_from = nominal if init is None else init
     import torch
     from stable_baselines3 import PPO
@@ -121,7 +150,7 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     venv = VecNormalize.load(
         str(artifact(start_from, ".vecnormalize.pkl")),
-        DummyVecEnv([lambda: Monitor(make_latency_env(seed, latencies))]),
+        DummyVecEnv([lambda: Monitor(make_latency_env(seed, latencies, release))]),
     )
     venv.training = True
     venv.seed(seed)
@@ -132,8 +161,23 @@ def finetune(
         custom_objects={"learning_rate": FINETUNE_LEARNING_RATE},
         seed=seed,
     )
+    callback = None
+    if checkpoint_every > 0:
+        from stable_baselines3.common.callbacks import CheckpointCallback
+
+        callback = CheckpointCallback(
+            checkpoint_every,
+            str(artifact(out, ".checkpoints")),
+            name_prefix=out.name,
+            save_vecnormalize=True,
+        )
     start = time.perf_counter()
-    model.learn(total_timesteps=timesteps, reset_num_timesteps=False, progress_bar=False)
+    model.learn(
+        total_timesteps=timesteps,
+        reset_num_timesteps=False,
+        progress_bar=False,
+        callback=callback,
+    )
     wall_s = time.perf_counter() - start
     model.save(artifact(out, ".zip"))
     venv.save(str(artifact(out, ".vecnormalize.pkl")))
@@ -153,8 +197,10 @@ def finetune(
         "compared_with": str(nominal.name),
         "ppo_settings": {**PPO_SETTINGS, "learning_rate": FINETUNE_LEARNING_RATE},
         "training_latencies": [list(x) for x in latencies],
+        "release": release,
         "seed": seed,
         "timesteps": timesteps,
+        "checkpoint_every": checkpoint_every,
         "wall_s": round(wall_s, 1),
         "torch_threads": 1,
         "parity_max_abs_diff": result.parity.max_abs_diff,
@@ -198,13 +244,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=3, help="fine-tuning seed (>= 0)")
     parser.add_argument(
         "--timing",
-        choices=("randomized", "nominal"),
+        choices=tuple(MIXES),
         default="randomized",
-        help="randomized: TRAINING_LATENCIES (the robust sibling); nominal: the same "
-        "continuation at nominal timing (the control: same parent, same budget)",
+        help="randomized: TRAINING_LATENCIES (the robust sibling); long-tail: LONG_TAILS; "
+        "nominal: the same continuation at nominal timing (the control: same parent, same "
+        "budget)",
+    )
+    parser.add_argument(
+        "--release",
+        choices=RELEASES,
+        default="exact",
+        help="exact: a late command takes effect at its release instant, as the replay and "
+        "the audit simulate; substep: at the next physics substep boundary",
     )
     parser.add_argument(
         "--episodes", type=int, default=20, help="evaluation episodes (reset seeds 0..n-1)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="also save the model every N steps to PREFIX.checkpoints/ (default 0: only the "
+        "final one)",
     )
     parser.add_argument(
         "--out",
@@ -213,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         help="output path prefix, e.g. guard/policies/hopper_robust",
     )
     args = parser.parse_args(argv)
-    if args.timesteps <= 0 or args.seed < 0 or args.episodes < 2:
-        parser.error("--timesteps must be > 0, --seed >= 0 and --episodes >= 2")
-    latencies = TRAINING_LATENCIES if args.timing == "randomized" else NOMINAL_ONLY
+    if args.timesteps <= 0 or args.seed < 0 or args.episodes < 2 or args.checkpoint_every < 0:
+        parser.error(
+            "--timesteps must be > 0, --seed >= 0, --episodes >= 2 and --checkpoint-every >= 0"
+        )
+    latencies = MIXES[args.timing]
     record = finetune(
         args.nominal,
         args.timesteps,
@@ -224,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
         latencies=latencies,
         episodes=args.episodes,
+        release=args.release,
+        checkpoint_every=args.checkpoint_every,
     )
     print(json.dumps(record["ratios"], indent=2))
     return 0

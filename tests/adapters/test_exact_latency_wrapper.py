@@ -122,3 +122,19 @@ def test_every_fine_tuning_mix_is_a_valid_latency_mix() -> None:
         env.step(np.zeros(3))
         env.close()
     assert LONG_TAIL in {s for _, s in MIXES["long-tail"]}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--checkpoint-every", "-1"], ["--timesteps", "0"], ["--episodes", "1"], ["--seed", "-2"]],
+)
+def test_the_fine_tuning_script_refuses_bad_numbers_before_training(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tailguard.policies.finetune_sb3_hopper import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--nominal", str(tmp_path / "n"), "--out", str(tmp_path / "p"), *bad])
+    assert exc.value.code == 2
+    assert "--checkpoint-every >= 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
