@@ -335,18 +335,25 @@ class TelemetryPublisher:
         }
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Publish what is left plus a closing heartbeat, stop the thread, close. Idempotent."""
+        """Publish what is left plus a closing heartbeat, stop the thread, close. Idempotent.
+
+        Takes at most about ``timeout_s``: the thread's last sends, then ZMQ's transmission of
+        what they queued (the socket lingers for the rest of the budget; closing it at once
+        would discard the final messages on a loaded machine).
+        """
         if self._closed:
             return
         self._closed = True
+        end = time.monotonic() + timeout_s
         self._stop.set()
         self._thread.join(timeout_s)
         if not self._thread.is_alive():
             if self._commands is not None:
                 with contextlib.suppress(Exception):
                     self._commands.close()
+            linger_ms = max(0, int((end - time.monotonic()) * 1000))
             with contextlib.suppress(Exception):
-                self._sock.close(0)
+                self._sock.close(linger=linger_ms)
             with contextlib.suppress(Exception):
                 self._ctx.term()
 

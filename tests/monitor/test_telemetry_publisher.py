@@ -63,6 +63,51 @@ def test_port_in_use_is_a_tailguard_error() -> None:
         TelemetryPublisher(ep)
 
 
+def test_close_delivers_what_is_queued_to_a_slow_subscriber() -> None:
+    """The final ticks, events, hist and closing heartbeat reach a subscriber that reads late.
+
+    close() lets the socket linger for the rest of its budget: closed with no linger, ZMQ
+    discards what its I/O thread has not yet written, which a loaded CI host showed as a
+    run missing its last events, hist and closing heartbeat. (This host's loopback buffers
+    absorb the backlog here, so the test guards the behaviour rather than replaying the race.)
+    """
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = TelemetryPublisher(ep, drain_interval_s=0.005, max_ticks_per_message=256)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(ep)
+    received: list[dict] = []
+
+    def read_late() -> None:
+        time.sleep(0.3)  # close() has started by now
+        received.extend(_receive_all(sub, time.monotonic() + 10))
+
+    try:
+        deadline = time.monotonic() + 10
+        while pub.subscribers == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.subscribers == 1
+        for t in range(1, 8001):
+            pub.ring.write(t, 1000, 10, 0)
+        pub.append(("violation", 7, 123, {"kind": "dt_max"}))
+        reader = threading.Thread(target=read_late)
+        reader.start()
+        pub.close(timeout_s=5.0)  # the thread drains 8 batches of 256 ticks at most, then
+        reader.join(15)  # the rest of the ring is lost and counted in `lost`
+        assert not reader.is_alive()
+    finally:
+        sub.close(0)
+        ctx.term()
+    kinds = [m["type"] for m in received]
+    assert kinds[-1] == "heartbeat" and received[-1]["closing"]
+    assert {"events", "hist"} <= set(kinds)
+    assert len(received) == pub.sent  # every message the publisher sent arrived
+
+
 def test_event_queue_full_drops_and_counts() -> None:
     """append() never blocks: beyond max_events records are dropped and counted."""
     pub = TelemetryPublisher(f"tcp://127.0.0.1:{free_port()}", max_events=2, drain_interval_s=3600)
